@@ -1,0 +1,3 @@
+from hpcserve.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""The ``hpcserve`` command line: a lazy click group.
+
+Each command lives in a small module of this package and is imported only when it runs, so
+``hpcserve render`` never pays for paramiko or requests. Errors derived from
+:class:`hpcserve.errors.HpcserveError` become one line on stderr and their exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from hpcserve import __version__
+from hpcserve.errors import ConfigError, HpcserveError
+
+# command name -> (module under hpcserve.cli, attribute, one-line help shown by --help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "sites": ("sites", "sites", "List, show and validate cluster site configs."),
+    "plan": ("plan", "plan", "Size a model for a site: memory, nodes, layout, KV cache."),
+    "render": ("launch", "render", "Print the sbatch launcher for a model on a site."),
+    "submit": ("launch", "submit", "Render the launcher and submit it with sbatch."),
+    "download": ("launch", "download", "Fetch a model into the site's shared HF cache."),
+    "status": ("jobs", "status", "Scheduler state and server phase of your jobs."),
+    "logs": ("jobs", "logs", "Show a job's head/worker logs."),
+    "wait": ("jobs", "wait", "Wait until a job's API answers (or fails)."),
+    "cancel": ("jobs", "cancel", "Cancel a job and confirm its processes are gone."),
+    "list": ("jobs", "list_jobs", "List the jobs in the registry."),
+    "nccl": ("nccl", "nccl", "Tell how NCCL traffic flows (IB/GDR, sockets) from logs."),
+    "tunnel": ("net", "tunnel", "Forward a local port to a job's API through the login node."),
+    "query": ("net", "query", "Send one chat completion to a job and stream the answer."),
+    "chat": ("net", "chat", "Interactive multi-turn chat with a job."),
+    "bench": ("net", "bench", "Benchmark a job's server (TTFT, TPOT, ITL, throughput)."),
+    "lab": ("lab", "lab", "Run a local SLURM cluster with real vLLM (CPU) for trying hpcserve."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module, attr, _ = spec
+        mod = importlib.import_module(f"hpcserve.cli.{module}")
+        cmd: click.Command = getattr(mod, attr)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help comes from the table so --help imports nothing.
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hpcserve")
+def cli() -> None:
+    """Serve a vLLM model across SLURM nodes and reach it from your laptop."""
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: run the CLI, turning known errors into one line and an exit code."""
+    try:
+        return cli.main(args=argv, prog_name="hpcserve", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except ConfigError as e:
+        _fail("\n".join(f"error: {p}" for p in e.problems), e.exit_code)
+    except HpcserveError as e:
+        _fail(f"error: {e}", e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as e:  # a bug: still no traceback unless asked for
+        if os.environ.get("HPCSERVE_DEBUG"):
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (HPCSERVE_DEBUG=1 shows the traceback)", 70)
+    return None

@@ -1,0 +1,187 @@
+"""The site-config schema: one set of dataclasses that drives validation, rendering and docs.
+
+A site file is YAML whose keys mirror these dataclasses. Each field's ``metadata`` carries its
+documentation (``doc``), and optionally ``choices``, ``min`` and ``example``. The loader in
+:mod:`hpcserve.sites` validates a file against these classes (types, choices, unknown keys with a
+did-you-mean), the renderer reads the resulting :class:`Site`, and ``hpcserve sites schema``
+prints the reference from the same metadata. Add a field here and all three follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def meta(doc: str, **extra: Any) -> dict[str, Any]:
+    """Field metadata: ``doc`` plus optional ``choices``, ``min``, ``example``."""
+    return {"doc": doc, **extra}
+
+
+@dataclass
+class LoginHost:
+    """One login node reachable with SSH."""
+
+    host: str = field(metadata=meta("Login host name, e.g. login.lxp.lu.", example="login.lxp.lu"))
+    port: int = field(default=22, metadata=meta("SSH port of the login host.", min=1))
+    user: str | None = field(
+        default=None, metadata=meta("SSH user; unset means ~/.ssh/config or the local user.")
+    )
+    jump: str | None = field(
+        default=None,
+        metadata=meta("Jump host(s) as OpenSSH ProxyJump: [user@]host[:port][,...]."),
+    )
+
+
+@dataclass
+class Scheduler:
+    """SLURM defaults for this site; command-line options override them."""
+
+    account: str | None = field(default=None, metadata=meta("Default --account (project)."))
+    partition: str | None = field(default=None, metadata=meta("Default --partition."))
+    qos: str | None = field(default=None, metadata=meta("Default --qos."))
+    time: str = field(default="01:00:00", metadata=meta("Default --time limit, [D-]HH:MM:SS."))
+    constraint: str | None = field(default=None, metadata=meta("Default --constraint."))
+    gpus_directive: str = field(
+        default="gres",
+        metadata=meta(
+            "How GPUs are requested: 'gres' (--gres=gpu:N), 'gpus-per-node' "
+            "(--gpus-per-node=N) or 'none' (whole nodes, nothing to ask).",
+            choices=["gres", "gpus-per-node", "none"],
+        ),
+    )
+    exclusive: bool = field(default=True, metadata=meta("Request whole nodes (--exclusive)."))
+    extra_sbatch: list[str] = field(
+        default_factory=list,
+        metadata=meta("Extra #SBATCH options, each like '--hint=nomultithread'."),
+    )
+    submit: str = field(
+        default="auto",
+        metadata=meta(
+            "Where sbatch runs: 'local' (this machine), 'ssh' (the login host) or 'auto' "
+            "(local when sbatch is on PATH, else ssh).",
+            choices=["auto", "local", "ssh"],
+        ),
+    )
+
+
+@dataclass
+class Node:
+    """Shape of one compute node."""
+
+    gpus: int = field(metadata=meta("GPUs per node; becomes the tensor-parallel size.", min=1))
+    gpu_model: str = field(metadata=meta("GPU model, e.g. A100-40GB, H100, GH200."))
+    gpu_memory_gb: float = field(metadata=meta("Memory per GPU in GB (10^9 bytes).", min=0.1))
+    cpus: int | None = field(default=None, metadata=meta("CPU cores per node.", min=1))
+    memory_gb: float | None = field(default=None, metadata=meta("Host RAM per node in GB.", min=1))
+
+
+@dataclass
+class Container:
+    """How vLLM is started on a node."""
+
+    runtime: str = field(
+        default="apptainer",
+        metadata=meta(
+            "apptainer, singularity, or none (vLLM from a host venv).",
+            choices=["apptainer", "singularity", "none"],
+        ),
+    )
+    image: str | None = field(
+        default=None, metadata=meta("Path of the .sif image on the cluster (runtime != none).")
+    )
+    gpu_flag: str = field(
+        default="--nv",
+        metadata=meta("GPU flag of the runtime.", choices=["--nv", "--nvccli", "--rocm", ""]),
+    )
+    binds: list[str] = field(
+        default_factory=list, metadata=meta("Extra bind mounts, each 'src[:dst[:opts]]'.")
+    )
+    venv: str | None = field(
+        default=None, metadata=meta("Python venv whose bin/vllm is used when runtime is none.")
+    )
+
+
+@dataclass
+class Network:
+    """How nodes reach each other."""
+
+    head_interface: str | None = field(
+        default=None,
+        metadata=meta("Interface whose IPv4 address the head publishes to workers and tunnels."),
+    )
+    nccl_socket_ifname: str | None = field(default=None, metadata=meta("NCCL_SOCKET_IFNAME."))
+    gloo_socket_ifname: str | None = field(default=None, metadata=meta("GLOO_SOCKET_IFNAME."))
+    nccl_ib_hca: str | None = field(default=None, metadata=meta("NCCL_IB_HCA, e.g. mlx5."))
+    nccl_env: dict[str, str] = field(
+        default_factory=dict, metadata=meta("Extra NCCL_* environment, name -> value.")
+    )
+
+
+@dataclass
+class Storage:
+    """Where models and job files live on the cluster."""
+
+    hf_cache: str | None = field(
+        default=None, metadata=meta("Shared HF_HOME visible from login and compute nodes.")
+    )
+    offline: bool = field(
+        default=False,
+        metadata=meta("Compute nodes have no internet: sets HF_HUB_OFFLINE=1 in the job."),
+    )
+    workdir: str = field(
+        default="~/hpcserve-jobs",
+        metadata=meta("Directory on the shared filesystem for per-job directories and logs."),
+    )
+
+
+@dataclass
+class Engine:
+    """vLLM process settings that depend on the site, not on the model."""
+
+    vllm: str = field(default="vllm", metadata=meta("The vllm executable (inside the container)."))
+    port: int = field(default=8000, metadata=meta("Lowest API port tried on the head.", min=1024))
+    env: dict[str, str] = field(
+        default_factory=dict, metadata=meta("Extra environment for vLLM, name -> value.")
+    )
+    cpu_bind: str = field(
+        default="none",
+        metadata=meta(
+            "CPU builds only: 'node-rank' binds each node's vLLM to core (node rank mod cores) "
+            "through VLLM_CPU_OMP_THREADS_BIND, for several nodes sharing one host.",
+            choices=["none", "node-rank"],
+        ),
+    )
+    extra_args: list[str] = field(
+        default_factory=list, metadata=meta("Extra `vllm serve` arguments for every job here.")
+    )
+
+
+@dataclass
+class Site:
+    """One cluster."""
+
+    name: str = field(metadata=meta("Short name used with --site.", example="meluxina"))
+    node: Node = field(metadata=meta("Shape of one compute node."))
+    description: str = field(default="", metadata=meta("One line shown by `sites list`."))
+    login: list[LoginHost] = field(
+        default_factory=list, metadata=meta("Login nodes, tried in order.")
+    )
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    modules: list[str] = field(
+        default_factory=list, metadata=meta("Arguments of `module load` lines, one per entry.")
+    )
+    container: Container = field(default_factory=Container)
+    network: Network = field(default_factory=Network)
+    storage: Storage = field(default_factory=Storage)
+    engine: Engine = field(default_factory=Engine)
+    sources: list[str] = field(
+        default_factory=list, metadata=meta("Where the node facts come from (URLs, documents).")
+    )
+    unconfirmed: list[str] = field(
+        default_factory=list,
+        metadata=meta("Dotted field names whose value could not be confirmed from a source."),
+    )
+    path: str | None = field(
+        default=None, metadata=meta("Set by the loader: the file this site came from.", internal=True)
+    )
