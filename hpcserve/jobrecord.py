@@ -2,7 +2,7 @@
 
 A job directory on the cluster's shared filesystem holds everything one job writes::
 
-    JOBDIR/launcher.sbatch    the rendered launcher (also run per node as `bash launcher.sbatch node`)
+    JOBDIR/launcher.sbatch    the rendered launcher (per node: `bash launcher.sbatch node`)
     JOBDIR/secrets.env        0600: HF_TOKEN / VLLM_API_KEY, sourced by the launcher, never printed
     JOBDIR/slurm-%j.out       the batch step's own output
     JOBDIR/node-K.log         output of node K's vLLM process (K = SLURM_NODEID, 0 = head)

@@ -183,5 +183,6 @@ class Site:
         metadata=meta("Dotted field names whose value could not be confirmed from a source."),
     )
     path: str | None = field(
-        default=None, metadata=meta("Set by the loader: the file this site came from.", internal=True)
+        default=None,
+        metadata=meta("Set by the loader: the file this site came from.", internal=True),
     )
