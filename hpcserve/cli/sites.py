@@ -1,0 +1,133 @@
+"""``hpcserve sites``: list, show, validate and document cluster site configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpcserve import sites as sitelib
+from hpcserve.errors import ConfigError, UsageError
+from hpcserve.siteschema import Site
+
+
+@click.group("sites")
+def sites() -> None:
+    """List, show and validate cluster site configs."""
+
+
+def _summary(site: Site, origin: str) -> dict[str, Any]:
+    return {
+        "name": site.name,
+        "description": site.description,
+        "gpus_per_node": site.node.gpus,
+        "gpu_model": site.node.gpu_model,
+        "gpu_memory_gb": site.node.gpu_memory_gb,
+        "login": site.login[0].host if site.login else None,
+        "origin": origin,
+        "path": site.path,
+    }
+
+
+@sites.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+def list_sites(as_json: bool) -> None:
+    """List the known sites (shipped, ~/.config/hpcserve/sites, $HPCSERVE_SITES)."""
+    found, origins, problems = sitelib.scan_sites()
+    rows = [_summary(found[name], origins[name]) for name in sorted(found)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        width = max([len(r["name"]) for r in rows] + [4])
+        click.echo(f"{'NAME':<{width}}  {'GPUS/NODE':<22}  {'ORIGIN':<14}  DESCRIPTION")
+        for r in rows:
+            gpus = f"{r['gpus_per_node']}x {r['gpu_model']}"
+            click.echo(f"{r['name']:<{width}}  {gpus:<22}  {r['origin']:<14}  {r['description']}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``asdict`` output as ``(dotted, leaf)`` pairs; empty sections stay as one leaf."""
+    if isinstance(value, dict) and value and not prefix.endswith("env"):
+        out = []
+        for k, v in value.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else k)
+        return out
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        out = []
+        for i, v in enumerate(value):
+            out += _flatten(v, f"{prefix}[{i}]")
+        return out
+    return [(prefix, value)]
+
+
+def _is_unconfirmed(dotted: str, unconfirmed: set[str]) -> bool:
+    plain = re.sub(r"\[\d+\]", "", dotted)
+    parts = plain.split(".")
+    candidates = {".".join(parts[: i + 1]) for i in range(len(parts))}
+    return bool(candidates & unconfirmed) or dotted in unconfirmed
+
+
+@sites.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
+def show(name: str, as_json: bool) -> None:
+    """Show a site's resolved config (defaults filled in), marking unconfirmed values."""
+    site = sitelib.load_site(name)
+    data = dataclasses.asdict(site)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    unconfirmed = {re.sub(r"\[\d+\]", "", u) for u in site.unconfirmed}
+    skip = {"sources", "unconfirmed", "path"}
+    leaves = [(k, v) for k, v in _flatten(data) if k.split(".")[0] not in skip]
+    width = max(len(k) for k, _ in leaves)
+    click.echo(f"# {site.name}: {site.path}")
+    for key, value in leaves:
+        shown = value if isinstance(value, str) else json.dumps(value)
+        mark = "   # unconfirmed" if _is_unconfirmed(key, unconfirmed) else ""
+        click.echo(f"{key:<{width}}  {shown}{mark}")
+    for src in site.sources:
+        click.echo(f"# source: {src}")
+
+
+@sites.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(paths: tuple[Path, ...]) -> None:
+    """Check site files (or directories of them); print OK or every problem. Exit 2 if any fails."""
+    problems: list[str] = []
+    for path in paths:
+        files = (
+            sorted(p for p in path.iterdir() if p.suffix in sitelib.SUFFIXES)
+            if (path.is_dir())
+            else [path]
+        )
+        for f in files:
+            try:
+                sitelib.load_site_file(f)
+            except ConfigError as e:
+                problems.extend(e.problems)
+                continue
+            except UsageError as e:
+                problems.append(str(e))
+                continue
+            click.echo(f"OK {f}")
+    if problems:
+        for p in problems:
+            click.echo(f"error: {p}", err=True)
+        sys.exit(2)
+
+
+@sites.command("schema")
+@click.option("--markdown", is_flag=True, help="Print the Markdown page (docs/site-config.md).")
+def schema(markdown: bool) -> None:
+    """Print the site-config field reference, generated from the schema."""
+    from hpcserve import sitedocs
+
+    click.echo(sitedocs.markdown() if markdown else sitedocs.text(), nl=False)

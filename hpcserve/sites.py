@@ -1,0 +1,550 @@
+"""Load and validate site YAML files against :mod:`hpcserve.siteschema`, and find sites by name.
+
+A file is composed (not constructed) with PyYAML so every node keeps its line. The node tree is
+then checked against the dataclasses' fields and type hints generically: unknown keys (with a
+did-you-mean), missing required fields, wrong types, ``choices`` and ``min`` from the field
+metadata, and a few cross-field rules a site admin would want. All problems of a file are
+collected and raised together as one :class:`ConfigError`, one line each::
+
+    site_configs/x.yaml:7: node.gpu: unknown key (did you mean 'gpus'?)
+
+Sites are searched in the shipped ``site_configs/``, then ``~/.config/hpcserve/sites/``, then
+each directory or file in ``$HPCSERVE_SITES`` (``os.pathsep``-separated); a later site
+replaces an earlier one of the same ``name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+from hpcserve.errors import ConfigError, UsageError
+from hpcserve.resources import site_configs_dir
+from hpcserve.schemawalk import (
+    describe,
+    dict_types,
+    dotted_names,
+    is_dataclass_type,
+    is_required,
+    list_item,
+    settable_fields,
+    type_hints,
+    unwrap_optional,
+)
+from hpcserve.siteschema import Site
+
+ENV_VAR = "HPCSERVE_SITES"
+SUFFIXES = (".yaml", ".yml")
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_CTOR = yaml.constructor.SafeConstructor()
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+_INVALID: Any = object()  # a value that failed validation (its problem is already recorded)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Slurm --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (or UNLIMITED/INFINITE).
+_TIME_RE = re.compile(
+    r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE)$"
+)
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass
+class _Report:
+    """Problems of one file, and the line of every key seen (for cross-field checks)."""
+
+    file: str
+    problems: list[tuple[int, int, str]] = field(default_factory=list)  # (line, seq, text)
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def add(self, line: int, dotted: str, message: str) -> None:
+        where = f"{dotted}: " if dotted else ""
+        text = f"{self.file}:{line}: {where}{message}"
+        self.problems.append((line, len(self.problems), text))
+
+    def line_of(self, dotted: str) -> int:
+        """Line of ``dotted`` or of its nearest parent that was in the file (else 1)."""
+        while dotted:
+            if dotted in self.lines:
+                return self.lines[dotted]
+            dotted = dotted.rpartition(".")[0]
+        return 1
+
+    def sorted(self) -> list[str]:
+        return [text for _, _, text in sorted(self.problems)]
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def did_you_mean(word: str, candidates: list[str]) -> str | None:
+    """The closest candidate to ``word``, if one is close enough."""
+    import difflib
+
+    lowered = {c.lower(): c for c in candidates}
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None
+
+
+def _found(node: yaml.Node) -> str:
+    """How a node reads in an error message: ``text 'x'``, ``integer 3``, ``a list``."""
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    value = str(node.value)
+    shown = value if len(value) <= 40 else value[:37] + "..."
+    if node.tag == _NULL:
+        return "nothing (null)"
+    if node.tag == _BOOL:
+        return f"true/false {shown!r}"
+    if node.tag == _INT:
+        return f"integer {shown}"
+    if node.tag == _FLOAT:
+        return f"number {shown}"
+    return f"text {shown!r}"
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _convert(node: yaml.Node, hint: Any, dotted: str, rep: _Report) -> Any:
+    """Convert ``node`` to the schema type ``hint``, recording problems; ``_INVALID`` if any."""
+    inner, optional = unwrap_optional(hint)
+    if _is_null(node):
+        if optional:
+            return None
+        # An empty section or list means "all defaults" / "none".
+        if is_dataclass_type(inner) and not any(map(is_required, settable_fields(inner).values())):
+            return inner()
+        if list_item(inner) is not None:
+            return []
+        if dict_types(inner) is not None:
+            return {}
+    if is_dataclass_type(inner):
+        return _convert_dataclass(node, inner, dotted, rep)
+    item = list_item(inner)
+    if item is not None:
+        return _convert_list(node, item, dotted, rep)
+    kv = dict_types(inner)
+    if kv is not None:
+        return _convert_dict(node, kv[1], dotted, rep)
+    return _convert_scalar(node, inner, dotted, rep)
+
+
+def _expected(node: yaml.Node, hint: Any, dotted: str, rep: _Report, hint_text: str = "") -> Any:
+    extra = f" ({hint_text})" if hint_text else ""
+    rep.add(
+        _line(node), dotted, f"expected {describe(hint, article=True)}, found {_found(node)}{extra}"
+    )
+    return _INVALID
+
+
+def _convert_dataclass(node: yaml.Node, cls: type, dotted: str, rep: _Report) -> Any:
+    if not isinstance(node, MappingNode):
+        return _expected(node, cls, dotted, rep)
+    _CTOR.flatten_mapping(node)  # resolve YAML merge keys (<<: *anchor)
+    fields = settable_fields(cls)
+    hints = type_hints(cls)
+    seen: dict[str, int] = {}
+    values: dict[str, Any] = {}
+    ok = True
+    for key_node, value_node in node.value:
+        line = _line(key_node)
+        if not isinstance(key_node, ScalarNode) or key_node.tag not in (_STR, _INT, _FLOAT):
+            rep.add(line, dotted, f"keys must be text, found {_found(key_node)}")
+            ok = False
+            continue
+        key = str(key_node.value)
+        sub = _join(dotted, key)
+        if key in seen:
+            rep.add(line, sub, f"duplicate key (first given on line {seen[key]})")
+            ok = False
+            continue
+        seen[key] = line
+        if key not in fields:
+            rep.add(line, sub, "unknown key " + _suggest(key, list(fields)))
+            ok = False
+            continue
+        rep.lines[sub] = line
+        value = _convert(value_node, hints[key], sub, rep)
+        if value is not _INVALID:
+            value = _check_metadata(value, fields[key], value_node, sub, rep)
+        if value is _INVALID:
+            ok = False
+            continue
+        values[key] = value
+    for name, f in fields.items():
+        if name not in seen and is_required(f):
+            sub = _join(dotted, name)
+            line = rep.line_of(dotted) if dotted else _line(node)
+            rep.add(
+                line, sub, f"required field is missing (expected {_expectation(f, hints[name])})"
+            )
+            ok = False
+    return cls(**values) if ok else _INVALID
+
+
+def _expectation(f: dataclasses.Field[Any], hint: Any) -> str:
+    """What a field takes, for messages: ``an integer >= 1``, ``one of 'a', 'b'``."""
+    if "choices" in f.metadata:
+        return "one of " + ", ".join(repr(c) for c in f.metadata["choices"])
+    text = describe(hint, article=True)
+    if "min" in f.metadata:
+        text += f" >= {f.metadata['min']}"
+    return text
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = did_you_mean(key, valid)
+    if close:
+        return f"(did you mean {close!r}?)"
+    return "(valid keys: " + ", ".join(valid) + ")"
+
+
+def _convert_list(node: yaml.Node, item: Any, dotted: str, rep: _Report) -> Any:
+    item_inner, _ = unwrap_optional(item)
+    if isinstance(node, MappingNode) and is_dataclass_type(item_inner):
+        # Convenience: a single mapping where a list of mappings is expected (login: {host: x}).
+        one = _convert(node, item, dotted, rep)
+        return _INVALID if one is _INVALID else [one]
+    if not isinstance(node, SequenceNode):
+        return _expected(node, list[item], dotted, rep)
+    out = []
+    ok = True
+    for i, child in enumerate(node.value):
+        rep.lines[f"{dotted}[{i}]"] = _line(child)
+        value = _convert(child, item, f"{dotted}[{i}]", rep)
+        ok = ok and value is not _INVALID
+        out.append(value)
+    return out if ok else _INVALID
+
+
+def _convert_dict(node: yaml.Node, value_hint: Any, dotted: str, rep: _Report) -> Any:
+    if not isinstance(node, MappingNode):
+        return _expected(node, dict[str, value_hint], dotted, rep)
+    _CTOR.flatten_mapping(node)
+    out: dict[str, Any] = {}
+    seen: dict[str, int] = {}
+    ok = True
+    for key_node, value_node in node.value:
+        line = _line(key_node)
+        if not isinstance(key_node, ScalarNode) or key_node.tag not in (_STR, _INT):
+            rep.add(line, dotted, f"keys must be text, found {_found(key_node)}")
+            ok = False
+            continue
+        key = str(key_node.value)
+        sub = _join(dotted, key)
+        if key in seen:
+            rep.add(line, sub, f"duplicate key (first given on line {seen[key]})")
+            ok = False
+            continue
+        seen[key] = line
+        rep.lines[sub] = line
+        value = _convert(value_node, value_hint, sub, rep)
+        if value is _INVALID:
+            ok = False
+        else:
+            out[key] = value
+    return out if ok else _INVALID
+
+
+def _convert_scalar(node: yaml.Node, hint: Any, dotted: str, rep: _Report) -> Any:
+    if not isinstance(node, ScalarNode):
+        return _expected(node, hint, dotted, rep)
+    tag = node.tag
+    if hint is str:
+        # Numbers are read as their text, as written: `time: 01:00:00` stays "01:00:00"
+        # (YAML 1.1 would make it the integer 3600), `account: 12345` becomes "12345".
+        if tag in (_BOOL, _NULL):
+            return _expected(node, hint, dotted, rep, "quote it if you mean the text")
+        return str(node.value)
+    if hint is bool:
+        if tag == _BOOL:
+            return bool(_CTOR.construct_yaml_bool(node))
+        return _expected(node, hint, dotted, rep)
+    if hint is int:
+        if tag == _INT:
+            return int(_CTOR.construct_yaml_int(node))
+        return _expected(node, hint, dotted, rep)
+    if hint is float:
+        if tag == _INT:
+            return float(_CTOR.construct_yaml_int(node))
+        if tag == _FLOAT:
+            return float(_CTOR.construct_yaml_float(node))
+        return _expected(node, hint, dotted, rep)
+    raise TypeError(f"schema: unsupported scalar type {hint!r}")
+
+
+def _check_metadata(
+    value: Any, f: dataclasses.Field[Any], node: yaml.Node, dotted: str, rep: _Report
+) -> Any:
+    """Apply the field's ``choices`` and ``min`` metadata."""
+    if value is None:
+        return value
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        close = did_you_mean(str(value), [str(c) for c in choices if c])
+        hint = f" (did you mean {close!r}?)" if close else ""
+        rep.add(_line(node), dotted, f"expected one of {listed}, found {value!r}{hint}")
+        return _INVALID
+    minimum = f.metadata.get("min")
+    if minimum is not None and isinstance(value, (int, float)) and value < minimum:
+        rep.add(_line(node), dotted, f"expected a value >= {minimum}, found {value}")
+        return _INVALID
+    return value
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+
+def _check_site(site: Site, rep: _Report) -> None:
+    """Rules that involve several fields, or formats the type alone does not say."""
+    at = rep.line_of
+    if not _NAME_RE.match(site.name):
+        rep.add(
+            at("name"), "name", f"expected letters, digits, '.', '_' or '-', found {site.name!r}"
+        )
+    c = site.container
+    if c.runtime in ("apptainer", "singularity") and not c.image:
+        rep.add(
+            at("container.image"),
+            "container.image",
+            f"required when container.runtime is {c.runtime!r} (the .sif image on the cluster)",
+        )
+    if c.runtime == "none" and c.image:
+        rep.add(
+            at("container.image"),
+            "container.image",
+            "not used when container.runtime is 'none' (remove it, or set a runtime)",
+        )
+    if c.runtime != "none" and c.venv:
+        rep.add(
+            at("container.venv"),
+            "container.venv",
+            f"only used when container.runtime is 'none', not {c.runtime!r}",
+        )
+    if not site.login and site.scheduler.submit != "local":
+        rep.add(
+            at("login"),
+            "login",
+            "at least one login host is needed unless scheduler.submit is 'local'",
+        )
+    for i, host in enumerate(site.login):
+        key = f"login[{i}]" if f"login[{i}]" in rep.lines else "login"
+        if host.port > 65535:
+            rep.add(
+                at(f"{key}.port"), f"{key}.port", f"expected a port <= 65535, found {host.port}"
+            )
+        if not host.host.strip() or any(ch.isspace() for ch in host.host):
+            rep.add(at(f"{key}.host"), f"{key}.host", f"expected a host name, found {host.host!r}")
+    if site.engine.port > 65535:
+        rep.add(
+            at("engine.port"), "engine.port", f"expected a port <= 65535, found {site.engine.port}"
+        )
+    if not _TIME_RE.match(site.scheduler.time):
+        rep.add(
+            at("scheduler.time"),
+            "scheduler.time",
+            f"expected a Slurm time such as 01:00:00 or 2-00:00:00, found {site.scheduler.time!r}",
+        )
+    for i, opt in enumerate(site.scheduler.extra_sbatch):
+        if not opt.startswith("-"):
+            rep.add(
+                at(f"scheduler.extra_sbatch[{i}]"),
+                f"scheduler.extra_sbatch[{i}]",
+                f"expected an sbatch option such as '--hint=nomultithread' "
+                f"(without '#SBATCH'), found {opt!r}",
+            )
+    for name in site.network.nccl_env:
+        if not name.startswith("NCCL_") or not _ENV_NAME_RE.match(name):
+            rep.add(
+                at(f"network.nccl_env.{name}"),
+                f"network.nccl_env.{name}",
+                "expected an environment variable name starting with NCCL_",
+            )
+    for name in site.engine.env:
+        if not _ENV_NAME_RE.match(name):
+            rep.add(
+                at(f"engine.env.{name}"),
+                f"engine.env.{name}",
+                "expected an environment variable name (letters, digits, '_')",
+            )
+    known = dotted_names(Site)
+    for i, name in enumerate(site.unconfirmed):
+        plain = re.sub(r"\[\d+\]", "", name)
+        if plain not in known:
+            rep.add(
+                at(f"unconfirmed[{i}]"),
+                f"unconfirmed[{i}]",
+                f"{name!r} is not a site field {_suggest_field(plain, known)}",
+            )
+
+
+def _suggest_field(name: str, known: list[str]) -> str:
+    close = did_you_mean(name, known)
+    return f"(did you mean {close!r}?)" if close else "(see `hpcserve sites schema`)"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it, else absolute."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def parse_site(text: str, file: str) -> Site:
+    """Validate the YAML ``text`` of a site file; ``file`` names it in the messages."""
+    rep = _Report(file)
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"
+        what = ": ".join(str(p) for p in (e.context, e.problem) if p)
+        raise ConfigError([f"{file}:{where}: YAML syntax error: {what}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{file}:1: YAML error: {e}"]) from None
+    if root is None:
+        raise ConfigError(
+            [f"{file}:1: the file is empty (expected a mapping with 'name' and 'node')"]
+        )
+    if not isinstance(root, MappingNode):
+        raise ConfigError(
+            [
+                f"{file}:{_line(root)}: expected a mapping of site settings "
+                f"at the top level, found {_found(root)}"
+            ]
+        )
+    site = _convert(root, Site, "", rep)
+    if site is not _INVALID:
+        _check_site(site, rep)
+    if rep.problems:
+        raise ConfigError(rep.sorted())
+    return site
+
+
+def load_site_file(path: str | os.PathLike[str]) -> Site:
+    """Load and validate one site file; raise :class:`ConfigError` listing all its problems."""
+    p = Path(path).expanduser()
+    shown = display_path(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{shown}: no such site file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{shown}: is a directory, not a site file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{shown}:1: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    except OSError as e:
+        raise UsageError(f"{shown}: cannot read: {e.strerror}") from None
+    site = parse_site(text, shown)
+    site.path = str(p.resolve())
+    return site
+
+
+# --------------------------------------------------------------------------- search path
+
+
+def user_sites_dir() -> Path:
+    """``~/.config/hpcserve/sites``: the user's own site files."""
+    return Path.home() / ".config" / "hpcserve" / "sites"
+
+
+def search_path() -> list[tuple[str, Path]]:
+    """Where sites come from, earliest first, as ``(origin, path)``; later ones win by name."""
+    out: list[tuple[str, Path]] = [("shipped", site_configs_dir()), ("user", user_sites_dir())]
+    for entry in os.environ.get(ENV_VAR, "").split(os.pathsep):
+        if entry.strip():
+            out.append((ENV_VAR, Path(entry).expanduser()))
+    return out
+
+
+def _files_in(origin: str, path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
+    if path.is_file():
+        return [path]
+    if origin == ENV_VAR:
+        raise UsageError(f"${ENV_VAR} names {str(path)!r}, which does not exist")
+    return []  # the shipped or user directory may simply not be there
+
+
+def scan_sites() -> tuple[dict[str, Site], dict[str, str], list[str]]:
+    """Load every site on the search path.
+
+    Returns ``(sites by name, origin by name, problems)``: broken files do not stop the others
+    from loading, their problems are returned instead (see :func:`all_sites` for the strict form).
+    """
+    sites: dict[str, Site] = {}
+    origins: dict[str, str] = {}
+    problems: list[str] = []
+    for origin, entry in search_path():
+        defined_here: dict[str, str] = {}
+        for f in _files_in(origin, entry):
+            try:
+                site = load_site_file(f)
+            except ConfigError as e:
+                problems.extend(e.problems)
+                continue
+            except UsageError as e:
+                problems.append(str(e))
+                continue
+            if site.name in defined_here:
+                problems.append(
+                    f"{display_path(f)}:1: name: site {site.name!r} is also defined "
+                    f"in {defined_here[site.name]} (same directory)"
+                )
+                continue
+            defined_here[site.name] = display_path(f)
+            sites[site.name] = site
+            origins[site.name] = origin
+    return sites, origins, problems
+
+
+def all_sites() -> dict[str, Site]:
+    """Every known site by name; :class:`ConfigError` if any site file on the path is broken."""
+    sites, _, problems = scan_sites()
+    if problems:
+        raise ConfigError(problems)
+    return dict(sorted(sites.items()))
+
+
+def load_site(name: str) -> Site:
+    """The site called ``name`` (a path to a .yaml file works too)."""
+    if name.endswith(SUFFIXES) or os.sep in name:
+        return load_site_file(name)
+    sites = all_sites()
+    if name in sites:
+        return sites[name]
+    known = sorted(sites)
+    close = did_you_mean(name, known)
+    hint = f" (did you mean {close!r}?)" if close else ""
+    listed = ", ".join(known) if known else "none"
+    raise UsageError(f"unknown site {name!r}{hint}; known sites: {listed}")
