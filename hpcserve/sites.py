@@ -419,16 +419,25 @@ def display_path(path: Path) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
+def _syntax_error(e: yaml.MarkedYAMLError) -> str:
+    """``LINE:COL: YAML syntax error: problem (context at LINE:COL)`` from a PyYAML error."""
+    mark = e.problem_mark or e.context_mark
+    where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"
+    text = f"{where}: YAML syntax error: {e.problem or e.context or 'invalid YAML'}"
+    if e.context and e.problem:
+        cm = e.context_mark
+        at = f" at line {cm.line + 1}, column {cm.column + 1}" if cm and cm is not mark else ""
+        text += f" ({e.context}{at})"
+    return text
+
+
 def parse_site(text: str, file: str) -> Site:
     """Validate the YAML ``text`` of a site file; ``file`` names it in the messages."""
     rep = _Report(file)
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"
-        what = ": ".join(str(p) for p in (e.context, e.problem) if p)
-        raise ConfigError([f"{file}:{where}: YAML syntax error: {what}"]) from None
+        raise ConfigError([f"{file}:{_syntax_error(e)}"]) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"{file}:1: YAML error: {e}"]) from None
     if root is None:

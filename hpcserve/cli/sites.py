@@ -53,16 +53,16 @@ def list_sites(as_json: bool) -> None:
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``asdict`` output as ``(dotted, leaf)`` pairs; empty sections stay as one leaf."""
-    if isinstance(value, dict) and value and not prefix.endswith("env"):
-        out = []
-        for k, v in value.items():
-            out += _flatten(v, f"{prefix}.{k}" if prefix else k)
+    """A site's fields as ``(dotted name, value)`` pairs, walking sections and login hosts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: list[tuple[str, Any]] = []
+        for f in dataclasses.fields(value):
+            out += _flatten(getattr(value, f.name), f"{prefix}.{f.name}" if prefix else f.name)
         return out
-    if isinstance(value, list) and value and isinstance(value[0], dict):
+    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
         out = []
-        for i, v in enumerate(value):
-            out += _flatten(v, f"{prefix}[{i}]")
+        for i, item in enumerate(value):
+            out += _flatten(item, f"{prefix}[{i}]")
         return out
     return [(prefix, value)]
 
@@ -86,7 +86,7 @@ def show(name: str, as_json: bool) -> None:
         return
     unconfirmed = {re.sub(r"\[\d+\]", "", u) for u in site.unconfirmed}
     skip = {"sources", "unconfirmed", "path"}
-    leaves = [(k, v) for k, v in _flatten(data) if k.split(".")[0] not in skip]
+    leaves = [(k, v) for k, v in _flatten(site) if k.split(".")[0] not in skip]
     width = max(len(k) for k, _ in leaves)
     click.echo(f"# {site.name}: {site.path}")
     for key, value in leaves:
