@@ -67,6 +67,11 @@ class _Report:
     file: str
     problems: list[tuple[int, int, str]] = field(default_factory=list)  # (line, seq, text)
     lines: dict[str, int] = field(default_factory=dict)
+    invalid: set[str] = field(default_factory=set)  # dotted fields whose value was rejected
+
+    def broken(self, dotted: str) -> bool:
+        """True when ``dotted``, a part of it or a section holding it was rejected."""
+        return any(_related(dotted, bad) for bad in self.invalid)
 
     def add(self, line: int, dotted: str, message: str) -> None:
         where = f"{dotted}: " if dotted else ""
@@ -83,6 +88,14 @@ class _Report:
 
     def sorted(self) -> list[str]:
         return [text for _, _, text in sorted(self.problems)]
+
+
+def _related(a: str, b: str) -> bool:
+    """``a`` and ``b`` are the same field, or one holds the other (``x`` and ``x.y``/``x[0]``)."""
+    if a == b:
+        return True
+    short, long = sorted((a, b), key=len)
+    return long.startswith((short + ".", short + "["))
 
 
 def _line(node: yaml.Node) -> int:
@@ -161,6 +174,9 @@ def _expected(node: yaml.Node, hint: Any, dotted: str, rep: _Report, hint_text: 
 
 
 def _convert_dataclass(node: yaml.Node, cls: type, dotted: str, rep: _Report) -> Any:
+    """A dataclass instance even when some fields were rejected (they get their default, or
+    None when required), so that cross-field rules can still look at the rest; the rejected
+    fields are in ``rep.invalid`` and the caller never returns such an instance."""
     if not isinstance(node, MappingNode):
         return _expected(node, cls, dotted, rep)
     _CTOR.flatten_mapping(node)  # resolve YAML merge keys (<<: *anchor)
@@ -168,41 +184,38 @@ def _convert_dataclass(node: yaml.Node, cls: type, dotted: str, rep: _Report) ->
     hints = type_hints(cls)
     seen: dict[str, int] = {}
     values: dict[str, Any] = {}
-    ok = True
     for key_node, value_node in node.value:
         line = _line(key_node)
         if not isinstance(key_node, ScalarNode) or key_node.tag not in (_STR, _INT, _FLOAT):
             rep.add(line, dotted, f"keys must be text, found {_found(key_node)}")
-            ok = False
             continue
         key = str(key_node.value)
         sub = _join(dotted, key)
         if key in seen:
             rep.add(line, sub, f"duplicate key (first given on line {seen[key]})")
-            ok = False
             continue
         seen[key] = line
         if key not in fields:
             rep.add(line, sub, "unknown key " + _suggest(key, list(fields)))
-            ok = False
             continue
         rep.lines[sub] = line
         value = _convert(value_node, hints[key], sub, rep)
         if value is not _INVALID:
             value = _check_metadata(value, fields[key], value_node, sub, rep)
         if value is _INVALID:
-            ok = False
+            rep.invalid.add(sub)
             continue
         values[key] = value
     for name, f in fields.items():
-        if name not in seen and is_required(f):
+        if name not in values and is_required(f):
             sub = _join(dotted, name)
-            line = rep.line_of(dotted) if dotted else _line(node)
-            rep.add(
-                line, sub, f"required field is missing (expected {_expectation(f, hints[name])})"
-            )
-            ok = False
-    return cls(**values) if ok else _INVALID
+            if name not in seen:
+                line = rep.line_of(dotted) if dotted else _line(node)
+                expected = _expectation(f, hints[name])
+                rep.add(line, sub, f"required field is missing (expected {expected})")
+            rep.invalid.add(sub)
+            values[name] = None
+    return cls(**values)
 
 
 def _expectation(f: dataclasses.Field[Any], hint: Any) -> str:
@@ -226,18 +239,19 @@ def _convert_list(node: yaml.Node, item: Any, dotted: str, rep: _Report) -> Any:
     item_inner, _ = unwrap_optional(item)
     if isinstance(node, MappingNode) and is_dataclass_type(item_inner):
         # Convenience: a single mapping where a list of mappings is expected (login: {host: x}).
-        one = _convert(node, item, dotted, rep)
-        return _INVALID if one is _INVALID else [one]
+        return [_convert(node, item, dotted, rep)]
     if not isinstance(node, SequenceNode):
         return _expected(node, list[item], dotted, rep)
     out = []
-    ok = True
     for i, child in enumerate(node.value):
-        rep.lines[f"{dotted}[{i}]"] = _line(child)
-        value = _convert(child, item, f"{dotted}[{i}]", rep)
-        ok = ok and value is not _INVALID
-        out.append(value)
-    return out if ok else _INVALID
+        sub = f"{dotted}[{i}]"
+        rep.lines[sub] = _line(child)
+        value = _convert(child, item, sub, rep)
+        if value is _INVALID:
+            rep.invalid.add(sub)
+        else:
+            out.append(value)
+    return out
 
 
 def _convert_dict(node: yaml.Node, value_hint: Any, dotted: str, rep: _Report) -> Any:
@@ -246,27 +260,24 @@ def _convert_dict(node: yaml.Node, value_hint: Any, dotted: str, rep: _Report) -
     _CTOR.flatten_mapping(node)
     out: dict[str, Any] = {}
     seen: dict[str, int] = {}
-    ok = True
     for key_node, value_node in node.value:
         line = _line(key_node)
         if not isinstance(key_node, ScalarNode) or key_node.tag not in (_STR, _INT):
             rep.add(line, dotted, f"keys must be text, found {_found(key_node)}")
-            ok = False
             continue
         key = str(key_node.value)
         sub = _join(dotted, key)
         if key in seen:
             rep.add(line, sub, f"duplicate key (first given on line {seen[key]})")
-            ok = False
             continue
         seen[key] = line
         rep.lines[sub] = line
         value = _convert(value_node, value_hint, sub, rep)
         if value is _INVALID:
-            ok = False
+            rep.invalid.add(sub)
         else:
             out[key] = value
-    return out if ok else _INVALID
+    return out
 
 
 def _convert_scalar(node: yaml.Node, hint: Any, dotted: str, rep: _Report) -> Any:
@@ -320,63 +331,68 @@ def _check_metadata(
 
 
 def _check_site(site: Site, rep: _Report) -> None:
-    """Rules that involve several fields, or formats the type alone does not say."""
-    at = rep.line_of
-    if not _NAME_RE.match(site.name):
+    """Rules that involve several fields, or formats the type alone does not say.
+
+    A rule is skipped when a field it reads was already rejected (its problem is reported).
+    """
+    at, broken = rep.line_of, rep.broken
+    if not broken("name") and not _NAME_RE.match(site.name):
         rep.add(
             at("name"), "name", f"expected letters, digits, '.', '_' or '-', found {site.name!r}"
         )
     c = site.container
-    if c.runtime in ("apptainer", "singularity") and not c.image:
-        rep.add(
-            at("container.image"),
-            "container.image",
-            f"required when container.runtime is {c.runtime!r} (the .sif image on the cluster)",
-        )
-    if c.runtime == "none" and c.image:
-        rep.add(
-            at("container.image"),
-            "container.image",
-            "not used when container.runtime is 'none' (remove it, or set a runtime)",
-        )
-    if c.runtime != "none" and c.venv:
-        rep.add(
-            at("container.venv"),
-            "container.venv",
-            f"only used when container.runtime is 'none', not {c.runtime!r}",
-        )
-    if not site.login and site.scheduler.submit != "local":
-        rep.add(
-            at("login"),
-            "login",
-            "at least one login host is needed unless scheduler.submit is 'local'",
-        )
-    for i, host in enumerate(site.login):
-        key = f"login[{i}]" if f"login[{i}]" in rep.lines else "login"
-        if host.port > 65535:
+    if not broken("container"):
+        if c.runtime in ("apptainer", "singularity") and not c.image:
             rep.add(
-                at(f"{key}.port"), f"{key}.port", f"expected a port <= 65535, found {host.port}"
+                at("container.image"),
+                "container.image",
+                f"required when container.runtime is {c.runtime!r} (the .sif image on the cluster)",
             )
-        if not host.host.strip() or any(ch.isspace() for ch in host.host):
-            rep.add(at(f"{key}.host"), f"{key}.host", f"expected a host name, found {host.host!r}")
-    if site.engine.port > 65535:
-        rep.add(
-            at("engine.port"), "engine.port", f"expected a port <= 65535, found {site.engine.port}"
-        )
-    if not _TIME_RE.match(site.scheduler.time):
+        if c.runtime == "none" and c.image:
+            rep.add(
+                at("container.image"),
+                "container.image",
+                "not used when container.runtime is 'none' (remove it, or set a runtime)",
+            )
+        if c.runtime != "none" and c.venv:
+            rep.add(
+                at("container.venv"),
+                "container.venv",
+                f"only used when container.runtime is 'none', not {c.runtime!r}",
+            )
+    if not (broken("login") or broken("scheduler.submit")):
+        if not site.login and site.scheduler.submit != "local":
+            rep.add(
+                at("login"),
+                "login",
+                "at least one login host is needed unless scheduler.submit is 'local'",
+            )
+        for i, host in enumerate(site.login):
+            key = f"login[{i}]" if f"login[{i}]" in rep.lines else "login"
+            if host.port > 65535:
+                msg = f"expected a port <= 65535, found {host.port}"
+                rep.add(at(f"{key}.port"), f"{key}.port", msg)
+            if not host.host.strip() or any(ch.isspace() for ch in host.host):
+                msg = f"expected a host name, found {host.host!r}"
+                rep.add(at(f"{key}.host"), f"{key}.host", msg)
+    if not broken("engine.port") and site.engine.port > 65535:
+        msg = f"expected a port <= 65535, found {site.engine.port}"
+        rep.add(at("engine.port"), "engine.port", msg)
+    if not broken("scheduler.time") and not _TIME_RE.match(site.scheduler.time):
         rep.add(
             at("scheduler.time"),
             "scheduler.time",
             f"expected a Slurm time such as 01:00:00 or 2-00:00:00, found {site.scheduler.time!r}",
         )
-    for i, opt in enumerate(site.scheduler.extra_sbatch):
-        if not opt.startswith("-"):
-            rep.add(
-                at(f"scheduler.extra_sbatch[{i}]"),
-                f"scheduler.extra_sbatch[{i}]",
-                f"expected an sbatch option such as '--hint=nomultithread' "
-                f"(without '#SBATCH'), found {opt!r}",
-            )
+    if not broken("scheduler.extra_sbatch"):
+        for i, opt in enumerate(site.scheduler.extra_sbatch):
+            if not opt.startswith("-"):
+                rep.add(
+                    at(f"scheduler.extra_sbatch[{i}]"),
+                    f"scheduler.extra_sbatch[{i}]",
+                    f"expected an sbatch option such as '--hint=nomultithread' "
+                    f"(without '#SBATCH'), found {opt!r}",
+                )
     for name in site.network.nccl_env:
         if not name.startswith("NCCL_") or not _ENV_NAME_RE.match(name):
             rep.add(
@@ -391,15 +407,16 @@ def _check_site(site: Site, rep: _Report) -> None:
                 f"engine.env.{name}",
                 "expected an environment variable name (letters, digits, '_')",
             )
-    known = dotted_names(Site)
-    for i, name in enumerate(site.unconfirmed):
-        plain = re.sub(r"\[\d+\]", "", name)
-        if plain not in known:
-            rep.add(
-                at(f"unconfirmed[{i}]"),
-                f"unconfirmed[{i}]",
-                f"{name!r} is not a site field {_suggest_field(plain, known)}",
-            )
+    if not broken("unconfirmed"):
+        known = dotted_names(Site)
+        for i, name in enumerate(site.unconfirmed):
+            plain = re.sub(r"\[\d+\]", "", name)
+            if plain not in known:
+                rep.add(
+                    at(f"unconfirmed[{i}]"),
+                    f"unconfirmed[{i}]",
+                    f"{name!r} is not a site field {_suggest_field(plain, known)}",
+                )
 
 
 def _suggest_field(name: str, known: list[str]) -> str:
@@ -451,9 +468,8 @@ def parse_site(text: str, file: str) -> Site:
                 f"at the top level, found {_found(root)}"
             ]
         )
-    site = _convert(root, Site, "", rep)
-    if site is not _INVALID:
-        _check_site(site, rep)
+    site = _convert(root, Site, "", rep)  # a Site: the root is a mapping
+    _check_site(site, rep)
     if rep.problems:
         raise ConfigError(rep.sorted())
     return site

@@ -169,6 +169,17 @@ def test_cross_field_rules() -> None:
     ]
 
 
+def test_cross_field_rules_run_alongside_type_errors() -> None:
+    f = "tests/data/sites/mixed.yaml"
+    assert problems_of(DATA / "mixed.yaml") == [
+        f"{f}:1: name: expected letters, digits, '.', '_' or '-', found 'x y'",
+        f"{f}:2: node.gpus: expected an integer, found text 'four'",
+        f"{f}:3: container.image: not used when container.runtime is 'none' "
+        "(remove it, or set a runtime)",
+        f"{f}:4: login[1]: expected a mapping, found integer 5",
+    ]
+
+
 def test_runtime_none_image_is_an_error() -> None:
     text = MINIMAL.format(name="x", description="y").replace(
         "container: {image: /images/vllm.sif}", "container: {runtime: none, image: /i.sif}"
@@ -273,8 +284,13 @@ def test_broken_user_file_is_reported_by_file(isolated: Path) -> None:
     (user_dir / "bad.yaml").write_text("name: bad\nnode: {gpus: 4}\n")
     with pytest.raises(ConfigError) as e:
         sites.all_sites()
-    assert all("bad.yaml:2: node." in p for p in e.value.problems)
-    assert len(e.value.problems) == 2  # gpu_model and gpu_memory_gb
+    assert [p.split(": ", 2)[1] for p in e.value.problems] == [
+        "container.image",
+        "login",
+        "node.gpu_model",
+        "node.gpu_memory_gb",
+    ]
+    assert all(p.startswith(str(user_dir / "bad.yaml")) for p in e.value.problems)
 
 
 def test_same_name_twice_in_one_directory_is_an_error(tmp_path: Path, monkeypatch) -> None:
