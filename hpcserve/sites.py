@@ -60,6 +60,14 @@ _TIME_RE = re.compile(
 # --------------------------------------------------------------------------- problems
 
 
+class SiteFileError(ConfigError):
+    """A broken site file; ``name`` is the site it defines when that much could be read."""
+
+    def __init__(self, problems: list[str], name: str | None = None) -> None:
+        super().__init__(problems)
+        self.name = name
+
+
 @dataclass
 class _Report:
     """Problems of one file, and the line of every key seen (for cross-field checks)."""
@@ -454,15 +462,15 @@ def parse_site(text: str, file: str) -> Site:
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
-        raise ConfigError([f"{file}:{_syntax_error(e)}"]) from None
+        raise SiteFileError([f"{file}:{_syntax_error(e)}"]) from None
     except yaml.YAMLError as e:
-        raise ConfigError([f"{file}:1: YAML error: {e}"]) from None
+        raise SiteFileError([f"{file}:1: YAML error: {e}"]) from None
     if root is None:
-        raise ConfigError(
+        raise SiteFileError(
             [f"{file}:1: the file is empty (expected a mapping with 'name' and 'node')"]
         )
     if not isinstance(root, MappingNode):
-        raise ConfigError(
+        raise SiteFileError(
             [
                 f"{file}:{_line(root)}: expected a mapping of site settings "
                 f"at the top level, found {_found(root)}"
@@ -471,7 +479,8 @@ def parse_site(text: str, file: str) -> Site:
     site = _convert(root, Site, "", rep)  # a Site: the root is a mapping
     _check_site(site, rep)
     if rep.problems:
-        raise ConfigError(rep.sorted())
+        name = None if rep.broken("name") else site.name
+        raise SiteFileError(rep.sorted(), name)
     return site
 
 
@@ -486,7 +495,7 @@ def load_site_file(path: str | os.PathLike[str]) -> Site:
     except IsADirectoryError:
         raise UsageError(f"{shown}: is a directory, not a site file") from None
     except UnicodeDecodeError as e:
-        raise ConfigError([f"{shown}:1: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+        raise SiteFileError([f"{shown}:1: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     except OSError as e:
         raise UsageError(f"{shown}: cannot read: {e.strerror}") from None
     site = parse_site(text, shown)
@@ -521,54 +530,73 @@ def _files_in(origin: str, path: Path) -> list[Path]:
     return []  # the shipped or user directory may simply not be there
 
 
-def scan_sites() -> tuple[dict[str, Site], dict[str, str], list[str]]:
-    """Load every site on the search path.
+@dataclass
+class SiteScan:
+    """Every site file on the search path, loaded or not."""
 
-    Returns ``(sites by name, origin by name, problems)``: broken files do not stop the others
-    from loading, their problems are returned instead (see :func:`all_sites` for the strict form).
+    sites: dict[str, Site] = field(default_factory=dict)  # valid sites by name
+    origins: dict[str, str] = field(default_factory=dict)  # name -> shipped/user/$HPCSERVE_SITES
+    broken: dict[str, list[str]] = field(default_factory=dict)  # name -> problems (last wins)
+    unnamed: list[str] = field(default_factory=list)  # problems of files whose name is unknown
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for ps in self.broken.values() for p in ps] + self.unnamed
+
+
+def scan_sites() -> SiteScan:
+    """Load every site on the search path, later files replacing earlier ones by name.
+
+    A broken file does not stop the others from loading: its problems are kept under the name
+    it defines (or in ``unnamed`` when even that could not be read). A later valid file of the
+    same name replaces a broken one, and the other way round.
     """
-    sites: dict[str, Site] = {}
-    origins: dict[str, str] = {}
-    problems: list[str] = []
+    scan = SiteScan()
     for origin, entry in search_path():
         defined_here: dict[str, str] = {}
         for f in _files_in(origin, entry):
             try:
                 site = load_site_file(f)
-            except ConfigError as e:
-                problems.extend(e.problems)
-                continue
-            except UsageError as e:
-                problems.append(str(e))
+            except SiteFileError as e:
+                if e.name is None:
+                    scan.unnamed.extend(e.problems)
+                else:
+                    scan.sites.pop(e.name, None)
+                    scan.broken[e.name] = e.problems
                 continue
             if site.name in defined_here:
-                problems.append(
+                scan.unnamed.append(
                     f"{display_path(f)}:1: name: site {site.name!r} is also defined "
                     f"in {defined_here[site.name]} (same directory)"
                 )
                 continue
             defined_here[site.name] = display_path(f)
-            sites[site.name] = site
-            origins[site.name] = origin
-    return sites, origins, problems
+            scan.broken.pop(site.name, None)
+            scan.sites[site.name] = site
+            scan.origins[site.name] = origin
+    return scan
 
 
 def all_sites() -> dict[str, Site]:
     """Every known site by name; :class:`ConfigError` if any site file on the path is broken."""
-    sites, _, problems = scan_sites()
-    if problems:
-        raise ConfigError(problems)
-    return dict(sorted(sites.items()))
+    scan = scan_sites()
+    if scan.problems:
+        raise ConfigError(scan.problems)
+    return dict(sorted(scan.sites.items()))
 
 
 def load_site(name: str) -> Site:
     """The site called ``name`` (a path to a .yaml file works too)."""
     if name.endswith(SUFFIXES) or os.sep in name:
         return load_site_file(name)
-    sites = all_sites()
-    if name in sites:
-        return sites[name]
-    known = sorted(sites)
+    scan = scan_sites()
+    # A broken file blocks only the site it defines (or every site, when its name is unknown).
+    blocking = scan.broken.get(name, []) + scan.unnamed
+    if blocking:
+        raise ConfigError(blocking)
+    if name in scan.sites:
+        return scan.sites[name]
+    known = sorted(set(scan.sites) | set(scan.broken))
     close = did_you_mean(name, known)
     hint = f" (did you mean {close!r}?)" if close else ""
     listed = ", ".join(known) if known else "none"

@@ -293,6 +293,38 @@ def test_broken_user_file_is_reported_by_file(isolated: Path) -> None:
     assert all(p.startswith(str(user_dir / "bad.yaml")) for p in e.value.problems)
 
 
+def test_broken_file_blocks_only_the_site_it_defines(
+    isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_dir = isolated / ".config" / "hpcserve" / "sites"
+    user_dir.mkdir(parents=True)
+    (user_dir / "mine.yaml").write_text("name: mine\nnode: {gpus: many}\n")
+    assert sites.load_site("meluxina").name == "meluxina"  # unaffected
+    with pytest.raises(ConfigError) as e:
+        sites.load_site("mine")
+    assert any(
+        p.endswith("mine.yaml:2: node.gpus: expected an integer, found text 'many'")
+        for p in e.value.problems
+    )
+
+    # A broken override of a shipped site blocks that site (the user meant to change it) ...
+    (user_dir / "meluxina.yaml").write_text("name: meluxina\nnode: {gpus: 0}\n")
+    with pytest.raises(ConfigError, match="node.gpus: expected a value >= 1, found 0"):
+        sites.load_site("meluxina")
+    # ... until a later valid file of that name replaces it.
+    write_site(tmp_path / "env", "m.yaml", "meluxina", "fixed in env")
+    monkeypatch.setenv(sites.ENV_VAR, str(tmp_path / "env"))
+    assert sites.load_site("meluxina").description == "fixed in env"
+
+
+def test_file_whose_name_is_unreadable_blocks_every_lookup(isolated: Path) -> None:
+    user_dir = isolated / ".config" / "hpcserve" / "sites"
+    user_dir.mkdir(parents=True)
+    (user_dir / "broken.yaml").write_text("name: [oops\n")
+    with pytest.raises(ConfigError, match="broken.yaml:2:1: YAML syntax error"):
+        sites.load_site("leonardo")
+
+
 def test_same_name_twice_in_one_directory_is_an_error(tmp_path: Path, monkeypatch) -> None:
     write_site(tmp_path / "d", "one.yaml", "twin", "first")
     write_site(tmp_path / "d", "two.yaml", "twin", "second")

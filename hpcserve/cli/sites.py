@@ -38,8 +38,8 @@ def _summary(site: Site, origin: str) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 def list_sites(as_json: bool) -> None:
     """List the known sites (shipped, ~/.config/hpcserve/sites, $HPCSERVE_SITES)."""
-    found, origins, problems = sitelib.scan_sites()
-    rows = [_summary(found[name], origins[name]) for name in sorted(found)]
+    scan = sitelib.scan_sites()
+    rows = [_summary(scan.sites[name], scan.origins[name]) for name in sorted(scan.sites)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -48,8 +48,8 @@ def list_sites(as_json: bool) -> None:
         for r in rows:
             gpus = f"{r['gpus_per_node']}x {r['gpu_model']}"
             click.echo(f"{r['name']:<{width}}  {gpus:<22}  {r['origin']:<14}  {r['description']}")
-    if problems:
-        raise ConfigError(problems)
+    if scan.problems:
+        raise ConfigError(scan.problems)
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
