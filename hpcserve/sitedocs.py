@@ -30,7 +30,8 @@ A site file is one YAML file per cluster. Its keys mirror the dataclasses in
 
 Sites are looked up in the shipped `site_configs/`, then `~/.config/hpcserve/sites/`, then each
 directory or file listed in `$HPCSERVE_SITES` (separated by `:`); a later file replaces an earlier
-one with the same `name`.
+one with the same `name`. A broken file blocks only the site it defines (every site, when not
+even its `name` can be read); `hpcserve sites list` shows the others and the problems.
 
 Rules beyond the types below:
 

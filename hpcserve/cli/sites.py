@@ -37,7 +37,11 @@ def _summary(site: Site, origin: str) -> dict[str, Any]:
 @sites.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 def list_sites(as_json: bool) -> None:
-    """List the known sites (shipped, ~/.config/hpcserve/sites, $HPCSERVE_SITES)."""
+    """List the known sites.
+
+    Sites come from the shipped site_configs/, then ~/.config/hpcserve/sites/, then each
+    directory or file in $HPCSERVE_SITES; a later file replaces an earlier one by name.
+    """
     scan = sitelib.scan_sites()
     rows = [_summary(scan.sites[name], scan.origins[name]) for name in sorted(scan.sites)]
     if as_json:
@@ -78,7 +82,10 @@ def _is_unconfirmed(dotted: str, unconfirmed: set[str]) -> bool:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
 def show(name: str, as_json: bool) -> None:
-    """Show a site's resolved config (defaults filled in), marking unconfirmed values."""
+    """Show a site's resolved config.
+
+    Defaults are filled in; values the site file lists as unconfirmed are marked.
+    """
     site = sitelib.load_site(name)
     data = dataclasses.asdict(site)
     if as_json:
@@ -100,7 +107,11 @@ def show(name: str, as_json: bool) -> None:
 @sites.command("validate")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(paths: tuple[Path, ...]) -> None:
-    """Check site files (or directories of them); print OK or every problem. Exit 2 if any fails."""
+    """Check site files (or directories of them).
+
+    Prints `OK PATH` for each good file and one line per problem of the others; exits 2 if
+    any file has a problem.
+    """
     problems: list[str] = []
     for path in paths:
         files = (
@@ -127,7 +138,10 @@ def validate(paths: tuple[Path, ...]) -> None:
 @sites.command("schema")
 @click.option("--markdown", is_flag=True, help="Print the Markdown page (docs/site-config.md).")
 def schema(markdown: bool) -> None:
-    """Print the site-config field reference, generated from the schema."""
+    """Print the site-config field reference.
+
+    Generated from the schema's dataclass metadata; --markdown gives docs/site-config.md.
+    """
     from hpcserve import sitedocs
 
     click.echo(sitedocs.markdown() if markdown else sitedocs.text(), nl=False)
