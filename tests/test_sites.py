@@ -77,7 +77,7 @@ def test_every_shipped_site_validates(path: Path) -> None:
 
 def test_at_least_four_shipped_gpu_sites() -> None:
     names = {p.stem for p in SHIPPED}
-    assert {"meluxina", "leonardo", "juwels-booster", "perlmutter"} <= names
+    assert {"meluxina", "leonardo", "juwels-booster", "perlmutter", "snellius"} <= names
 
 
 def test_meluxina_facts() -> None:
@@ -244,7 +244,7 @@ def test_unknown_site_name_lists_known_sites() -> None:
         sites.load_site("meluxia")
     message = str(e.value)
     assert "unknown site 'meluxia' (did you mean 'meluxina'?)" in message
-    assert "known sites: juwels-booster, leonardo, meluxina, perlmutter" in message
+    assert "known sites: juwels-booster, leonardo, meluxina, perlmutter, snellius" in message
 
 
 def test_load_site_accepts_a_path() -> None:
