@@ -71,7 +71,8 @@ def write_site(directory: Path, file: str, name: str, description: str) -> Path:
 def test_every_shipped_site_validates(path: Path) -> None:
     site = sites.load_site_file(path)
     assert site.name == path.stem  # one file per site, named after it
-    assert site.sources, "a shipped site says where its facts come from"
+    if site.name != "local":  # the lab's own cluster has no public facts to cite
+        assert site.sources, "a shipped site says where its facts come from"
     assert site.node.gpus >= 1 and site.description
 
 
@@ -244,7 +245,7 @@ def test_unknown_site_name_lists_known_sites() -> None:
         sites.load_site("meluxia")
     message = str(e.value)
     assert "unknown site 'meluxia' (did you mean 'meluxina'?)" in message
-    assert "known sites: juwels-booster, leonardo, meluxina, perlmutter, snellius" in message
+    assert "known sites: " + ", ".join(sorted(p.stem for p in SHIPPED)) in message
 
 
 def test_load_site_accepts_a_path() -> None:
