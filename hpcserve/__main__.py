@@ -1,3 +1,5 @@
+import sys
+
 from hpcserve.cli import main
 
-main()
+sys.exit(main())

@@ -74,7 +74,11 @@ def _fail(message: str, code: int) -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the CLI, turning known errors into one line and an exit code."""
     try:
-        return cli.main(args=argv, prog_name="hpcserve", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="hpcserve", standalone_mode=False)
+        # Under standalone_mode=False click returns ctx.exit(n)'s code instead of exiting.
+        if isinstance(rv, int) and rv != 0:
+            sys.exit(rv)
+        return rv
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:
