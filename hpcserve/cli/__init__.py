@@ -71,14 +71,14 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def main(argv: list[str] | None = None) -> Any:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and an exit code."""
     try:
         rv = cli.main(args=argv, prog_name="hpcserve", standalone_mode=False)
         # Under standalone_mode=False click returns ctx.exit(n)'s code instead of exiting.
         if isinstance(rv, int) and rv != 0:
             sys.exit(rv)
-        return rv
+        return None
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:
