@@ -1,5 +1,3 @@
-import sys
-
 from hpcserve.cli import main
 
-sys.exit(main())
+main()
