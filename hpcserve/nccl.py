@@ -92,6 +92,7 @@ _MAX_SEEN = 200_000
 _MAX_SET = 4096
 _MAX_EXAMPLES = 3
 CHUNK_SIZE = 8 << 20
+_MAX_LINE = 64 << 20
 
 
 def net_kind(name: str) -> str:
@@ -406,7 +407,7 @@ class NcclScanner:
             cut = block.rfind(b"\n")
             if cut < 0:
                 rest = block
-                if len(rest) > 4 * chunk_size:  # one absurd line: look at it and move on
+                if len(rest) > max(4 * chunk_size, _MAX_LINE):  # absurd line: look, move on
                     self.feed_chunk(rest)
                     rest = b""
                 continue
@@ -880,6 +881,8 @@ def _gdr_causes(s: NcclScanner) -> list[Cause]:
     rd = s.env.get("NCCL_NET_GDR_READ")
     if rd is not None and rd[0].strip() == "0":
         out.append(Cause("NCCL_NET_GDR_READ=0 turns GDR off for sends", "unset it", [rd[1]]))
+    if out and not s.gdr_disabled:
+        return out
     peer = [s.gdr_disabled] if s.gdr_disabled else []
     out.append(
         Cause(
