@@ -386,14 +386,18 @@ class NcclScanner:
         new.difference_update(self._seen)
         if not new:
             return
-        # First occurrences in order, so the cited lines are the earliest ones.
-        for key in sorted(new, key=lambda k: chunk.find(b"NCCL " + k)):
+        # Second pass over this chunk only: first occurrences, in order (the earliest lines are
+        # the ones cited), stopping once every new message has been seen.
+        for m in MSG_RE_B.finditer(chunk):
+            key = m.group(1)
+            if key not in new:
+                continue
+            new.discard(key)
             self._remember(key)
-            i = chunk.find(b"NCCL " + key)
-            start = chunk.rfind(b"\n", 0, i) + 1
-            end = chunk.find(b"\n", i)
-            raw = chunk[start : end if end >= 0 else len(chunk)]
-            self._parse(raw.decode("utf-8", "replace"))
+            start = chunk.rfind(b"\n", 0, m.start()) + 1
+            self._parse(chunk[start : m.end()].decode("utf-8", "replace"))
+            if not new:
+                break
 
     def feed_stream(self, f: IO[bytes] | gzip.GzipFile, chunk_size: int = CHUNK_SIZE) -> None:
         """Read a binary stream to its end in chunks cut at line ends."""
