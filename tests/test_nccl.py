@@ -452,3 +452,44 @@ def test_memory_is_bounded_by_distinct_messages_not_log_length() -> None:
         s.feed_chunk(line * 1000)
     assert len(s._seen) == 1
     assert s.report().connections == {"P2P/CUMEM": 1}
+
+
+def test_job_reference_reads_the_job_s_logs_through_its_executor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JOB mode with stand-ins for the registry/sites/cluster modules other helpers write."""
+    import types
+
+    from hpcserve.cli import main
+    from hpcserve.jobrecord import JobRecord
+    from hpcserve.remote import LocalExecutor
+
+    jobdir = tmp_path / "job dir 'quoted'"
+    (jobdir / "nccl").mkdir(parents=True)
+    (jobdir / "nccl" / "node-0.gpu1.11.log").write_text(
+        "gpu1:11:11 [0] NCCL INFO comm 0x1 rank 0 nRanks 8 nNodes 2 localRanks 4 localRank 0\n"
+        "gpu1:11:11 [0] NCCL INFO NET/IB : No device found.\n"
+        "gpu1:11:11 [0] NCCL INFO Channel 00/0 : 3[3] -> 4[0] [send] via NET/Socket/0\n"
+    )
+    (jobdir / "node-1.log").write_text("INFO vllm worker started\n")
+    rec = JobRecord("4711", "meluxina", "m", 2, 4, 2, str(jobdir), 0.0, False, name="run1")
+
+    class Registry:
+        def get(self, ref: str) -> JobRecord:
+            assert ref == "run1"
+            return rec
+
+    fakes = {
+        "hpcserve.registry": {"Registry": Registry},
+        "hpcserve.sites": {"load_site": lambda name: object()},
+        "hpcserve.cluster": {"executor_for": lambda site: LocalExecutor()},
+    }
+    for name, attrs in fakes.items():
+        mod = types.ModuleType(name)
+        for k, v in attrs.items():
+            setattr(mod, k, v)
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["nccl", "--json", "run1"])
+    assert e.value.code == 1
