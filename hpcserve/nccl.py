@@ -828,9 +828,10 @@ def _socket_causes(s: NcclScanner) -> list[Cause]:
         out.append(
             Cause(
                 "no InfiniBand device is visible to NCCL (typically inside the container)",
-                "make /dev/infiniband and /sys/class/infiniband visible in the container "
-                "(apptainer: --bind /dev/infiniband, or --contain off), check `ibv_devinfo` in it, "
-                "and that the node has IB (rdma modules loaded)",
+                "make the HCA visible where NCCL runs: /dev/infiniband and /sys/class/infiniband "
+                "(Apptainer shares the host /dev unless --contain/--containall is used; Docker "
+                "needs --device /dev/infiniband), the image needs rdma-core (libibverbs + mlx5 "
+                "provider); check with `ibv_devinfo` inside the container",
                 [s.ib_nodevice],
             )
         )
