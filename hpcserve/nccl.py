@@ -672,6 +672,12 @@ def _judge(s: NcclScanner) -> NcclReport:
         _judge_single(s, r, net_lines, p2p_off, shm_off)
     else:
         _judge_cross(s, r)
+        if isolated:
+            r.warnings.append(
+                "NCCL_P2P_DISABLE and NCCL_SHM_DISABLE are set: GPUs inside each node also go "
+                "through the network"
+            )
+            r.evidence.extend(s.env[n][1] for n in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE"))
     if s.ring_gdr_line and r.cross_node.gdr is False:
         r.warnings.append(
             "'Connected all rings ... GDR 1' was ignored: the NET connection lines, which decide, "

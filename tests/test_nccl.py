@@ -493,3 +493,17 @@ def test_job_reference_reads_the_job_s_logs_through_its_executor(
     with pytest.raises(SystemExit) as e:
         main(["nccl", "--json", "run1"])
     assert e.value.code == 1
+
+
+def test_multi_node_with_p2p_and_shm_disabled_warns_about_intra_node_network() -> None:
+    lines = [
+        "a:1:1 [0] NCCL INFO NCCL_P2P_DISABLE set by environment to 1",
+        "a:1:1 [0] NCCL INFO NCCL_SHM_DISABLE set by environment to 1.",
+        "a:1:1 [0] NCCL INFO comm 0x1 rank 0 nRanks 4 nNodes 4 localRanks 1 localRank 0 MNNVL 0",
+        "b:2:2 [0] NCCL INFO comm 0x2 rank 2 nRanks 4 nNodes 4 localRanks 1 localRank 0 MNNVL 0",
+        "a:1:1 [0] NCCL INFO Channel 00/0 : 1[1] -> 2[0] [send] via NET/IB/0/GDRDMA",
+    ]
+    r = scan_lines(lines)
+    assert r.nodes == 2  # two hostnames; nNodes 4 counts GPUs when P2P and SHM are off
+    assert r.verdict == "optimal" and r.cross_node.transport == "ib"
+    assert any("inside each node" in w for w in r.warnings)

@@ -34,7 +34,10 @@ def _scan_job(scanner: NcclScanner, ref: str) -> None:
         from hpcserve.registry import Registry
     except ImportError as e:  # the registry module is another helper's; say so plainly
         raise UsageError(f"no such file, and no job registry to look up '{ref}'") from e
-    rec = Registry().get(ref)
+    try:
+        rec = Registry().get(ref)
+    except UsageError as e:
+        raise UsageError(f"no such file or job: {ref} ({e})") from e
     from hpcserve.cluster import executor_for
     from hpcserve.jobrecord import NCCL_DIR
     from hpcserve.sites import load_site
