@@ -111,7 +111,7 @@ def net_kind(name: str) -> str:
 class Line:
     """One recognised NCCL line, split into its origin and its message."""
 
-    text: str  # the whole line, launcher prefix included (what is cited)
+    text: str  # the whole line, launcher prefix included, colour codes removed (what is cited)
     host: str | None
     pid: int | None
     dev: int | None
@@ -142,7 +142,7 @@ def split_line(line: str) -> Line | None:
     if o is not None:
         host, pid, dev = o.group(1), int(o.group(2)), int(o.group(4))
     ip = _RAY_IP_RE.search(head)
-    return Line(text, host, pid, dev, level, msg, ip.group(1) if ip else None)
+    return Line(clean, host, pid, dev, level, msg, ip.group(1) if ip else None)
 
 
 # --- connections ------------------------------------------------------------------------------
