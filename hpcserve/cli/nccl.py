@@ -1,0 +1,148 @@
+"""``hpcserve nccl JOB | FILE... | -``: how NCCL traffic flows, from NCCL_DEBUG=INFO logs.
+
+Exit codes: 0 optimal or single node, 1 degraded, 3 no NCCL information found, 2 usage error.
+Heavy modules (registry, SSH) are imported only for a job reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from hpcserve.errors import HpcserveError, UsageError
+from hpcserve.nccl import NcclReport, NcclScanner, one_line, open_log, wrap_stream
+
+_NODE_FILE_RE = re.compile(r"node-(\d+)")
+
+
+def _files_in(path: Path) -> list[str]:
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*") if p.is_file())
+    return [str(path)]
+
+
+def _scan_job(scanner: NcclScanner, ref: str) -> None:
+    """Read a registered job's NCCL and node logs where the job ran."""
+    try:
+        from hpcserve.registry import Registry
+    except ImportError as e:  # the registry module is another helper's; say so plainly
+        raise UsageError(f"no such file, and no job registry to look up '{ref}'") from e
+    try:
+        rec = Registry().get(ref)
+    except UsageError as e:
+        raise UsageError(f"no such file or job: {ref} ({e})") from e
+    from hpcserve.cluster import executor_for
+    from hpcserve.jobrecord import NCCL_DIR
+    from hpcserve.sites import load_site
+
+    ex = executor_for(load_site(rec.site))
+    try:
+        jobdir = rec.job_dir
+        if jobdir == "~" or jobdir.startswith("~/"):
+            base = '"$HOME"' + (shlex.quote(jobdir[1:]) if len(jobdir) > 1 else "")
+        else:
+            base = shlex.quote(jobdir)
+        script = (
+            f"for f in {base}/{NCCL_DIR}/*.log {base}/node-*.log; "
+            'do [ -f "$f" ] && printf "%s\\n" "$f"; done; true'
+        )
+        res = ex.run(["sh", "-c", script], timeout=60)
+        files = [ln for ln in res.stdout.splitlines() if ln.strip()]
+        if not files:
+            raise HpcserveError(
+                f"job {rec.job_id}: no NCCL or node logs yet in {jobdir} "
+                "(has it started? were NCCL communicators created?)"
+            )
+        for path in files:
+            m = _NODE_FILE_RE.search(posixpath.basename(path))
+            scanner.begin_source(f"node-{m.group(1)}" if m else None)
+            scanner.feed_chunk(ex.read_text(path).encode("utf-8", "replace") + b"\n")
+    finally:
+        ex.close()
+
+
+def _human(r: NcclReport) -> str:
+    out = [one_line(r) if r.verdict != "unknown" else "NCCL: verdict unknown"]
+    c = r.cross_node
+    out.append(f"  NCCL version : {r.nccl_version or 'not in the log'}")
+    out.append(f"  nodes / ranks: {r.nodes if r.nodes is not None else '?'} / {r.ranks or '?'}")
+    gdr = {True: "yes", False: "no", None: "-"}[c.gdr]
+    out.append(f"  cross-node   : {c.transport} (GPUDirect RDMA: {gdr}, link: {c.link or '-'})")
+    out.append(f"  intra-node   : {', '.join(r.intra_node) or 'none seen'}")
+    if r.per_node:
+        out.append("  per host (as NCCL names them):")
+        for n in r.per_node[:64]:
+            ranks = ",".join(map(str, n.ranks[:16])) + ("..." if len(n.ranks) > 16 else "")
+            out.append(
+                f"    {n.host}: {n.processes} process(es), ranks [{ranks}], "
+                f"transports {', '.join(n.transports) or '-'}"
+                + (f", selected network {', '.join(n.networks)}" if n.networks else "")
+            )
+        if len(r.per_node) > 64:
+            out.append(f"    ... {len(r.per_node) - 64} more")
+    for w in r.warnings:
+        out.append(f"  warning: {w}")
+    if r.causes:
+        out.append("  likely causes and fixes:")
+        for cause in r.causes:
+            out.append(f"    - {cause.cause}")
+            out.append(f"      fix: {cause.fix}")
+            for line in cause.lines[:3]:
+                out.append(f"      | {line}")
+    if r.evidence:
+        out.append("  evidence:")
+        for line in r.evidence:
+            out.append(f"    | {line}")
+    return "\n".join(out)
+
+
+@click.command("nccl")
+@click.argument("sources", nargs=-1, metavar="JOB|FILE...|-")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@click.option(
+    "--gdr-optional",
+    is_flag=True,
+    help="Do not count InfiniBand without GPUDirect RDMA as degraded.",
+)
+def nccl(sources: tuple[str, ...], as_json: bool, gdr_optional: bool) -> None:
+    """Tell how NCCL traffic flows (IB/GDR, sockets) from NCCL_DEBUG=INFO logs.
+
+    A SOURCE is a log file (plain or gzip'd), a directory of logs, '-' for stdin, or a job
+    id/name from the registry (its JOBDIR/nccl/*.log and node-*.log). Exit status: 0 optimal
+    or single node, 1 degraded, 3 no NCCL information found, 2 usage error.
+    """
+    if not sources:
+        raise UsageError("give a job, one or more log files, or '-' for stdin")
+    scanner = NcclScanner(expect_gdr=not gdr_optional)
+    jobs = [s for s in sources if s != "-" and not os.path.exists(s)]
+    if jobs and len(sources) > 1:
+        raise UsageError(f"no such file: {jobs[0]} (a job reference must be the only argument)")
+    if sources.count("-") > 1:
+        raise UsageError("'-' (stdin) can be given once")
+    if jobs:
+        _scan_job(scanner, jobs[0])
+    else:
+        for src in sources:
+            if src == "-":
+                scanner.begin_source(None)
+                scanner.feed_stream(wrap_stream(sys.stdin.buffer))
+                continue
+            for path in _files_in(Path(src)):
+                try:
+                    with open_log(path) as f:
+                        scanner.feed_stream(f)
+                except (OSError, EOFError) as e:
+                    raise UsageError(f"cannot read {path}: {e}") from e
+    report = scanner.report()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(_human(report))
+    sys.exit(report.exit_code)

@@ -1,0 +1,512 @@
+"""hpcserve.nccl: parsing NCCL_DEBUG=INFO output and judging how GPUs and nodes talk."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcserve.nccl import (
+    NcclScanner,
+    nccl_summary_for_status,
+    parse_connection,
+    scan_lines,
+    scan_paths,
+    split_line,
+)
+
+DATA = Path(__file__).parent / "data" / "nccl"
+REPO = Path(__file__).resolve().parents[1]
+CORE = "gpu7:4242:4300 [1] NCCL INFO Channel 00/0 : 1[1] -> 5[1] [send] via NET/IB/1/GDRDMA"
+ESC = "\x1b"
+
+
+def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpcserve", "nccl", *args],
+        input=stdin,
+        capture_output=True,
+        cwd=REPO,
+        check=False,
+    )
+
+
+# --- prefixes ---------------------------------------------------------------------------------
+
+PREFIXES = {
+    "none": "",
+    "srun -l": "0: ",
+    "srun -l wide": " 12: ",
+    "openmpi tag-output": "[1,5]<stdout>:",
+    "openmpi tag-output with timestamp": "Mon Nov 23 10:00:00 2026[1,5]<stdout>:",
+    "rank tag": "[155] ",
+    "torchrun": "[rank0]:",
+    "pdsh": "gpu7: ",
+    "vllm worker": "(VllmWorker rank=1 pid=4242) ",
+    "vllm pp worker": "(Worker_PP1 pid=4242) ",
+    "ray": "(RayWorkerWrapper pid=4242, ip=10.0.0.7) ",
+    "ray ansi": f"{ESC}[36m(RayWorkerWrapper pid=4242, ip=10.0.0.7){ESC}[0m ",
+    "ray literal ESC": "ESC[36m(RayWorkerWrapper pid=4242, ip=10.0.0.7)ESC[0m ",
+    "iso timestamp column": "2024-12-04T07:19:43.480Z\t",
+    "syslog-ish timestamp": "[2026-11-22 10:00:00,123] ",
+    "nested vllm+ray": "(EngineCore_DP0 pid=1088) (RayWorkerWrapper pid=4242, ip=10.0.0.7) ",
+}
+
+
+@pytest.mark.parametrize("prefix", PREFIXES.values(), ids=list(PREFIXES))
+def test_every_launcher_prefix_keeps_host_pid_and_message(prefix: str) -> None:
+    ln = split_line(prefix + CORE)
+    assert ln is not None
+    assert (ln.host, ln.pid, ln.dev, ln.level) == ("gpu7", 4242, 1, "INFO")
+    assert ln.msg == "Channel 00/0 : 1[1] -> 5[1] [send] via NET/IB/1/GDRDMA"
+    assert ln.text.endswith(CORE) and "\x1b" not in ln.text and "ESC[" not in ln.text
+
+
+def test_ray_ip_is_read_from_the_prefix() -> None:
+    ln = split_line(PREFIXES["ray ansi"] + CORE)
+    assert ln is not None and ln.ray_ip == "10.0.0.7"
+
+
+@pytest.mark.parametrize(
+    "host_part,host",
+    [("", ""), ("10-90-43-152", "10-90-43-152"), ("<cluster_name>", "<cluster_name>")],
+)
+def test_empty_numeric_and_redacted_hostnames(host_part: str, host: str) -> None:
+    ln = split_line(f"0: {host_part}:919:1150 [0] NCCL INFO Using network IB")
+    assert ln is not None and ln.host == host and ln.pid == 919
+
+
+def test_warn_lines_with_file_and_2_26_timestamp() -> None:
+    line = (
+        "[2025-06-01 10:00:00] node1:18564:18638 [0] misc/socket.cc:50 NCCL WARN "
+        "socketProgress: Connection closed by remote peer"
+    )
+    ln = split_line(line)
+    assert ln is not None
+    assert (ln.host, ln.level) == ("node1", "WARN")
+    assert ln.msg.startswith("socketProgress")
+    func = (
+        "h:1:2 [0] transport/net_ib.cc:115 (ncclIbInit) NCCL WARN NET/IB : No IP interface found."
+    )
+    ln2 = split_line(func)
+    assert ln2 is not None and ln2.host == "h" and ln2.msg == "NET/IB : No IP interface found."
+
+
+def test_ray_repeat_suffix_is_dropped_from_the_message() -> None:
+    ln = split_line(
+        "ESC[36m(RayWorkerWrapper pid=9, ip=10.0.0.8)ESC[0m h:9:9 [0] NCCL INFO Using network IB "
+        "ESC[32m [repeated 6x across cluster]ESC[0m"
+    )
+    assert ln is not None and ln.msg == "Using network IB"
+
+
+def test_unknown_and_non_nccl_lines_are_ignored() -> None:
+    assert split_line("INFO 10-24 13:17:20 [custom_all_reduce.py:37] Skipping P2P check") is None
+    assert split_line("h:1:2 [0] NCCL INFO Trees [0] 1/-1/-1->0->-1") is None
+    assert split_line("garbage NCCL garbage") is None
+    r = scan_lines(["", "\x00\xff", "NCCL", "h:1:2 [0] NCCL INFO cudaDriverVersion 12040"])
+    assert r.verdict == "unknown" and not r.found
+
+
+# --- connection formats -----------------------------------------------------------------------
+
+CONNS = [
+    # (message, transport, detail, src, dst, net, gdr, same_device)
+    ("Ring 00 : 26[2] -> 30[6] via P2P/IPC", "p2p", "P2P/IPC", 26, 30, None, False, False),
+    ("Ring 00 : 3 -> 4 [send] via NET/IB/0/GDRDMA", "net", "NET/IB/0/GDRDMA", 3, 4, "IB", True,
+     False),
+    ("Ring 00 : 2[0] -> 3[0] via direct shared memory", "shm", "direct shared memory", 2, 3,
+     None, False, False),
+    ("Channel 01 : 2[c7000] -> 0[87000] [receive] via NET/IB/5/GDRDMA", "net", "NET/IB/5/GDRDMA",
+     2, 0, "IB", True, False),
+    ("Channel 01 : 0[87000] -> 4[87000] [send] via NET/IB/0", "net", "NET/IB/0", 0, 4, "IB",
+     False, True),
+    ("Channel 00/0 : 0[0] -> 1[1] via P2P/IPC/read", "p2p", "P2P/IPC/read", 0, 1, None, False,
+     False),
+    ("Channel 00/0 : 16[17000] -> 18[21000] via P2P/IPC comm 0x5609976f9470 nRanks 32", "p2p",
+     "P2P/IPC", 16, 18, None, False, False),
+    ("Channel 00 : 0[0] -> 1[1] via SHM/direct/direct", "shm", "SHM/direct/direct", 0, 1, None,
+     False, False),
+    ("Channel 02/1 : 0[0] -> 8[0] [send] via NET/IBext_v8/5(2)/GDRDMA", "net",
+     "NET/IBext_v8/5(2)/GDRDMA", 0, 8, "IBext_v8", True, True),
+    ("Channel 02/1 : 0[0] -> 9[1] [send] via NET/AWS Libfabric/1(2)/GDRDMA/Shared", "net",
+     "NET/AWS Libfabric/1(2)/GDRDMA/Shared", 0, 9, "AWS Libfabric", True, False),
+    ("Channel 00/0 : 1[1] -> 2[2] via P2P/CUMEM", "p2p", "P2P/CUMEM", 1, 2, None, False, False),
+    ("Channel 00/0 : 1[1] -> 2[2] via P2P/direct pointer/read", "p2p", "P2P/direct pointer/read",
+     1, 2, None, False, False),
+    ("Channel 00/1 : 0[0] -> 1[1] [send] via NET/Socket/0/Shared", "net", "NET/Socket/0/Shared",
+     0, 1, "Socket", False, False),
+    ("Channel 03/0 : 47[7] -> 39[7] [receive] via NET/IBext_v8/2", "net", "NET/IBext_v8/2", 47,
+     39, "IBext_v8", False, True),
+    ("CollNet 05/0 : 5 [receive] via COLLNET/SHARP/5/GDRDMA", "collnet",
+     "COLLNET/SHARP/5/GDRDMA", 5, None, "SHARP", True, False),
+    ("Coll 00 : 0 [send] via COLLNET/SHARP/0", "collnet", "COLLNET/SHARP/0", 0, None, "SHARP",
+     False, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CONNS, ids=[c[0][:60] for c in CONNS])
+def test_connection_formats_across_versions(case: tuple) -> None:  # type: ignore[type-arg]
+    msg, transport, detail, src, dst, net, gdr, same = case
+    c = parse_connection(msg)
+    assert c is not None
+    assert (c.transport, c.detail, c.src, c.dst) == (transport, detail, src, dst)
+    assert (c.net, c.gdr, c.same_device) == (net, gdr, same)
+
+
+def test_pxn_and_shared_flags() -> None:
+    c = parse_connection("Channel 02/1 : 0[0] -> 9[1] [send] via NET/IBext_v8/5(2)/GDRDMA/Shared")
+    assert c is not None and c.pxn and c.shared
+    c = parse_connection("Channel 02/0 : 0[0] -> 9[1] [send] via NET/IB/5/GDRDMA(PCI)")
+    assert c is not None and c.gdr and not c.pxn
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        "Channel 00/02 :    0   1   2   3",
+        "Channel 00 :    0   1   2   3   4   5   6   7",
+        "Ring 00 :    0   1   2   3",
+        "Trees [0] 1/-1/-1->0->-1 [1] 1/-1/-1->0->-1",
+        "Connected all rings, use ring PXN 0 GDR 1",
+    ],
+)
+def test_ring_and_tree_order_lines_are_not_connections(msg: str) -> None:
+    assert parse_connection(msg) is None
+    r = scan_lines([f"h:1:2 [0] NCCL INFO {msg}"])
+    assert r.connections == {}
+
+
+# --- verdicts on the real and written logs ----------------------------------------------------
+
+EXPECT = {
+    # file: (verdict, nodes, transport, gdr, link, intra_node, exit code)
+    "h200x4-p2p.log": ("single-node", 1, "none", None, None, ["p2p"], 0),
+    "h200x4-shm.log": ("single-node", 1, "none", None, None, ["shm"], 0),
+    "h200x4-socket.log": ("degraded", 1, "none", None, None, ["net"], 1),
+    "v2.4-ring-ib-2node.log": ("optimal", 2, "ib", True, "infiniband", ["p2p"], 0),
+    "v2.4-ray-shm-same-cudadev.log": ("single-node", 1, "none", None, None, ["shm"], 0),
+    "v2.9-ompi-busid-ib-nogdr-samehost.log": ("degraded", 2, "ib", False, "infiniband", ["p2p"], 1),
+    "v2.17-single-node-busid-traps.log": (
+        "single-node", 1, "none", None, None, ["p2p", "shm", "nvls"], 0,
+    ),
+    "v2.19-vllm-socket-2node.log": ("degraded", 2, "socket", False, None, ["p2p"], 1),
+    "v2.19-rank-tag-ib-disabled.log": ("degraded", 39, "socket", False, None, ["p2p"], 1),
+    "v2.20-cloudwatch-ib-nogdr-peermem.log": ("degraded", 2, "ib", False, "infiniband", ["p2p"], 1),
+    "v2.21-ray-ansi-ibext-pxn-roce.log": ("optimal", 2, "ib", True, "roce", ["p2p"], 0),
+    "v2.22-ib-hca-wrong-socket.log": ("degraded", 2, "socket", False, None, [], 1),
+    "v2.23-torchrun-collnet-sharp.log": ("optimal", 2, "ib", True, "infiniband", ["p2p"], 0),
+    "v2.26-pdsh-ofi-efa-warn-ts.log": ("optimal", 2, "ofi", True, None, ["p2p"], 0),
+    "no-nccl.log": ("unknown", None, "unknown", None, None, [], 3),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(EXPECT))
+def test_verdicts(name: str) -> None:
+    verdict, nodes, transport, gdr, link, intra, code = EXPECT[name]
+    r = scan_paths([str(DATA / name)])
+    assert r.verdict == verdict
+    assert r.nodes == nodes
+    assert r.cross_node.to_dict() == {"transport": transport, "gdr": gdr, "link": link}
+    assert r.intra_node == intra
+    assert r.exit_code == code
+    if verdict != "unknown":
+        text = re.sub(r"(?:\x1b|ESC)?\[[0-9;]*m", "", (DATA / name).read_text())
+        assert r.evidence and all(line in text for line in r.evidence)
+        assert not any("\x1b" in line for line in r.evidence)
+
+
+def test_every_data_log_has_an_expectation() -> None:
+    assert {p.name for p in DATA.glob("*.log")} == set(EXPECT)
+
+
+@pytest.mark.parametrize("name", list(EXPECT))
+def test_line_path_and_chunk_path_agree(name: str) -> None:
+    text = (DATA / name).read_text(errors="replace")
+    by_lines = scan_lines(text.splitlines()).to_dict()
+    for size in (7, 64, 1 << 20):  # chunk boundaries inside lines must not matter
+        s = NcclScanner()
+        s.feed_stream(io.BytesIO(text.encode()), chunk_size=size)
+        assert s.report().to_dict() == by_lines
+
+
+def test_versions() -> None:
+    assert scan_paths([str(DATA / "h200x4-p2p.log")]).nccl_version == "2.28.9+cuda13.0"
+    assert scan_paths([str(DATA / "v2.4-ring-ib-2node.log")]).nccl_version == "2.4.8+cuda10.1"
+    r = scan_lines(
+        ["NCCL version 2.21.5+cuda12.4", "h:1:1 [0] NCCL INFO NCCL version 2.19.3+cuda12.2"]
+    )
+    assert r.nccl_version == "2.21.5+cuda12.4"
+    assert any("several NCCL versions" in w for w in r.warnings)
+
+
+# --- traps ------------------------------------------------------------------------------------
+
+
+def test_trap_using_network_socket_on_a_single_node_is_not_degraded() -> None:
+    r = scan_paths([str(DATA / "h200x4-p2p.log")])
+    assert "Socket" in (DATA / "h200x4-p2p.log").read_text()
+    assert r.verdict == "single-node" and r.cross_node.transport == "none"
+
+
+def test_trap_net_between_gpus_of_one_host_is_one_node_but_degraded() -> None:
+    r = scan_paths([str(DATA / "h200x4-socket.log")])
+    assert r.nodes == 1 and r.cross_node.transport == "none" and r.verdict == "degraded"
+    assert any("one host" in w and "nNodes 4" in w for w in r.warnings)
+    assert any("NET/Socket" in w and "not a cross-node path" in w for w in r.warnings)
+    assert any("NCCL_SHM_DISABLE" in line for c in r.causes for line in c.lines)
+
+
+def test_trap_gdr_1_in_connected_all_rings_is_not_evidence() -> None:
+    r = scan_paths([str(DATA / "v2.20-cloudwatch-ib-nogdr-peermem.log")])
+    assert r.cross_node.gdr is False and r.verdict == "degraded"
+    assert not any("Connected all rings" in e for e in r.evidence)
+    base = [
+        "a:1:1 [0] NCCL INFO comm 0x1 rank 0 nRanks 2 nNodes 2 localRanks 1 localRank 0 MNNVL 0",
+        "a:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] [send] via NET/IB/0/GDRDMA",
+    ]
+    with_no = [*base, "a:1:1 [0] NCCL INFO Connected all rings, use ring PXN 0 GDR 0"]
+    assert scan_lines(with_no).cross_node.gdr is True
+
+
+def test_trap_collnet_channel_count_is_not_usage() -> None:
+    r = scan_paths([str(DATA / "v2.17-single-node-busid-traps.log")])
+    assert not any(k.startswith("COLLNET") for k in r.connections)
+    assert r.verdict == "single-node"
+
+
+def test_trap_selected_network_is_not_the_transport() -> None:
+    lines = [
+        "a:1:1 [0] NCCL INFO Using network IB",
+        "a:1:1 [0] NCCL INFO comm 0x1 rank 0 nRanks 2 nNodes 2 localRanks 1 localRank 0 MNNVL 0",
+        "a:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] [send] via NET/Socket/0",
+    ]
+    r = scan_lines(lines)
+    assert r.cross_node.transport == "socket" and r.verdict == "degraded"
+    only_selection = scan_lines(lines[:2])
+    assert only_selection.verdict == "unknown" and only_selection.exit_code == 3
+    assert any("not proof" in w for w in only_selection.warnings)
+
+
+def test_nodes_counted_without_trusting_identical_hostnames() -> None:
+    r = scan_paths([str(DATA / "v2.9-ompi-busid-ib-nogdr-samehost.log")])
+    assert r.nodes == 2  # hostnames are all "ubuntu"; addresses and bus ids say two
+    assert any("ubuntu" in w for w in r.warnings)
+
+
+def test_nodes_from_duplicate_bus_ids_in_one_communicator() -> None:
+    lines = [
+        f"ubuntu:{p}:{p} [0] NCCL INFO ncclCommInitRank comm 0x{p} rank {r} nranks 2 cudaDev 0 "
+        f"nvmlDev 0 busId 1000 commId 0xabc - Init COMPLETE"
+        for r, p in ((0, 11), (1, 11))
+    ] + ["ubuntu:11:11 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] [send] via NET/IB/0/GDRDMA"]
+    r = scan_lines(lines)
+    assert r.nodes == 2 and r.verdict == "optimal"
+
+
+def test_net_without_node_count_and_without_p2p_shm_disable_means_cross_node() -> None:
+    r = scan_lines(["x:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] [send] via NET/Socket/0"])
+    assert r.nodes is None and r.cross_node.transport == "socket" and r.verdict == "degraded"
+
+
+def test_gdr_optional() -> None:
+    s = NcclScanner(expect_gdr=False)
+    s.feed_lines((DATA / "v2.20-cloudwatch-ib-nogdr-peermem.log").read_text().splitlines())
+    r = s.report()
+    assert r.verdict == "optimal" and r.cross_node.gdr is False
+
+
+# --- causes -----------------------------------------------------------------------------------
+
+
+def _causes(name: str) -> str:
+    return json.dumps([c.to_dict() for c in scan_paths([str(DATA / name)]).causes])
+
+
+def test_cause_no_ib_device_in_container() -> None:
+    c = _causes("v2.19-vllm-socket-2node.log")
+    assert "no InfiniBand device" in c and "NET/IB : No device found." in c
+
+
+def test_cause_ib_disabled() -> None:
+    c = _causes("v2.19-rank-tag-ib-disabled.log")
+    assert "NCCL_IB_DISABLE" in c and "set by environment to 1." in c
+
+
+def test_cause_wrong_hca_and_ifname() -> None:
+    c = _causes("v2.22-ib-hca-wrong-socket.log")
+    assert "NCCL_IB_HCA=mlx5_9" in c and "NCCL_SOCKET_IFNAME=ib0" in c
+
+
+def test_cause_missing_peermem() -> None:
+    c = _causes("v2.20-cloudwatch-ib-nogdr-peermem.log")
+    assert "nvidia-peermem" in c and "GPU Direct RDMA Disabled for HCA 0" in c
+
+
+def test_cause_gdr_level() -> None:
+    c = _causes("v2.9-ompi-busid-ib-nogdr-samehost.log")
+    assert "NCCL_NET_GDR_LEVEL=LOC" in c
+
+
+# --- JSON, CLI, files -------------------------------------------------------------------------
+
+
+def test_json_field_names_are_exactly_the_issue_s() -> None:
+    d = scan_paths([str(DATA / "v2.21-ray-ansi-ibext-pxn-roce.log")]).to_dict()
+    fixed = {"nccl_version", "nodes", "ranks", "cross_node", "intra_node", "verdict", "evidence",
+             "warnings"}  # fmt: skip
+    assert fixed <= set(d)
+    assert set(d["cross_node"]) == {"transport", "gdr", "link"}
+    assert d["ranks"] == 16 and d["nccl_version"] == "2.21.5+cuda12.4"
+    assert isinstance(d["evidence"], list) and isinstance(d["warnings"], list)
+
+
+@pytest.mark.parametrize("name", list(EXPECT))
+def test_cli_exit_codes_and_json(name: str) -> None:
+    p = run_cli("--json", str(DATA / name))
+    assert p.returncode == EXPECT[name][6], p.stderr
+    assert json.loads(p.stdout)["verdict"] == EXPECT[name][0]
+
+
+def test_cli_human_output_cites_lines_and_causes() -> None:
+    p = run_cli(str(DATA / "v2.19-vllm-socket-2node.log"))
+    out = p.stdout.decode()
+    assert p.returncode == 1
+    assert "degraded" in out and "likely causes and fixes" in out
+    assert "| (Worker_PP1 pid=7781)" in out or "| (VllmWorker" in out
+    assert "gpu-b01" in out and "gpu-b02" in out  # per host
+
+
+def test_cli_stdin_and_gzip(tmp_path: Path) -> None:
+    raw = (DATA / "v2.23-torchrun-collnet-sharp.log").read_bytes()
+    assert run_cli("-", stdin=raw).returncode == 0
+    assert run_cli("-", stdin=gzip.compress(raw)).returncode == 0
+    gz = tmp_path / "x.log.gz"
+    gz.write_bytes(gzip.compress((DATA / "h200x4-socket.log").read_bytes()))
+    p = run_cli("--json", str(gz))
+    assert p.returncode == 1 and json.loads(p.stdout)["intra_node"] == ["net"]
+
+
+def test_cli_many_files_and_directory(tmp_path: Path) -> None:
+    for i, line in enumerate(
+        [
+            "n0:1:1 [0] NCCL INFO comm 0x1 rank 0 nRanks 2 nNodes 2 localRanks 1 localRank 0",
+            "n1:2:2 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] [receive] via NET/IB/0/GDRDMA",
+        ]
+    ):
+        (tmp_path / f"node-{i}.log").write_text(line + "\n")
+    files = [str(p) for p in sorted(tmp_path.iterdir())]
+    assert run_cli(*files).returncode == 0
+    assert run_cli(str(tmp_path)).returncode == 0
+
+
+def test_cli_usage_errors(tmp_path: Path) -> None:
+    p = run_cli()
+    assert p.returncode == 2 and b"error:" in p.stderr
+    f = tmp_path / "a.log"
+    f.write_text("x\n")
+    p = run_cli(str(f), str(tmp_path / "missing.log"))
+    assert p.returncode == 2 and b"no such file" in p.stderr and b"Traceback" not in p.stderr
+    p = run_cli("-", "-")
+    assert p.returncode == 2
+
+
+def test_cli_no_nccl_information_exit_3(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.log"
+    empty.write_text("")
+    assert run_cli(str(empty)).returncode == 3
+
+
+def test_cli_does_not_import_paramiko_or_requests() -> None:
+    code = (
+        "import sys; from hpcserve.cli import main\n"
+        "try:\n main(['nccl', '--json', sys.argv[1]])\n"
+        "except SystemExit: pass\n"
+        "assert 'paramiko' not in sys.modules and 'requests' not in sys.modules, 'heavy import'"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(DATA / "h200x4-p2p.log")],
+        capture_output=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+
+
+def test_status_summary() -> None:
+    assert nccl_summary_for_status(["INFO vllm starting"]) is None
+    text = (DATA / "v2.21-ray-ansi-ibext-pxn-roce.log").read_text().splitlines()
+    s = nccl_summary_for_status(text)
+    assert s is not None and "optimal" in s and "RoCE" in s and "GPUDirect" in s
+    sock = nccl_summary_for_status((DATA / "h200x4-socket.log").read_text().splitlines())
+    assert sock is not None and "degraded" in sock and "one node" in sock
+
+
+def test_memory_is_bounded_by_distinct_messages_not_log_length() -> None:
+    s = NcclScanner()
+    line = b"h:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM\n"
+    for _ in range(50):
+        s.feed_chunk(line * 1000)
+    assert len(s._seen) == 1
+    assert s.report().connections == {"P2P/CUMEM": 1}
+
+
+def test_job_reference_reads_the_job_s_logs_through_its_executor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JOB mode with stand-ins for the registry/sites/cluster modules other helpers write."""
+    import types
+
+    from hpcserve.cli import main
+    from hpcserve.jobrecord import JobRecord
+    from hpcserve.remote import LocalExecutor
+
+    jobdir = tmp_path / "job dir 'quoted'"
+    (jobdir / "nccl").mkdir(parents=True)
+    (jobdir / "nccl" / "node-0.gpu1.11.log").write_text(
+        "gpu1:11:11 [0] NCCL INFO comm 0x1 rank 0 nRanks 8 nNodes 2 localRanks 4 localRank 0\n"
+        "gpu1:11:11 [0] NCCL INFO NET/IB : No device found.\n"
+        "gpu1:11:11 [0] NCCL INFO Channel 00/0 : 3[3] -> 4[0] [send] via NET/Socket/0\n"
+    )
+    (jobdir / "node-1.log").write_text("INFO vllm worker started\n")
+    rec = JobRecord("4711", "meluxina", "m", 2, 4, 2, str(jobdir), 0.0, False, name="run1")
+
+    class Registry:
+        def get(self, ref: str) -> JobRecord:
+            assert ref == "run1"
+            return rec
+
+    fakes = {
+        "hpcserve.registry": {"Registry": Registry},
+        "hpcserve.sites": {"load_site": lambda name: object()},
+        "hpcserve.cluster": {"executor_for": lambda site: LocalExecutor()},
+    }
+    for name, attrs in fakes.items():
+        mod = types.ModuleType(name)
+        for k, v in attrs.items():
+            setattr(mod, k, v)
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["nccl", "--json", "run1"])
+    assert e.value.code == 1
+
+
+def test_multi_node_with_p2p_and_shm_disabled_warns_about_intra_node_network() -> None:
+    lines = [
+        "a:1:1 [0] NCCL INFO NCCL_P2P_DISABLE set by environment to 1",
+        "a:1:1 [0] NCCL INFO NCCL_SHM_DISABLE set by environment to 1.",
+        "a:1:1 [0] NCCL INFO comm 0x1 rank 0 nRanks 4 nNodes 4 localRanks 1 localRank 0 MNNVL 0",
+        "b:2:2 [0] NCCL INFO comm 0x2 rank 2 nRanks 4 nNodes 4 localRanks 1 localRank 0 MNNVL 0",
+        "a:1:1 [0] NCCL INFO Channel 00/0 : 1[1] -> 2[0] [send] via NET/IB/0/GDRDMA",
+    ]
+    r = scan_lines(lines)
+    assert r.nodes == 2  # two hostnames; nNodes 4 counts GPUs when P2P and SHM are off
+    assert r.verdict == "optimal" and r.cross_node.transport == "ib"
+    assert any("inside each node" in w for w in r.warnings)
