@@ -41,6 +41,11 @@ class NodeShape:
     gpu_model: str = "GPU"
     site: str = "site"
 
+    @property
+    def device(self) -> str:
+        """``cpu`` for CPU-only sites (vLLM's CPU backend pages KV in blocks of 128)."""
+        return "cpu" if self.gpu_model.lower().startswith("cpu") else "cuda"
+
 
 @dataclass
 class Fit:
@@ -116,6 +121,7 @@ def evaluate(
             pp=layout.pp,
             max_model_len=max_model_len,
             kv_cache_dtype=kv_cache_dtype,
+            device=node.device,
         )
     return Fit(layout, stages, per_gpu, budget, kv)
 
@@ -179,10 +185,10 @@ def make_plan(
                 auto_nodes=True,
                 tried=tried,
             )
-        need = weights.total + overhead_gb * GB * world
+        usable = n * node.gpus * node.gpu_memory_gb * GB * utilization
         tried.append(
-            f"{n} node(s): {_gb(n * node.gpus * node.gpu_memory_gb * GB * utilization)} usable "
-            f"< {_gb(need)} weights + overhead + KV for one {length}-token request"
+            f"{n} node(s): {_gb(usable)} usable < {_gb(weights.total)} weights + "
+            f"{overhead_gb * world:g} GB overhead + KV for one {length:,}-token request"
         )
     raise HpcserveError(
         f"{info.name} does not fit on up to {MAX_AUTO_NODES} nodes of {node.gpus} × "
@@ -331,10 +337,11 @@ def kv_lines(p: Plan) -> list[str]:
             f"stage {s} blocks: {_gb(bud)} / ({bpb // lay.page_bytes} layers × "
             f"{_mb(lay.page_bytes)}) = {int(bud // bpb)}"
         )
+    pool = "CPU" if p.node.device == "cpu" else "GPU"
     out.append(
         f"KV cache size: {kv.num_blocks} blocks ÷ {kv.blocks_per_request} blocks per "
         f"{p.max_model_len}-token request × {p.max_model_len} = {kv.tokens:,} tokens"
-        f' (vLLM: "GPU KV cache size: {kv.tokens:,} tokens")'
+        f' (vLLM: "{pool} KV cache size: {kv.tokens:,} tokens")'
     )
     out.append(
         f"max concurrency at {p.max_model_len:,} tokens per request: {kv.max_concurrency:.2f}x"

@@ -39,6 +39,7 @@ KV-cache accounting follows vLLM's v1 KV-cache manager (read from its source, no
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from hpcserve.modelinfo import DTYPE_BYTES, LINEAR_ATTENTION, ModelInfo, QuantInfo
@@ -442,3 +443,39 @@ def kv_bytes_per_token(info: ModelInfo, kv_cache_dtype: str = "auto") -> int:
         * info.head_dim
         * kv_dtype_bytes(info, kv_cache_dtype)
     )
+
+
+# --------------------------------------------------------------------------- vLLM's log lines
+
+_LOG_PATTERNS = {
+    # gpu_worker.py determine_available_memory
+    "available_gib": r"Available KV cache memory: ([\d.]+) GiB",
+    # cpu_worker.py determine_available_memory
+    "cpu_auto_gib": r"Auto set \(([\d.]+)/[\d.]+\) GiB for KV cache",
+    "cpu_explicit_gib": r"Explicitly set \(([\d.]+)/[\d.]+\) GiB for KV cache",
+    # kv_cache_utils.py update_kv_cache_capacity (older: _report_kv_cache_config)
+    "tokens": r"(?:GPU|CPU|XPU|[A-Z]+)(?: \+ host)? KV cache size: ([\d,]+) tokens",
+    "concurrency": r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x",
+}
+
+
+def parse_vllm_kv_log(text: str) -> dict[str, float]:
+    """Pull the KV numbers out of a vLLM log: available GiB, tokens, concurrency, length.
+
+    Keys present only when their line is: ``available_bytes`` (GPU ``Available KV cache
+    memory`` or the CPU ``Auto set``/``Explicitly set`` line), ``tokens``, ``max_model_len``,
+    ``max_concurrency``. The first occurrence wins (every rank prints the same numbers).
+    """
+    out: dict[str, float] = {}
+    for key in ("available_gib", "cpu_auto_gib", "cpu_explicit_gib"):
+        m = re.search(_LOG_PATTERNS[key], text)
+        if m and "available_bytes" not in out:
+            out["available_bytes"] = float(m.group(1)) * GIB
+    m = re.search(_LOG_PATTERNS["tokens"], text)
+    if m:
+        out["tokens"] = float(m.group(1).replace(",", ""))
+    m = re.search(_LOG_PATTERNS["concurrency"], text)
+    if m:
+        out["max_model_len"] = float(m.group(1).replace(",", ""))
+        out["max_concurrency"] = float(m.group(2))
+    return out

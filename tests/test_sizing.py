@@ -203,3 +203,32 @@ def test_pp_partition_like_vllm() -> None:
     assert pp_partition(80, 2) == [40, 40]
     assert pp_partition(61, 4) == [15, 15, 16, 15]  # remainder before the last stage
     assert pp_partition(62, 4) == [15, 16, 16, 15]
+
+
+def test_parse_vllm_kv_log_current_and_older_formats() -> None:
+    from hpcserve.sizing import parse_vllm_kv_log
+
+    new = (
+        "INFO [gpu_worker.py:760] Available KV cache memory: 6.43 GiB\n"
+        "INFO [kv_cache_utils.py:2327] GPU KV cache size: 814,188 tokens, "
+        "Maximum concurrency for 262,144 tokens per request: 3.11x\n"
+    )
+    got = parse_vllm_kv_log(new)
+    assert got["available_bytes"] == pytest.approx(6.43 * GIB)
+    assert (got["tokens"], got["max_model_len"], got["max_concurrency"]) == (814188, 262144, 3.11)
+    cpu = (
+        "Auto set (3.50/15.00) GiB for KV cache on node 0, with 12.00 GiB requested memory\n"
+        "CPU KV cache size: 29,952 tokens, Maximum concurrency for 4,096 tokens per request: "
+        "7.31x\n"
+    )
+    got = parse_vllm_kv_log(cpu)
+    assert got["available_bytes"] == pytest.approx(3.5 * GIB) and got["tokens"] == 29952
+    old = "GPU KV cache size: 1,000 tokens\nMaximum concurrency for 100 tokens per request: 10.00x"
+    assert parse_vllm_kv_log(old)["tokens"] == 1000
+
+
+def test_cpu_site_plans_with_cpu_blocks() -> None:
+    node = NodeShape(gpus=1, gpu_memory_gb=16, gpu_model="cpu", site="local")
+    plan = make_plan(model("qwen2.5-7b-instruct"), node, nodes=2, max_model_len=4096)
+    assert plan.fit.kv is not None and plan.fit.kv.layout.block_size == 128
+    assert any('"CPU KV cache size:' in line for line in plan.lines())
