@@ -96,6 +96,7 @@ class ModelInfo:
     uses_mla: bool = False
     config_path: str | None = None
     safetensors_total_size: int | None = None
+    served_dtype: str | None = None  # vLLM --dtype when not auto
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -116,7 +117,13 @@ class ModelInfo:
 
     @property
     def dtype_bytes(self) -> int:
-        """Bytes of one unquantised weight/activation as vLLM serves it (fp32 -> 16 bit)."""
+        """Bytes of one unquantised weight/KV element as vLLM serves it.
+
+        ``--dtype auto`` downcasts float32 checkpoints to a 16-bit type
+        (``_resolve_auto_dtype`` in ``vllm/config/model.py``); ``served_dtype`` overrides.
+        """
+        if self.served_dtype and self.served_dtype != "auto":
+            return DTYPE_BYTES.get(self.served_dtype, 2)
         return min(DTYPE_BYTES.get(self.torch_dtype, 2), 2)
 
 

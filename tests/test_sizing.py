@@ -232,3 +232,12 @@ def test_cpu_site_plans_with_cpu_blocks() -> None:
     plan = make_plan(model("qwen2.5-7b-instruct"), node, nodes=2, max_model_len=4096)
     assert plan.fit.kv is not None and plan.fit.kv.layout.block_size == 128
     assert any('"CPU KV cache size:' in line for line in plan.lines())
+
+
+def test_float32_checkpoints_are_served_16bit_unless_told() -> None:
+    from dataclasses import replace
+
+    info = replace(model("qwen2.5-7b-instruct"), torch_dtype="float32")
+    assert attention_bytes_per_token(info, 1) == 2 * 4 * 128 * 2
+    info.served_dtype = "float32"
+    assert attention_bytes_per_token(info, 1) == 2 * 4 * 128 * 4

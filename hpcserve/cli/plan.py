@@ -49,6 +49,13 @@ def _nodes(value: str) -> int | None:
 @click.option(
     "--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True
 )
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="Weight/activation dtype vLLM will use (as `vllm serve --dtype`).",
+)
 @click.option("--config-json", default=None, help="Read this config.json instead of searching.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
 def plan(
@@ -60,6 +67,7 @@ def plan(
     max_model_len: int | None,
     gpu_memory_utilization: float,
     kv_cache_dtype: str,
+    dtype: str,
     config_json: str | None,
     as_json: bool,
 ) -> None:
@@ -68,6 +76,7 @@ def plan(
     from hpcserve.planner import NodeShape, make_plan
 
     info = load_model_info(model, config_json)
+    info.served_dtype = dtype
     s = _load_site(site)
     node = NodeShape(
         gpus=s.node.gpus,
