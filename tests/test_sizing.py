@@ -241,3 +241,28 @@ def test_float32_checkpoints_are_served_16bit_unless_told() -> None:
     assert attention_bytes_per_token(info, 1) == 2 * 4 * 128 * 2
     info.served_dtype = "float32"
     assert attention_bytes_per_token(info, 1) == 2 * 4 * 128 * 4
+
+
+LOGS = Path(__file__).parent / "data" / "vllm-logs"
+
+
+@pytest.mark.parametrize(
+    ("config", "log"),
+    [
+        ("tiny-llama", "tiny-llama-cpu.log"),
+        ("tiny-qwen3-next", "tiny-qwen3-next-cpu.log"),
+    ],
+)
+def test_prediction_equals_real_vllm_cpu_log(config: str, log: str) -> None:
+    """Real vLLM 0.32 (CPU build, VLLM_CPU_KVCACHE_SPACE=1) printed these lines; see README."""
+    from hpcserve.sizing import parse_vllm_kv_log
+
+    seen = parse_vllm_kv_log((LOGS / log).read_text())
+    pred = predict_kv_cache_tokens(
+        model(config),
+        seen["available_bytes"],
+        max_model_len=int(seen["max_model_len"]),
+        device="cpu",
+    )
+    assert pred.tokens == seen["tokens"]
+    assert round(pred.max_concurrency, 2) == seen["max_concurrency"]
