@@ -386,6 +386,10 @@ def parse_config(data: Mapping[str, Any], name: str = "model") -> ModelInfo:
     )
     if info.is_moe and info.moe_intermediate_size is None:
         info.moe_intermediate_size = info.intermediate_size
+    if SLIDING_ATTENTION in info.layer_types:
+        info.notes.append(
+            "sliding-window layers are counted as full attention (an upper bound on their KV)"
+        )
     if info.uses_mla:
         info.notes.append("MLA (kv_lora_rank) is not modelled: KV is counted as plain GQA")
     if info.is_hybrid and info.linear is None:

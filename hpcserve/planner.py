@@ -285,6 +285,7 @@ def plan_lines(p: Plan) -> list[str]:
             f" = {_gb(bud)}"
         )
     out += kv_lines(p)
+    out += [f"note: {n}" for n in info.notes]
     out.append(verdict(p))
     return out
 
