@@ -1,0 +1,136 @@
+"""Choose the parallel layout (TP × PP) and refuse what vLLM would refuse.
+
+Default: TP = GPUs per node, PP = nodes. The checks mirror vLLM (read from its source):
+
+- ``ModelConfig.verify_with_parallel_config`` (``vllm/config/model.py``): total attention heads
+  divisible by TP.
+- ``QKVParallelLinear`` (``vllm/model_executor/layers/linear.py``): with TP ≥ KV heads the KV
+  heads are replicated (``divide(tp, kv_heads)``, so TP % kv_heads == 0); otherwise
+  ``divide(kv_heads, tp)``, so kv_heads % TP == 0.
+- Column/row-parallel MLPs and fused MoE ``divide`` the (moe_)intermediate size by TP;
+  Gated DeltaNet ``divide`` s its key/value heads by TP (``gated_delta_net_state_shape``).
+- GPTQ/AWQ (Marlin, ``verify_marlin_supports_shape`` in
+  ``quantization/utils/marlin_utils.py``): a row-parallel shard must hold whole groups,
+  ``(in_features / TP) % group_size == 0``.
+- PP: ``get_pp_indices`` (``vllm/distributed/utils.py``) gives each stage at least one layer
+  only when PP ≤ layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpcserve.errors import UsageError
+from hpcserve.modelinfo import ModelInfo
+
+
+@dataclass
+class Layout:
+    """A parallel layout over ``nodes`` nodes of ``gpus_per_node`` GPUs."""
+
+    tp: int
+    pp: int
+    nodes: int
+    gpus_per_node: int
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp
+
+
+def layout_problems(info: ModelInfo, tp: int, pp: int) -> list[str]:
+    """Every reason vLLM would refuse TP=tp, PP=pp for this model (empty: it is fine)."""
+    problems: list[str] = []
+    if tp < 1 or pp < 1:
+        return ["TP and PP must be at least 1"]
+    heads, kv = info.num_attention_heads, info.num_kv_heads
+    if heads % tp:
+        problems.append(f"attention heads ({heads}) are not divisible by TP={tp}")
+    if tp >= kv and tp % kv:
+        problems.append(f"TP={tp} ≥ KV heads ({kv}) but not a multiple of them (replication)")
+    if tp < kv and kv % tp:
+        problems.append(f"KV heads ({kv}) are not divisible by TP={tp}")
+    dense = info.intermediate_size and not all(info.moe_layers or [False])
+    if dense and info.intermediate_size and info.intermediate_size % tp:
+        problems.append(f"intermediate_size ({info.intermediate_size}) is not divisible by TP={tp}")
+    if info.is_moe and info.moe_intermediate_size and info.moe_intermediate_size % tp:
+        problems.append(
+            f"moe_intermediate_size ({info.moe_intermediate_size}) is not divisible by TP={tp}"
+        )
+    if info.linear is not None:
+        for what, n in (
+            ("linear_num_key_heads", info.linear.num_key_heads),
+            ("linear_num_value_heads", info.linear.num_value_heads),
+        ):
+            if n % tp:
+                problems.append(f"{what} ({n}) is not divisible by TP={tp}")
+    q = info.quant
+    if q is not None and q.method in ("gptq", "awq", "gptq_marlin", "awq_marlin") and q.group_size:
+        rows = {"o_proj/down_proj input": info.num_attention_heads * info.head_dim}
+        if info.intermediate_size and not all(info.moe_layers or [False]):
+            rows["down_proj input (intermediate_size)"] = info.intermediate_size
+        if info.is_moe and info.moe_intermediate_size:
+            rows["experts' down_proj input (moe_intermediate_size)"] = info.moe_intermediate_size
+        for what, n in rows.items():
+            if n % tp == 0 and (n // tp) % q.group_size:
+                problems.append(
+                    f"{what} {n}/TP={n // tp} is not a multiple of the quantisation "
+                    f"group size {q.group_size}"
+                )
+    if pp > info.num_layers:
+        problems.append(f"PP={pp} is larger than the number of layers ({info.num_layers})")
+    return problems
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def alternatives(info: ModelInfo, nodes: int, gpus_per_node: int) -> list[Layout]:
+    """Layouts over all ``nodes × gpus_per_node`` GPUs that vLLM accepts, TP largest first."""
+    world = nodes * gpus_per_node
+    out = []
+    for tp in sorted(_divisors(world), reverse=True):
+        pp = world // tp
+        if not layout_problems(info, tp, pp):
+            out.append(Layout(tp, pp, nodes, gpus_per_node))
+    return out
+
+
+def choose_layout(
+    info: ModelInfo,
+    nodes: int,
+    gpus_per_node: int,
+    tp: int | None = None,
+    pp: int | None = None,
+) -> Layout:
+    """TP = GPUs per node and PP = nodes unless overridden; UsageError naming a fix."""
+    if nodes < 1:
+        raise UsageError("--nodes must be at least 1")
+    world = nodes * gpus_per_node
+    if tp is None and pp is None:
+        tp, pp = gpus_per_node, nodes
+    elif tp is None:
+        assert pp is not None
+        if world % pp:
+            raise UsageError(f"--pp {pp} does not divide the {world} GPUs of {nodes} node(s)")
+        tp = world // pp
+    elif pp is None:
+        if world % tp:
+            raise UsageError(f"--tp {tp} does not divide the {world} GPUs of {nodes} node(s)")
+        pp = world // tp
+    problems: list[str] = []
+    if tp * pp != world:
+        problems.append(
+            f"TP×PP = {tp}×{pp} = {tp * pp} but {nodes} node(s) × {gpus_per_node} GPUs = {world}"
+        )
+    problems += layout_problems(info, tp, pp)
+    if problems:
+        alts = alternatives(info, nodes, gpus_per_node)
+        hint = (
+            "a layout that works: " + ", ".join(f"--tp {a.tp} --pp {a.pp}" for a in alts[:3])
+            if alts
+            else f"no TP×PP over {world} GPUs works; try another --nodes"
+        )
+        raise UsageError(f"layout TP={tp} PP={pp} refused: {'; '.join(problems)}; {hint}")
+    return Layout(tp, pp, nodes, gpus_per_node)

@@ -1,0 +1,397 @@
+"""Find and read a model's ``config.json`` (never the network) into a :class:`ModelInfo`.
+
+Where a config comes from, in order: ``--config-json PATH``; a local model directory; the local
+Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``,
+``models--ORG--NAME/snapshots/*/config.json``). A ``model.safetensors.index.json`` beside it gives
+the exact weight size (``metadata.total_size``) when present.
+
+Parsing is a pure function (:func:`parse_config`) so the sizing logic is tested on plain dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcserve.errors import UsageError
+
+FULL_ATTENTION = "full_attention"
+LINEAR_ATTENTION = "linear_attention"  # Gated DeltaNet (Qwen3-Next / Qwen3.5)
+SLIDING_ATTENTION = "sliding_attention"
+
+DTYPE_BYTES = {
+    "float32": 4,
+    "float": 4,
+    "fp32": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "half": 2,
+    "fp16": 2,
+    "bf16": 2,
+    "fp8": 1,
+    "float8_e4m3fn": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+}
+
+
+@dataclass
+class QuantInfo:
+    """The parts of ``quantization_config`` that change how many bytes a weight takes."""
+
+    method: str  # gptq, awq, fp8, compressed-tensors, bitsandbytes, ...
+    bits: int
+    group_size: int | None = None  # None/-1: per output channel
+    sym: bool = True
+    weight_block_size: list[int] | None = None  # FP8 block quantisation, e.g. [128, 128]
+    not_converted: list[str] = field(default_factory=list)  # module patterns left in 16 bit
+
+
+@dataclass
+class LinearAttentionDims:
+    """Gated DeltaNet dimensions (``linear_*`` keys of Qwen3-Next / Qwen3.5)."""
+
+    num_key_heads: int
+    num_value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel_dim: int
+
+
+@dataclass
+class ModelInfo:
+    """The text model's shape, as far as memory sizing needs it."""
+
+    name: str
+    architecture: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    intermediate_size: int | None = None
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int | None = None
+    shared_expert_intermediate_size: int = 0  # Qwen-style single shared expert
+    num_shared_experts: int = 0  # DeepSeek-style n_shared_experts of moe size
+    moe_layers: list[bool] = field(default_factory=list)  # per layer: MoE MLP or dense
+    tie_word_embeddings: bool = False
+    torch_dtype: str = "bfloat16"
+    quant: QuantInfo | None = None
+    layer_types: list[str] = field(default_factory=list)  # one per layer
+    linear: LinearAttentionDims | None = None
+    mamba_ssm_dtype: str | None = None
+    attn_output_gate: bool = False
+    attention_bias: bool = False
+    max_position_embeddings: int | None = None
+    sliding_window: int | None = None
+    multimodal: bool = False
+    uses_mla: bool = False
+    config_path: str | None = None
+    safetensors_total_size: int | None = None
+    served_dtype: str | None = None  # vLLM --dtype when not auto
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def is_hybrid(self) -> bool:
+        return any(t == LINEAR_ATTENTION for t in self.layer_types)
+
+    @property
+    def num_full_attention_layers(self) -> int:
+        return sum(1 for t in self.layer_types if t != LINEAR_ATTENTION)
+
+    @property
+    def num_linear_attention_layers(self) -> int:
+        return sum(1 for t in self.layer_types if t == LINEAR_ATTENTION)
+
+    @property
+    def dtype_bytes(self) -> int:
+        """Bytes of one unquantised weight/KV element as vLLM serves it.
+
+        ``--dtype auto`` downcasts float32 checkpoints to a 16-bit type
+        (``_resolve_auto_dtype`` in ``vllm/config/model.py``); ``served_dtype`` overrides.
+        """
+        if self.served_dtype and self.served_dtype != "auto":
+            return DTYPE_BYTES.get(self.served_dtype, 2)
+        return min(DTYPE_BYTES.get(self.torch_dtype, 2), 2)
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def hub_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The HF hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/...``."""
+    env = os.environ if env is None else env
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    xdg = env.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path("~/.cache").expanduser()
+    return base / "huggingface" / "hub"
+
+
+def _snapshot_config(repo_dir: Path) -> Path | None:
+    """config.json of the snapshot refs/main points at, else of the newest snapshot."""
+    snapshots = repo_dir / "snapshots"
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        candidate = snapshots / ref.read_text().strip() / "config.json"
+        if candidate.is_file():
+            return candidate
+    found = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def find_config(
+    model: str, config_json: str | None = None, env: Mapping[str, str] | None = None
+) -> Path:
+    """Locate the config.json for ``model`` locally; UsageError saying where it looked."""
+    if config_json:
+        path = Path(config_json).expanduser()
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise UsageError(f"--config-json {config_json}: no such file")
+        return path
+    looked: list[str] = []
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if (local / "config.json").is_file():
+            return local / "config.json"
+        looked.append(str(local / "config.json"))
+    elif local.is_file() and local.name.endswith(".json"):
+        return local
+    else:
+        looked.append(f"{local} (not a directory)")
+    hub = hub_cache_dir(env)
+    repo_dir = hub / ("models--" + model.strip("/").replace("/", "--"))
+    found = _snapshot_config(repo_dir) if repo_dir.is_dir() else None
+    if found is not None:
+        return found
+    looked.append(str(repo_dir / "snapshots" / "*" / "config.json"))
+    raise UsageError(
+        f"no config.json for model {model!r}; looked in: {'; '.join(looked)}. "
+        "Pass --config-json PATH, or fetch the model first with `hpcserve download`."
+    )
+
+
+def read_safetensors_total(config_path: Path) -> int | None:
+    """``metadata.total_size`` of model.safetensors.index.json beside the config, if any."""
+    index = config_path.with_name("model.safetensors.index.json")
+    if not index.is_file():
+        return None
+    try:
+        total = json.loads(index.read_text())["metadata"]["total_size"]
+        return int(total)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def load_model_info(
+    model: str, config_json: str | None = None, env: Mapping[str, str] | None = None
+) -> ModelInfo:
+    """Find, read and parse the config of ``model``."""
+    path = find_config(model, config_json, env)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    info = parse_config(data, name=model)
+    info.config_path = str(path)
+    info.safetensors_total_size = read_safetensors_total(path)
+    return info
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _int(cfg: Mapping[str, Any], *keys: str, default: int | None = None) -> int | None:
+    for key in keys:
+        value = cfg.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            return int(value)
+    return default
+
+
+def _require(cfg: Mapping[str, Any], name: str, *keys: str) -> int:
+    value = _int(cfg, *keys)
+    if value is None:
+        raise UsageError(f"{name}: config.json lacks {' / '.join(keys)}")
+    return value
+
+
+def parse_quant(qc: Mapping[str, Any] | None) -> QuantInfo | None:
+    """Read ``quantization_config`` (gptq, awq, fp8, compressed-tensors, bitsandbytes)."""
+    if not qc:
+        return None
+    method = str(qc.get("quant_method", "unknown")).lower()
+    not_converted = [
+        str(x)
+        for key in ("modules_to_not_convert", "ignore", "ignored_layers", "skip_modules")
+        for x in (qc.get(key) or [])
+    ]
+    if method == "compressed-tensors":
+        groups = qc.get("config_groups") or {}
+        weights: Mapping[str, Any] = {}
+        for group in groups.values():
+            if isinstance(group, Mapping) and isinstance(group.get("weights"), Mapping):
+                weights = group["weights"]
+                break
+        bits = int(weights.get("num_bits", 8))
+        gs = weights.get("group_size")
+        return QuantInfo(
+            method=method,
+            bits=bits,
+            group_size=int(gs) if isinstance(gs, int) and gs > 0 else None,
+            sym=bool(weights.get("symmetric", True)),
+            weight_block_size=weights.get("block_structure"),
+            not_converted=not_converted,
+        )
+    if method == "fp8":
+        block = qc.get("weight_block_size")
+        return QuantInfo(
+            method=method,
+            bits=8,
+            weight_block_size=list(block) if isinstance(block, list) else None,
+            not_converted=not_converted,
+        )
+    if method == "bitsandbytes":
+        bits = 4 if qc.get("load_in_4bit") else 8
+        return QuantInfo(method=method, bits=bits, group_size=64, not_converted=not_converted)
+    bits = int(qc.get("bits", qc.get("w_bit", 4)))
+    gs = qc.get("group_size", qc.get("q_group_size"))
+    group_size = int(gs) if isinstance(gs, int) and gs > 0 else None
+    sym = bool(qc.get("sym", not qc.get("zero_point", False)))
+    return QuantInfo(
+        method=method, bits=bits, group_size=group_size, sym=sym, not_converted=not_converted
+    )
+
+
+def _layer_types(cfg: Mapping[str, Any], num_layers: int) -> list[str]:
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and len(types) == num_layers:
+        out = []
+        for t in types:
+            t = str(t)
+            if t in ("linear_attention", "linear", "gated_deltanet"):
+                out.append(LINEAR_ATTENTION)
+            elif t in ("sliding_attention", "sliding_window"):
+                out.append(SLIDING_ATTENTION)
+            else:
+                out.append(FULL_ATTENTION)
+        return out
+    interval = _int(cfg, "full_attention_interval")
+    if interval and "linear_num_value_heads" in cfg:
+        # Qwen3-Next: layer i keeps KV when (i + 1) % interval == 0.
+        return [
+            FULL_ATTENTION if (i + 1) % interval == 0 else LINEAR_ATTENTION
+            for i in range(num_layers)
+        ]
+    return [FULL_ATTENTION] * num_layers
+
+
+def _moe_layers(cfg: Mapping[str, Any], num_layers: int, num_experts: int) -> list[bool]:
+    if num_experts <= 0:
+        return [False] * num_layers
+    mlp_only = set(cfg.get("mlp_only_layers") or [])
+    step = _int(cfg, "decoder_sparse_step", default=1) or 1
+    first_dense = _int(cfg, "first_k_dense_replace", default=0) or 0
+    out = []
+    for i in range(num_layers):
+        moe = i not in mlp_only and (i + 1) % step == 0 and i >= first_dense
+        out.append(moe)
+    return out
+
+
+def parse_config(data: Mapping[str, Any], name: str = "model") -> ModelInfo:
+    """Parse a HF config dict (multimodal wrappers: the text config under ``text_config``)."""
+    top = data
+    text = data.get("text_config") if isinstance(data.get("text_config"), Mapping) else None
+    cfg: Mapping[str, Any] = text if text is not None else data
+    multimodal = text is not None or "vision_config" in data
+    archs = top.get("architectures") or cfg.get("architectures") or ["unknown"]
+    architecture = str(archs[0]) if isinstance(archs, list) and archs else "unknown"
+    model_type = str(cfg.get("model_type") or top.get("model_type") or "unknown")
+
+    hidden = _require(cfg, name, "hidden_size", "d_model", "n_embd")
+    layers = _require(cfg, name, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _require(cfg, name, "num_attention_heads", "n_head")
+    kv_heads = _int(cfg, "num_key_value_heads", "num_kv_heads", default=heads) or heads
+    head_dim = _int(cfg, "head_dim") or hidden // heads
+    vocab = _require(cfg, name, "vocab_size")
+    num_experts = _int(cfg, "num_experts", "num_local_experts", "n_routed_experts", default=0) or 0
+    quant_cfg = top.get("quantization_config") or cfg.get("quantization_config")
+    dtype = str(
+        cfg.get("torch_dtype") or cfg.get("dtype") or top.get("torch_dtype") or "bfloat16"
+    ).replace("torch.", "")
+    linear = None
+    if "linear_num_value_heads" in cfg:
+        linear = LinearAttentionDims(
+            num_key_heads=_require(cfg, name, "linear_num_key_heads"),
+            num_value_heads=_require(cfg, name, "linear_num_value_heads"),
+            key_head_dim=_require(cfg, name, "linear_key_head_dim"),
+            value_head_dim=_require(cfg, name, "linear_value_head_dim"),
+            conv_kernel_dim=_int(cfg, "linear_conv_kernel_dim", default=4) or 4,
+        )
+    tie = cfg.get("tie_word_embeddings", top.get("tie_word_embeddings", False))
+    info = ModelInfo(
+        name=name,
+        architecture=architecture,
+        model_type=model_type,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=vocab,
+        intermediate_size=_int(cfg, "intermediate_size", "ffn_dim", "n_inner"),
+        num_experts=num_experts,
+        experts_per_token=_int(cfg, "num_experts_per_tok", "moe_topk", default=0) or 0,
+        moe_intermediate_size=_int(cfg, "moe_intermediate_size"),
+        shared_expert_intermediate_size=_int(cfg, "shared_expert_intermediate_size", default=0)
+        or 0,
+        num_shared_experts=_int(cfg, "n_shared_experts", default=0) or 0,
+        moe_layers=_moe_layers(cfg, layers, num_experts),
+        tie_word_embeddings=bool(tie),
+        torch_dtype=dtype,
+        quant=parse_quant(quant_cfg if isinstance(quant_cfg, Mapping) else None),
+        layer_types=_layer_types(cfg, layers),
+        linear=linear,
+        mamba_ssm_dtype=cfg.get("mamba_ssm_dtype"),
+        # Qwen3-Next / Qwen3.5 gate the attention output (q_proj doubled); vLLM defaults on.
+        attn_output_gate=bool(
+            cfg.get("attn_output_gate", model_type.startswith(("qwen3_next", "qwen3_5")))
+        ),
+        attention_bias=bool(cfg.get("attention_bias", model_type.startswith("qwen2"))),
+        max_position_embeddings=_int(cfg, "max_position_embeddings", "n_positions"),
+        sliding_window=_int(cfg, "sliding_window"),
+        multimodal=multimodal,
+        uses_mla="kv_lora_rank" in cfg,
+    )
+    if info.is_moe and info.moe_intermediate_size is None:
+        info.moe_intermediate_size = info.intermediate_size
+    if SLIDING_ATTENTION in info.layer_types:
+        info.notes.append(
+            "sliding-window layers are counted as full attention (an upper bound on their KV)"
+        )
+    if info.uses_mla:
+        info.notes.append("MLA (kv_lora_rank) is not modelled: KV is counted as plain GQA")
+    if info.is_hybrid and info.linear is None:
+        raise UsageError(f"{name}: layer_types name linear_attention but linear_* dims are missing")
+    return info

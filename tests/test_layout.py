@@ -1,0 +1,88 @@
+"""Layout choice and the refusals vLLM would make."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcserve.errors import UsageError
+from hpcserve.layout import alternatives, choose_layout, layout_problems
+from hpcserve.modelinfo import ModelInfo, parse_config
+
+DATA = Path(__file__).parent / "data" / "models"
+
+
+def model(name: str, **override: Any) -> ModelInfo:
+    data = json.loads((DATA / f"{name}.json").read_text())
+    data.update(override)
+    return parse_config(data, name)
+
+
+def test_default_is_tp_gpus_per_node_and_pp_nodes() -> None:
+    lay = choose_layout(model("llama-3.1-70b"), nodes=2, gpus_per_node=4)
+    assert (lay.tp, lay.pp, lay.world_size) == (4, 2, 8)
+
+
+def test_overrides_fill_the_other_size() -> None:
+    info = model("llama-3.1-70b")
+    assert choose_layout(info, 2, 4, tp=8).pp == 1
+    assert choose_layout(info, 2, 4, pp=4).tp == 2
+
+
+def test_heads_not_divisible_by_tp_is_refused_with_a_working_layout() -> None:
+    info = model("qwen2.5-7b-instruct")  # 28 heads, 4 KV heads
+    with pytest.raises(UsageError) as e:
+        choose_layout(info, nodes=1, gpus_per_node=8)
+    msg = str(e.value)
+    assert "attention heads (28) are not divisible by TP=8" in msg
+    assert "--tp 4 --pp 2" in msg
+
+
+def test_kv_heads_must_divide_or_be_divided_by_tp() -> None:
+    info = model(
+        "llama-3.1-70b",
+        num_attention_heads=24,
+        num_key_value_heads=3,
+        hidden_size=3072,
+        intermediate_size=8196 * 3,
+    )
+    assert any("KV heads (3) are not divisible by TP=2" in p for p in layout_problems(info, 2, 1))
+    assert any("not a multiple" in p for p in layout_problems(info, 4, 1))
+    assert not layout_problems(info, 6, 1)  # replicated twice
+    assert not layout_problems(info, 3, 1)
+
+
+def test_pp_larger_than_layers_is_refused() -> None:
+    info = model("qwen2.5-7b-instruct", num_hidden_layers=2)
+    with pytest.raises(UsageError, match="PP=4 is larger than the number of layers"):
+        choose_layout(info, nodes=4, gpus_per_node=1)
+
+
+def test_tp_times_pp_must_match_the_gpus() -> None:
+    with pytest.raises(UsageError, match="TP×PP = 4×1 = 4 but 2 node"):
+        choose_layout(model("llama-3.1-70b"), nodes=2, gpus_per_node=4, tp=4, pp=1)
+
+
+def test_gptq_group_must_fit_a_tp_shard() -> None:
+    data = json.loads((DATA / "qwen3.5-397b-a17b-gptq-int4.json").read_text())
+    data["text_config"]["moe_intermediate_size"] = 768  # 768 / 4 = 192, not a multiple of 128
+    info = parse_config(data, "q")
+    problems = layout_problems(info, 4, 2)
+    assert any("group size 128" in p for p in problems)
+    assert not layout_problems(info, 2, 4)  # 384 = 3 × 128
+
+
+def test_linear_attention_heads_divide_by_tp() -> None:
+    info = model("qwen3-next-80b-a3b-instruct")
+    assert not layout_problems(info, 2, 1)
+    assert not layout_problems(info, 16, 1)  # 16 heads, 16 key heads, 32 value heads
+    assert any("linear_num_key_heads" in p for p in layout_problems(info, 32, 1))
+
+
+def test_alternatives_only_list_accepted_layouts() -> None:
+    info = model("qwen2.5-7b-instruct")
+    alts = alternatives(info, nodes=1, gpus_per_node=8)
+    assert [(a.tp, a.pp) for a in alts] == [(4, 2), (2, 4), (1, 8)]

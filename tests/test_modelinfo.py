@@ -1,0 +1,113 @@
+"""Finding and parsing config.json: local dir, HF cache, --config-json; never the network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpcserve.errors import UsageError
+from hpcserve.modelinfo import (
+    FULL_ATTENTION,
+    LINEAR_ATTENTION,
+    find_config,
+    hub_cache_dir,
+    load_model_info,
+    parse_config,
+)
+
+DATA = Path(__file__).parent / "data" / "models"
+
+
+def _cache_model(hub: Path, repo: str, snapshot: str = "abc123") -> Path:
+    repo_dir = hub / ("models--" + repo.replace("/", "--"))
+    snap = repo_dir / "snapshots" / snapshot
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text((DATA / "llama-3.1-70b.json").read_text())
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(snapshot)
+    return snap / "config.json"
+
+
+def test_hub_cache_env_precedence(tmp_path: Path) -> None:
+    assert hub_cache_dir({"HF_HUB_CACHE": str(tmp_path / "a"), "HF_HOME": "/x"}) == tmp_path / "a"
+    assert hub_cache_dir({"HF_HOME": str(tmp_path)}) == tmp_path / "hub"
+    assert hub_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "huggingface" / "hub"
+
+
+def test_finds_the_hf_cache_snapshot(tmp_path: Path) -> None:
+    expected = _cache_model(tmp_path / "hub", "meta-llama/Llama-3.1-70B")
+    env = {"HF_HOME": str(tmp_path)}
+    assert find_config("meta-llama/Llama-3.1-70B", env=env) == expected
+
+
+def test_local_directory_and_explicit_file(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    assert find_config(str(tmp_path)) == tmp_path / "config.json"
+    assert find_config("anything", config_json=str(DATA / "llama-3.1-70b.json")).is_file()
+
+
+def test_missing_config_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as e:
+        find_config("org/missing-model", env={"HF_HUB_CACHE": str(tmp_path)})
+    msg = str(e.value)
+    assert "models--org--missing-model" in msg
+    assert "--config-json" in msg and "hpcserve download" in msg
+
+
+def test_missing_config_json_file() -> None:
+    with pytest.raises(UsageError, match="no such file"):
+        find_config("m", config_json="/nonexistent/config.json")
+
+
+def test_multimodal_wrapper_reads_text_config() -> None:
+    info = load_model_info("q", str(DATA / "qwen3.5-397b-a17b-gptq-int4.json"))
+    assert info.multimodal
+    assert info.architecture == "Qwen3_5MoeForConditionalGeneration"
+    assert (info.hidden_size, info.num_layers, info.head_dim) == (4096, 60, 256)
+    assert (info.num_experts, info.experts_per_token) == (512, 10)
+    assert info.quant is not None and (info.quant.method, info.quant.bits) == ("gptq", 4)
+    assert info.quant.group_size == 128
+    assert info.layer_types[:4] == [LINEAR_ATTENTION] * 3 + [FULL_ATTENTION]
+    assert info.linear is not None and info.linear.num_value_heads == 64
+    assert info.attn_output_gate
+
+
+def test_layer_types_from_full_attention_interval() -> None:
+    data = json.loads((DATA / "qwen3-next-80b-a3b-instruct.json").read_text())
+    info = parse_config(data)
+    assert info.num_full_attention_layers == 12
+    assert info.layer_types[3] == FULL_ATTENTION and info.layer_types[0] == LINEAR_ATTENTION
+
+
+def test_head_dim_defaults_to_hidden_over_heads() -> None:
+    info = parse_config(json.loads((DATA / "llama-3.1-70b.json").read_text()))
+    assert info.head_dim == 8192 // 64
+    assert not info.is_moe and not info.is_hybrid
+
+
+def test_config_without_required_keys_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="num_hidden_layers"):
+        parse_config({"hidden_size": 8, "num_attention_heads": 2, "vocab_size": 10}, "m")
+
+
+def test_awq_and_fp8_quant_configs() -> None:
+    base = json.loads((DATA / "llama-3.1-70b.json").read_text())
+    awq = parse_config(
+        {
+            **base,
+            "quantization_config": {
+                "quant_method": "awq",
+                "bits": 4,
+                "group_size": 128,
+                "zero_point": True,
+            },
+        }
+    )
+    assert awq.quant is not None and (awq.quant.bits, awq.quant.group_size) == (4, 128)
+    fp8 = parse_config(
+        {**base, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
+    )
+    assert fp8.quant is not None and fp8.quant.bits == 8
+    assert fp8.quant.weight_block_size == [128, 128]

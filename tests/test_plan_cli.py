@@ -1,0 +1,132 @@
+"""`hpcserve plan` end to end: printed arithmetic, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hpcserve.cli.plan as plan_cli
+from hpcserve.cli import main
+from hpcserve.errors import UsageError
+from hpcserve.siteschema import Node, Site
+
+DATA = Path(__file__).parent / "data" / "models"
+QWEN35 = str(DATA / "qwen3.5-397b-a17b-gptq-int4.json")
+MODEL = "Qwen/Qwen3.5-397B-A17B-GPTQ-Int4"
+
+
+@pytest.fixture(autouse=True)
+def sites(monkeypatch: pytest.MonkeyPatch) -> None:
+    known = {
+        "meluxina": Site(
+            name="meluxina", node=Node(gpus=4, gpu_model="A100-40GB", gpu_memory_gb=40)
+        ),
+    }
+
+    def load(name: str) -> Site:
+        if name not in known:
+            raise UsageError(f"unknown site {name!r}")
+        return known[name]
+
+    monkeypatch.setattr(plan_cli, "_load_site", load)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(["plan", *args])
+        sys.exit(0)
+    out = capsys.readouterr()
+    return int(e.value.code or 0), out.out, out.err
+
+
+def test_worked_example_prints_the_arithmetic(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys,
+        "--model",
+        MODEL,
+        "--site",
+        "meluxina",
+        "--config-json",
+        QWEN35,
+        "--gpu-memory-utilization",
+        "0.9",
+    )
+    assert code == 0
+    assert "usable per GPU: 40 GB × 0.9 = 36.0 GB; per node: 4 × 36.0 GB = 144.0 GB" in out
+    assert "weights: " in out and "× 0.5 B + scales" in out
+    assert "layout: TP=4 × PP=2 = 8 GPUs on 2 node(s)" in out
+    assert "GPU KV cache size:" in out
+    assert out.strip().splitlines()[-1].startswith(f"verdict: {MODEL} needs 2 node(s)")
+
+
+def test_json_gives_the_same_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--model", MODEL, "--site", "meluxina", "--config-json", QWEN35)
+    _, text, _ = run(capsys, *args)
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert (data["nodes"], data["tp"], data["pp"]) == (2, 4, 2)
+    assert data["usable_per_node_bytes"] == pytest.approx(144e9)
+    assert data["fits"] is True
+    assert f"{data['kv']['tokens']:,} tokens" in text
+    assert f"{data['weights']['estimated_bytes'] / 1e9:.1f} GB" in text
+
+
+def test_explicit_nodes_that_do_not_fit_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "--model", MODEL, "--site", "meluxina", "--config-json", QWEN35, "--nodes", "1"
+    )
+    assert code == 1
+    assert "does NOT fit on 1 node(s)" in out
+
+
+def test_missing_config_exits_2_with_a_hint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    code, out, err = run(capsys, "--model", "org/nothing-here", "--site", "meluxina")
+    assert code == 2
+    assert err.startswith("error: no config.json for model 'org/nothing-here'")
+    assert "--config-json" in err and "Traceback" not in err
+
+
+def test_refused_layout_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        capsys,
+        "--model",
+        MODEL,
+        "--site",
+        "meluxina",
+        "--config-json",
+        QWEN35,
+        "--nodes",
+        "2",
+        "--tp",
+        "3",
+    )
+    assert code == 2
+    assert "error: " in err and "--tp 3 does not divide" in err
+
+
+def test_bad_nodes_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        capsys, "--model", MODEL, "--site", "meluxina", "--config-json", QWEN35, "--nodes", "many"
+    )
+    assert code == 2 and "--nodes" in err
+
+
+def test_unknown_site_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "--model", MODEL, "--site", "nowhere", "--config-json", QWEN35)
+    assert code == 2 and "unknown site" in err
+
+
+def test_plan_does_not_import_ssh_or_http() -> None:
+    code = (
+        "import sys, hpcserve.cli.plan, hpcserve.planner, hpcserve.modelinfo;"
+        "bad = {'paramiko', 'requests'} & set(sys.modules); assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
