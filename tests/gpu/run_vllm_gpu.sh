@@ -94,6 +94,9 @@ stop_nodes() {
     done
     for pid in "$@"; do kill -KILL -- "-$pid" 2>/dev/null; done
     sleep 2
+    # anything of ours still holding a GPU (started by this script on a machine we hold)
+    nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null | xargs -r kill -9
+    sleep 1
 }
 
 run_case() {
@@ -119,7 +122,7 @@ run_case() {
     p0=$(start_node 0 "$g0" "$OUT/$name-node-0" "$@")
     p1=$(start_node 1 "$g1" "$OUT/$name-node-1" "$@")
     python3 "$HERE/vllm_client.py" --url "http://127.0.0.1:$API_PORT" --since "$t0" \
-        --pids "$p0,$p1" --timeout "${READY_TIMEOUT:-420}" --out "$OUT/$name-result.json"
+        --pids "$p0,$p1" --timeout "${READY_TIMEOUT:-300}" --out "$OUT/$name-result.json"
     rc=$?
     if ((rc == 0)) && [[ -d $HERE/hpcserve-net/hpcserve ]]; then
         log "case $name: hpcserve bench (net helper's CLI)"

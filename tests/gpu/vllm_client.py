@@ -121,10 +121,13 @@ def main() -> None:
     pids = [int(p) for p in args.pids.split(",") if p]
 
     def alive() -> bool:
+        """All node processes still running (an unreaped zombie counts as dead)."""
         for pid in pids:
             try:
-                os.kill(pid, 0)
-            except OSError:
+                with open(f"/proc/{pid}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        return False
+            except (OSError, IndexError):
                 return False
         return True
 
