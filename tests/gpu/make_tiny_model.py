@@ -11,6 +11,7 @@ serving mechanics, transport and latency measurements.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,13 +19,16 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+WORDS = (
+    "the a of to and in is that it for on with as was at by be this from or have an "
+    "model node gpu cluster serve token cache tensor pipeline parallel nccl socket "
+    "hello world how are you today what time is it please answer briefly"
+)
 SPECIALS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
 def corpus() -> list[str]:
-    words = ("the a of to and in is that it for on with as was at by be this from or have an "
-             "model node gpu cluster serve token cache tensor pipeline parallel nccl socket "
-             "hello world how are you today what time is it please answer briefly").split()
+    words = WORDS.split()
     lines = []
     for i in range(4000):
         lines.append(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12)))
@@ -38,11 +42,15 @@ def make_tokenizer(out: Path):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.model_max_length = 4096
     fast.save_pretrained(out)
@@ -58,11 +66,20 @@ def main() -> None:
     tok = make_tokenizer(out)
     vocab = (len(tok) + 63) // 64 * 64
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=4, head_dim=64,
-        max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, dtype="bfloat16",
+        vocab_size=vocab,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        dtype="bfloat16",
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -77,6 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import os
-
     main()

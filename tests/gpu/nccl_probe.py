@@ -39,8 +39,10 @@ def main() -> None:
     dist.init_process_group("nccl", device_id=device)
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank == 0:
-        print(f"probe: torch {torch.__version__} nccl {torch.cuda.nccl.version()} world {world}",
-              flush=True)
+        print(
+            f"probe: torch {torch.__version__} nccl {torch.cuda.nccl.version()} world {world}",
+            flush=True,
+        )
 
     numel = args.mib * 1024 * 1024 // 4
     buf = torch.full((numel,), float(rank + 1), device=device)
@@ -72,10 +74,12 @@ def main() -> None:
     results = torch.tensor([ok_ar and ok_p2p], device=device, dtype=torch.int32)
     dist.all_reduce(results, op=dist.ReduceOp.MIN)
     if rank == 0:
-        print(f"probe: all_reduce {args.mib} MiB x{args.iters}: {t_ar * 1e3:.2f} ms, "
-              f"busbw {ar_busbw:.1f} GB/s; ring send/recv: {t_p2p * 1e3:.2f} ms, "
-              f"{p2p_bw:.1f} GB/s per link; correct on all ranks: {bool(results.item())}",
-              flush=True)
+        print(
+            f"probe: all_reduce {args.mib} MiB x{args.iters}: {t_ar * 1e3:.2f} ms, "
+            f"busbw {ar_busbw:.1f} GB/s; ring send/recv: {t_p2p * 1e3:.2f} ms, "
+            f"{p2p_bw:.1f} GB/s per link; correct on all ranks: {bool(results.item())}",
+            flush=True,
+        )
     dist.destroy_process_group()
 
 

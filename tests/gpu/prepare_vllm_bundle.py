@@ -25,21 +25,60 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 VLLM = "vllm==0.26.0"
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux_2_31_x86_64", "manylinux_2_24_x86_64",
-             "manylinux_2_34_x86_64", "manylinux_2_35_x86_64", "manylinux1_x86_64"]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux_2_31_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_34_x86_64",
+    "manylinux_2_35_x86_64",
+    "manylinux1_x86_64",
+]
 # Never carried: in the image already (torch stack), or heavy GPU extras that the tiny-model
 # run does not import (flashinfer is replaced by VLLM_USE_FLASHINFER_SAMPLER=0).
-SKIP = {"torch", "torchaudio", "torchvision", "triton", "numpy", "numba", "llvmlite",
-        "flashinfer-python", "flashinfer-cubin", "tilelang", "torchcodec", "pynvvideocodec",
-        "nvidia-cutlass-dsl", "quack-kernels", "tokenspeed-mla", "humming-kernels",
-        "fastsafetensors", "apache-tvm-ffi", "nvidia-cudnn-frontend", "setuptools",
-        "opencv-python-headless", "cupy-cuda13x"}
-STRIP = re.compile(r"^vllm/(vllm_flash_attn/_vllm_fa2_C\.abi3\.so|vllm-rs$|"
-                   r"third_party/deep_gemm/_C\.cpython-3(?!12)\d+-x86_64-linux-gnu\.so)")
-ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "platform_machine": "x86_64",
-       "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
-       "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+SKIP = {
+    "torch",
+    "torchaudio",
+    "torchvision",
+    "triton",
+    "numpy",
+    "numba",
+    "llvmlite",
+    "flashinfer-python",
+    "flashinfer-cubin",
+    "tilelang",
+    "torchcodec",
+    "pynvvideocodec",
+    "nvidia-cutlass-dsl",
+    "quack-kernels",
+    "tokenspeed-mla",
+    "humming-kernels",
+    "fastsafetensors",
+    "nvidia-cudnn-frontend",
+    "setuptools",
+    "opencv-python-headless",
+    "cupy-cuda13x",
+}
+# vllm 0.26.0 pins apache-tvm-ffi==0.1.10, but xgrammar 0.2.8 (imported at start-up) needs
+# >=0.1.11: with 0.1.10 the server dies with `TypeError: load_lib_module() got an unexpected
+# keyword argument 'extra_lib_paths'` (seen on the GPU machine, 2026-11-22). This one works.
+OVERRIDES = {"apache-tvm-ffi": "apache-tvm-ffi==0.1.15.post2"}
+STRIP = re.compile(
+    r"^vllm/(vllm_flash_attn/_vllm_fa2_C\.abi3\.so|vllm-rs$|"
+    r"third_party/deep_gemm/_C\.cpython-3(?!12)\d+-x86_64-linux-gnu\.so)"
+)
+ENV = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "platform_machine": "x86_64",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
 
 
 def norm(name: str) -> str:
@@ -73,8 +112,21 @@ def requirements(wheel: Path, extras: set[str]) -> list[Requirement]:
 
 
 def pip_download(specs: list[str], dest: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-           "--python-version", "3.12", "--implementation", "cp", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+        "-d",
+        str(dest),
+    ]
     for p in PLATFORMS:
         cmd += ["--platform", p]
     subprocess.run(cmd + specs, check=True)
@@ -100,8 +152,10 @@ def main() -> None:
         pip_download([VLLM], work)
         vllm_whl = next(work.glob("vllm-*.whl"))
     stripped = work / "vllm-stripped.zip"
-    with zipfile.ZipFile(vllm_whl) as src, zipfile.ZipFile(stripped, "w", zipfile.ZIP_DEFLATED,
-                                                           compresslevel=9) as dst:
+    with (
+        zipfile.ZipFile(vllm_whl) as src,
+        zipfile.ZipFile(stripped, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst,
+    ):
         for info in src.infolist():
             if not STRIP.match(info.filename):
                 dst.writestr(info, src.read(info), compresslevel=9)
@@ -122,7 +176,7 @@ def main() -> None:
                 if not req.specifier.contains(image[name], prereleases=True):
                     notes.append(f"image has {name} {image[name]}, {parent} wants {req}")
                 continue
-            todo[name] = f"{req.name}{req.specifier}"
+            todo[name] = OVERRIDES.get(name, f"{req.name}{req.specifier}")
         queue = []
         if not todo:
             break
@@ -147,10 +201,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("bundle.part*"):
         old.unlink()
-    subprocess.run(["split", "-b", f"{args.piece_mb}M", "-d", str(tar_path),
-                    str(args.out / "bundle.part")], check=True)
-    subprocess.run(f"cd {args.out} && sha256sum {tar_path} | sed 's|  .*/|  |' > bundle.sha256 && "
-                   "ls -la", shell=True, check=True)
+    subprocess.run(
+        ["split", "-b", f"{args.piece_mb}M", "-d", str(tar_path), str(args.out / "bundle.part")],
+        check=True,
+    )
+    subprocess.run(
+        f"cd {args.out} && sha256sum {tar_path} | sed 's|  .*/|  |' > bundle.sha256 && ls -la",
+        shell=True,
+        check=True,
+    )
 
 
 if __name__ == "__main__":

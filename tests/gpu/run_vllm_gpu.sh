@@ -126,10 +126,12 @@ run_case() {
     rc=$?
     if ((rc == 0)) && [[ -d $HERE/hpcserve-net/hpcserve ]]; then
         log "case $name: hpcserve bench (net helper's CLI)"
-        PYTHONPATH=$HERE/hpcserve-net timeout 240 python3 -m hpcserve bench \
+        # from inside that tree: run from the repo root, `-m hpcserve` would find the
+        # checkout's own (older) package first
+        (cd "$HERE/hpcserve-net" && timeout 240 python3 -m hpcserve bench \
             --url "http://127.0.0.1:$API_PORT" --concurrency 1 --concurrency 16 \
             --num-prompts 64 --input-len 128 --output-len 128 --json \
-            >"$OUT/$name-hpcserve-bench.json" 2>"$JOBDIR/hpcserve-bench.err"
+            >"$OUT/$name-hpcserve-bench.json" 2>"$JOBDIR/hpcserve-bench.err")
         log "case $name: hpcserve bench rc=$?"
         cp "$OUT/$name-hpcserve-bench.json" "$JOBDIR/"
     fi

@@ -56,22 +56,35 @@ def served_model(url: str) -> str:
 
 
 def chat(url: str, model: str, content: str, max_tokens: int) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": content}],
-            "max_tokens": max_tokens, "temperature": 0}
-    req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(),
-                                 _headers())
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    req = urllib.request.Request(
+        f"{url}/v1/chat/completions", json.dumps(body).encode(), _headers()
+    )
     with urllib.request.urlopen(req, timeout=120) as resp:
         return json.load(resp)
 
 
-def stream_chat(url: str, model: str, content: str, max_tokens: int,
-                ignore_eos: bool = False) -> tuple[float, float, int]:
+def stream_chat(
+    url: str, model: str, content: str, max_tokens: int, ignore_eos: bool = False
+) -> tuple[float, float, int]:
     """One streaming chat: (seconds to first content chunk, total seconds, output tokens)."""
-    body = {"model": model, "messages": [{"role": "user", "content": content}],
-            "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos}
-    req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(),
-                                 _headers())
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": ignore_eos,
+    }
+    req = urllib.request.Request(
+        f"{url}/v1/chat/completions", json.dumps(body).encode(), _headers()
+    )
     start = time.perf_counter()
     first = None
     tokens = 0
@@ -94,15 +107,21 @@ def bench(url: str, model: str, requests: int, concurrency: int, max_tokens: int
     prompts = [f"request {i}: tell me about the cluster node gpu cache" for i in range(requests)]
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(
-            lambda p: stream_chat(url, model, p, max_tokens, ignore_eos=True), prompts))
+        results = list(
+            pool.map(lambda p: stream_chat(url, model, p, max_tokens, ignore_eos=True), prompts)
+        )
     wall = time.perf_counter() - start
     tokens = sum(r[2] for r in results)
     ttfts = [r[0] * 1e3 for r in results]
-    return {"requests": requests, "concurrency": concurrency, "max_tokens": max_tokens,
-            "wall_s": round(wall, 3), "output_tokens": tokens,
-            "output_tok_per_s": round(tokens / wall, 1),
-            "ttft_ms_median_under_load": round(statistics.median(ttfts), 1)}
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "max_tokens": max_tokens,
+        "wall_s": round(wall, 3),
+        "output_tokens": tokens,
+        "output_tok_per_s": round(tokens / wall, 1),
+        "ttft_ms_median_under_load": round(statistics.median(ttfts), 1),
+    }
 
 
 def main() -> None:
@@ -138,18 +157,24 @@ def main() -> None:
         model = served_model(args.url)
         result["model"] = model
         reply = chat(args.url, model, "Hello! Which node answers?", 32)
-        result["chat"] = {"content": reply["choices"][0]["message"]["content"],
-                          "usage": reply.get("usage")}
+        result["chat"] = {
+            "content": reply["choices"][0]["message"]["content"],
+            "usage": reply.get("usage"),
+        }
         print(f"client: chat -> {result['chat']}", flush=True)
         stream_chat(args.url, model, "warm up", 8)
-        ttfts = [stream_chat(args.url, model, "What time is it?", 16)[0] * 1e3
-                 for _ in range(args.ttft_n)]
-        result["ttft_ms"] = {"median": round(statistics.median(ttfts), 2),
-                             "min": round(min(ttfts), 2), "max": round(max(ttfts), 2),
-                             "n": len(ttfts)}
+        ttfts = [
+            stream_chat(args.url, model, "What time is it?", 16)[0] * 1e3
+            for _ in range(args.ttft_n)
+        ]
+        result["ttft_ms"] = {
+            "median": round(statistics.median(ttfts), 2),
+            "min": round(min(ttfts), 2),
+            "max": round(max(ttfts), 2),
+            "n": len(ttfts),
+        }
         print(f"client: first-token latency {result['ttft_ms']}", flush=True)
-        result["bench"] = bench(args.url, model, args.requests, args.concurrency,
-                                args.max_tokens)
+        result["bench"] = bench(args.url, model, args.requests, args.concurrency, args.max_tokens)
         print(f"client: bench {result['bench']}", flush=True)
     except Exception as exc:  # report what failed, keep what was measured
         result["error"] = f"{type(exc).__name__}: {exc}"
