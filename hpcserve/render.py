@@ -155,7 +155,8 @@ def _modules(site: Site) -> list[list[str]]:
 
 def _env(site: Site) -> list[tuple[str, Word]]:
     """Environment exported on every node (values are literals or paths; no secrets)."""
-    net, env = site.network, []
+    net = site.network
+    env: list[tuple[str, Word]] = []
     for name, value in (
         ("NCCL_SOCKET_IFNAME", net.nccl_socket_ifname),
         ("GLOO_SOCKET_IFNAME", net.gloo_socket_ifname),

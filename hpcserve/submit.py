@@ -59,7 +59,7 @@ class Submission:
 
 
 def read_hf_token(environ: Mapping[str, str] | None = None) -> str | None:
-    """The user's HF token: ``$HF_TOKEN``, else ``$HF_HOME/token`` or ``~/.cache/huggingface/token``."""
+    """The HF token: ``$HF_TOKEN``, else ``$HF_HOME/token`` or ``~/.cache/huggingface/token``."""
     env = os.environ if environ is None else environ
     token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
     if token:
@@ -178,7 +178,9 @@ def submit(
     return sub
 
 
-def _record(sub: Submission, req: LaunchRequest, *, remote: bool, api_key: str | None) -> str | None:
+def _record(
+    sub: Submission, req: LaunchRequest, *, remote: bool, api_key: str | None
+) -> str | None:
     """Add the job to the local registry; store its API key in a 0600 file. Returns that path."""
     from hpcserve.registry import Registry  # lazy: written by the jobs helper
 
@@ -223,7 +225,7 @@ def download_argv(site: Site, model: str, revision: str | None = None) -> list[s
         'if [ -n "$HF_TOKEN" ]; then export HF_TOKEN; else unset HF_TOKEN; fi; '
         f"export HF_HOME={shell_word(path_word(site.storage.hf_cache))}; "
         'mkdir -p "$HF_HOME"; '
-        "if command -v hf >/dev/null 2>&1; then exec hf download \"$@\"; "
+        'if command -v hf >/dev/null 2>&1; then exec hf download "$@"; '
         'else exec huggingface-cli download "$@"; fi'
     )
     argv = ["bash", "-c", script, "hpcserve-download", model]

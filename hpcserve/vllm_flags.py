@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # click is imported by the CLI module that calls click_options
-    import click
+    pass
 
 ARG_UTILS = "vllm/engine/arg_utils.py"
 CLI_ARGS = "vllm/entrypoints/openai/cli_args.py"
@@ -82,7 +82,12 @@ FLAGS: tuple[VllmFlag, ...] = (
     _f("kv_cache_dtype", str, "KV-cache dtype (auto, fp8, fp8_e4m3, fp8_e5m2, ...)."),
     _f("served_model_name", str, "Model name the API reports (default: the model argument)."),
     _f("reasoning_parser", str, "Reasoning parser (e.g. qwen3, deepseek_r1).", source=ARG_UTILS),
-    _f("tool_call_parser", str, "Tool-call parser (needs --enable-auto-tool-choice).", source=CLI_ARGS),
+    _f(
+        "tool_call_parser",
+        str,
+        "Tool-call parser (needs --enable-auto-tool-choice).",
+        source=CLI_ARGS,
+    ),
     _f("enable_auto_tool_choice", bool, "Let the model choose tools.", source=CLI_ARGS),
     _f("enable_chunked_prefill", bool, "Chunked prefill."),
     _f("enable_prefix_caching", bool, "Prefix caching."),
@@ -195,7 +200,7 @@ def _click_option(click: Any, f: VllmFlag) -> Callable[[Any], Any]:
         opt: Callable[[Any], Any] = click.option(decl, f.name, default=None, help=f.help)
         return opt
     click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[f.type]
-    return click.option(*names, f.name, type=click_type, default=None, help=f.help)  # type: ignore[no-any-return]
+    return click.option(*names, f.name, type=click_type, default=None, help=f.help)
 
 
 def markdown() -> str:

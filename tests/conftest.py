@@ -122,7 +122,7 @@ def _site_from_dict(cls: Any, data: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def site_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``hpcserve.sites.load_site_file`` available (a stand-in until the sites helper lands)."""
+    """Provide ``hpcserve.sites.load_site_file`` (a stand-in until the sites helper lands)."""
     if importlib.util.find_spec("hpcserve.sites") is not None:
         return
     mod = types.ModuleType("hpcserve.sites")

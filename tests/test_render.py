@@ -14,7 +14,7 @@ import pytest
 from conftest import all_test_sites, apptainer_site, read_env, read_nul, venv_site
 
 from hpcserve.errors import UsageError
-from hpcserve.render import LaunchRequest, choose_layout, render, shell_word, Var
+from hpcserve.render import LaunchRequest, Var, choose_layout, render, shell_word
 from hpcserve.siteschema import Engine, Network, Site
 
 SITES = all_test_sites()
@@ -87,8 +87,12 @@ def test_bad_requests_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="--name"):
         render(site, request(job_name="a b"))
     with pytest.raises(UsageError, match="extra_sbatch"):
-        render(apptainer_site(scheduler=dataclasses.replace(
-            apptainer_site().scheduler, extra_sbatch=["hint=x"])), request())
+        render(
+            apptainer_site(
+                scheduler=dataclasses.replace(apptainer_site().scheduler, extra_sbatch=["hint=x"])
+            ),
+            request(),
+        )
 
 
 def test_shell_word() -> None:
@@ -170,7 +174,9 @@ def test_single_node_has_no_multinode_flags(fake_path: Path, tmp_path: Path) -> 
 
 def test_apptainer_command_line(fake_path: Path, tmp_path: Path) -> None:
     job = tmp_path / "job"
-    site = apptainer_site(network=dataclasses.replace(apptainer_site().network, head_interface="lo"))
+    site = apptainer_site(
+        network=dataclasses.replace(apptainer_site().network, head_interface="lo")
+    )
     script = write_launcher(site, request(2), job)
     (job / "secrets.env").write_text("VLLM_API_KEY='k-123'\n")
     for rank in (0, 1):
@@ -277,15 +283,15 @@ def test_scancel_signal_reaches_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (fake / "vllm").write_text(
         "#!/bin/bash\n"
         "trap 'echo got-term >\"$FAKE_RECORD_DIR/term.$SLURM_NODEID\"; exit 143' TERM\n"
-        "echo started >\"$FAKE_RECORD_DIR/started.$SLURM_NODEID\"\n"
+        'echo started >"$FAKE_RECORD_DIR/started.$SLURM_NODEID"\n'
         "while :; do sleep 0.1; done\n"
     )
     (fake / "vllm").chmod(0o755)
     fake_bin = Path(__file__).resolve().parent / "fake_bin"
     (fake / "srun").write_text(
         "#!/bin/bash\n"  # like srun: forward TERM to the tasks
-        f'pids=(); trap \'kill -TERM "${{pids[@]}}"; wait; exit 143\' TERM\n'
-        f'for k in 0 1; do SLURM_NODEID=$k "${{@: -3}}" & pids+=($!); done\n'
+        "pids=(); trap 'kill -TERM \"${pids[@]}\"; wait; exit 143' TERM\n"
+        'for k in 0 1; do SLURM_NODEID=$k "${@: -3}" & pids+=($!); done\n'
         "wait\n"
         "wait\n"
     )

@@ -15,18 +15,23 @@ import click
 
 from hpcserve import vllm_flags
 from hpcserve.errors import RemoteError, UsageError
-from hpcserve.render import LaunchRequest, render as render_script
+from hpcserve.render import LaunchRequest
+from hpcserve.render import render as render_script
 from hpcserve.sbatch import parse_sbatch_args
 from hpcserve.siteschema import Site
 
 
 def load_site(value: str) -> Site:
     """A site by name, or from a YAML file when ``value`` looks like a path."""
-    from hpcserve import sites
+    from hpcserve.sites import load_site as by_name
+    from hpcserve.sites import load_site_file
 
+    site: Site
     if value.endswith((".yaml", ".yml")) or os.sep in value:
-        return sites.load_site_file(value)
-    return sites.load_site(value)
+        site = load_site_file(value)
+    else:
+        site = by_name(value)
+    return site
 
 
 def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,4 +159,6 @@ def download(model: str, site_name: str, revision: str | None) -> None:
     if not result.ok:
         raise RemoteError(f"download of {model} failed: {result.describe()}")
     tail = result.stdout.strip().splitlines()
-    click.echo(f"{model} is in {site.storage.hf_cache} on {site.name}" + (f": {tail[-1]}" if tail else ""))
+    click.echo(
+        f"{model} is in {site.storage.hf_cache} on {site.name}" + (f": {tail[-1]}" if tail else "")
+    )
