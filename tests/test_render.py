@@ -326,3 +326,28 @@ def test_no_secret_in_rendered_output(monkeypatch: pytest.MonkeyPatch) -> None:
         text = render(site, request(2))
         assert "SECRETVALUE" not in text
         assert "--api-key" not in text
+
+
+def test_template_cache_gives_the_same_script(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("HPCSERVE_NO_TEMPLATE_CACHE", raising=False)
+    first = render(apptainer_site(), request(2))
+    assert list((tmp_path / "hpcserve" / "jinja2").iterdir())  # compiled once, cached
+    second = render(apptainer_site(), request(2))
+    monkeypatch.setenv("HPCSERVE_NO_TEMPLATE_CACHE", "1")
+    assert first == second == render(apptainer_site(), request(2))
+
+
+def test_apptainer_definition_pins_the_official_image() -> None:
+    definition = (Path(__file__).resolve().parent.parent / "apptainer" / "vllm.def").read_text()
+    lines = dict(
+        line.split(":", 1)
+        for line in definition.splitlines()
+        if line.startswith(("Bootstrap", "From"))
+    )
+    assert lines["Bootstrap"].strip() == "docker"
+    image, _, tag = lines["From"].strip().partition(":")
+    assert image == "vllm/vllm-openai"
+    assert tag.startswith("v") and tag != "latest"
