@@ -59,6 +59,11 @@ def commands(site: Path) -> tuple[dict[str, list[str]], str]:
     args = ["render", "--site", str(site), "--nodes", "2", "--model", "Qwen/Qwen3-8B"]
     return {
         "python -c pass": [sys.executable, "-c", "pass"],
+        "import click, jinja2, yaml (deps floor)": [
+            sys.executable,
+            "-c",
+            "import dataclasses, click, jinja2, yaml",
+        ],
         "hpcserve --help": [sys.executable, "-c", ENTRY, "--help"],
         "hpcserve render": [sys.executable, "-c", code, *args],
     }, ("hpcserve.sites" if real else "stand-in loader (yaml + dataclasses)")

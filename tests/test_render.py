@@ -167,6 +167,8 @@ def test_head_and_worker_flags(fake_path: Path, tmp_path: Path) -> None:
 def test_single_node_has_no_multinode_flags(fake_path: Path, tmp_path: Path) -> None:
     script = write_launcher(venv_site(), request(1), tmp_path / "job")
     assert run_node(script, 0, {}).returncode == 0
+    # a missing secrets file is created empty and private, so --env-file/source always work
+    assert (tmp_path / "job" / "secrets.env").stat().st_mode & 0o777 == 0o600
     argv = read_nul(fake_path / "vllm-argv.0")
     assert "--nnodes" not in argv and "--headless" not in argv
     assert "--port" in argv

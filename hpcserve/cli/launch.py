@@ -6,7 +6,6 @@ signature of :func:`hpcserve.sbatch.sbatch_directives`. Nothing heavy is importe
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -127,6 +126,8 @@ def submit(**opts: Any) -> None:
     for warning in sub.warnings:
         click.echo(f"warning: {warning}", err=True)
     if opts["as_json"]:
+        import json
+
         click.echo(json.dumps(sub.to_dict(), indent=2))
     elif sub.job_id is None:
         click.echo(f"dry run: wrote {sub.launcher} (not submitted)")
