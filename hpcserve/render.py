@@ -242,6 +242,9 @@ def _in_job(first: str, *rest: Part) -> Word:
 def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
     """Everything the template needs, decided here."""
     _check_request(req)
+    site_problems = vllm_flags.check_extra_args(site.engine.extra_args)
+    if site_problems:
+        raise UsageError(f"site {site.name} engine.extra_args: " + "; ".join(site_problems))
     layout = choose_layout(site, req.nodes, req.tp, req.pp)
     job_dir = path_word(req.job_dir.rstrip("/") or "/")
     absolute = isinstance(job_dir, str)

@@ -36,6 +36,11 @@ def shellcheck() -> str:
 @pytest.mark.parametrize("site", SITES, ids=[s.name for s in SITES])
 def test_bash_n_and_shellcheck(site: Site, nodes: int, tmp_path: Path) -> None:
     gpus = site.node.gpus
+    if site.container.runtime != "none" and not site.container.image:
+        # a shipped site may leave the image to the user; render needs one
+        site = dataclasses.replace(
+            site, container=dataclasses.replace(site.container, image="/shared/vllm.sif")
+        )
     script = tmp_path / "launcher.sbatch"
     script.write_text(render(site, request(nodes, tp=gpus, pp=nodes)))
     subprocess.run(["bash", "-n", str(script)], check=True)
@@ -228,6 +233,12 @@ def test_hostile_site_values_are_not_run(fake_path: Path, tmp_path: Path) -> Non
     assert read_env(fake_path / "vllm-env.0")["EVIL"] == evil
     assert f"--x={evil}" in read_nul(fake_path / "vllm-argv.1")
     assert read_nul(fake_path / "module-argv") == ["load", *shlex.split(evil)]
+
+
+def test_site_extra_args_cannot_set_the_api_key() -> None:
+    site = venv_site(engine=Engine(extra_args=["--api-key", "abc"]))
+    with pytest.raises(UsageError, match="engine.extra_args"):
+        render(site, request())
 
 
 def test_hostile_env_name_is_refused() -> None:
