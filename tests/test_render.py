@@ -364,3 +364,20 @@ def test_apptainer_definition_pins_the_official_image() -> None:
     image, _, tag = lines["From"].strip().partition(":")
     assert image == "vllm/vllm-openai"
     assert tag.startswith("v") and tag != "latest"
+
+
+def test_job_dir_under_home_is_expanded_on_the_cluster(fake_path: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    text = render(venv_site(), request(2, job_dir="~/jobs/x"))
+    assert "--output" not in text and "--chdir" not in text  # sbatch cannot expand ~
+    script = tmp_path / "launcher.sbatch"
+    script.write_text(text)
+    env = {**os.environ, "HOME": str(home), "SLURM_JOB_ID": "55", "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    job = home / "jobs" / "x"
+    assert json.loads((job / "endpoint.json").read_text())["job_id"] == "55"
+    assert "srun exited with status 0" in (job / "slurm-55.out").read_text()
+    assert (job / "launcher.sbatch").read_text() == text  # copied for the srun tasks
+    assert (job / "node-1.log").exists()

@@ -37,7 +37,14 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by render and submit (vLLM options generated from the flag table)."""
     decorators = [
         click.option("--site", "-s", "site_name", required=True, help="Site name or YAML file."),
-        click.option("--nodes", "-N", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option(
+            "--nodes",
+            "-N",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Nodes; one vLLM process per node (PP = nodes unless --pp).",
+        ),
         click.option("--model", "-m", required=True, help="HF model id or a path on the cluster."),
         vllm_flags.click_options(),
         click.option(
