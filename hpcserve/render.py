@@ -214,7 +214,7 @@ def node_argv(site: Site, req: LaunchRequest, layout: Layout) -> tuple[list[Word
     values["pipeline_parallel_size"] = layout.pp
     if layout.nodes > 1:
         values["distributed_executor_backend"] = "mp"
-    common: list[Word] = ["serve", req.model, *vllm_flags.flag_argv(values)]
+    common: list[Word] = ["serve", path_word(req.model), *vllm_flags.flag_argv(values)]
     common += [*site.engine.extra_args, *req.vllm_args]
     f = vllm_flags.flag
     topo: list[Word] = []

@@ -381,3 +381,10 @@ def test_job_dir_under_home_is_expanded_on_the_cluster(fake_path: Path, tmp_path
     assert "srun exited with status 0" in (job / "slurm-55.out").read_text()
     assert (job / "launcher.sbatch").read_text() == text  # copied for the srun tasks
     assert (job / "node-1.log").exists()
+
+
+def test_model_path_under_home_is_expanded(fake_path: Path, tmp_path: Path) -> None:
+    script = write_launcher(venv_site(), request(1, model="~/models/m x"), tmp_path / "job")
+    home = tmp_path / "home"
+    assert run_node(script, 0, {"HOME": str(home)}).returncode == 0
+    assert read_nul(fake_path / "vllm-argv.0")[1] == f"{home}/models/m x"
