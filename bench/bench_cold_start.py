@@ -1,6 +1,6 @@
 """Cold start of ``hpcserve render`` against a bare ``python -c pass``, side by side in one run.
 
-    python bench/bench_cold_start.py [--runs 40]
+    python bench/bench_cold_start.py [--runs 40] [--python /path/to/venv/bin/python]
 
 Each command is a fresh interpreter (subprocess), run interleaved so that machine load hits all
 of them alike; the table shows median and p90 wall time and the ratio to the bare interpreter.
@@ -53,19 +53,19 @@ sys.modules["hpcserve.sites"] = m
 ENTRY = "import sys; from hpcserve.cli import main; sys.exit(main())"
 
 
-def commands(site: Path) -> tuple[dict[str, list[str]], str]:
+def commands(site: Path, python: str) -> tuple[dict[str, list[str]], str]:
     real = (REPO / "hpcserve" / "sites.py").exists() or (REPO / "hpcserve" / "sites").is_dir()
     code = ENTRY if real else STANDIN + ENTRY
     args = ["render", "--site", str(site), "--nodes", "2", "--model", "Qwen/Qwen3-8B"]
     return {
-        "python -c pass": [sys.executable, "-c", "pass"],
+        "python -c pass": [python, "-c", "pass"],
         "import click, jinja2, yaml (deps floor)": [
-            sys.executable,
+            python,
             "-c",
             "import dataclasses, click, jinja2, yaml",
         ],
-        "hpcserve --help": [sys.executable, "-c", ENTRY, "--help"],
-        "hpcserve render": [sys.executable, "-c", code, *args],
+        "hpcserve --help": [python, "-c", ENTRY, "--help"],
+        "hpcserve render": [python, "-c", code, *args],
     }, ("hpcserve.sites" if real else "stand-in loader (yaml + dataclasses)")
 
 
@@ -88,6 +88,7 @@ def p90(xs: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--python", default=sys.executable, help="interpreter to measure (a venv)")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # An installed hpcserve has its .pyc compiled by pip; let the checkout get them too (the
@@ -96,16 +97,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "bench.yaml"
         site.write_text(SITE_YAML)
-        cmds, loader = commands(site)
+        cmds, loader = commands(site, args.python)
         times = measure(cmds, args.runs, env)
     base = statistics.median(times["python -c pass"])
-    print(f"{args.runs} runs each, interleaved; Python {sys.version.split()[0]}; sites: {loader}")
+    base_min = min(times["python -c pass"])
+    print(f"{args.runs} runs each, interleaved; {args.python}; sites: {loader}")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print()
-    print("| command | median ms | p90 ms | median / python -c pass |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| command | median ms | p90 ms | min ms | median ratio | min ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, xs in times.items():
-        med = statistics.median(xs)
-        print(f"| `{name}` | {med * 1e3:.1f} | {p90(xs) * 1e3:.1f} | {med / base:.2f}x |")
+        med, low = statistics.median(xs), min(xs)
+        print(
+            f"| `{name}` | {med * 1e3:.1f} | {p90(xs) * 1e3:.1f} | {low * 1e3:.1f} "
+            f"| {med / base:.2f}x | {low / base_min:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
