@@ -388,3 +388,23 @@ def test_model_path_under_home_is_expanded(fake_path: Path, tmp_path: Path) -> N
     home = tmp_path / "home"
     assert run_node(script, 0, {"HOME": str(home)}).returncode == 0
     assert read_nul(fake_path / "vllm-argv.0")[1] == f"{home}/models/m x"
+
+
+def test_a_listening_port_is_skipped(fake_path: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        for job_id in range(20, 100):  # find a job whose first API port we can occupy
+            try:
+                busy.bind(("127.0.0.1", 18000 + job_id))
+                break
+            except OSError:
+                continue
+        busy.listen()
+        job = tmp_path / "job"
+        script = write_launcher(venv_site(), request(1), job)
+        env = {**os.environ, "SLURM_JOB_ID": str(job_id), "TMPDIR": str(tmp_path)}
+        proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        api_port = json.loads((job / "endpoint.json").read_text())["api_port"]
+        assert api_port == 18000 + job_id + 1

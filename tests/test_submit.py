@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -236,4 +235,3 @@ def test_local_executor_for_local_site() -> None:
     from hpcserve.remote import LocalExecutor
 
     assert isinstance(executor_for(venv_site()), LocalExecutor)
-    assert os.path.isdir(os.path.expanduser("~"))
