@@ -1,0 +1,118 @@
+"""Cold start of ``hpcserve render`` against a bare ``python -c pass``, side by side in one run.
+
+    python bench/bench_cold_start.py [--runs 40] [--python /path/to/venv/bin/python]
+
+Each command is a fresh interpreter (subprocess), run interleaved so that machine load hits all
+of them alike; the table shows median and p90 wall time and the ratio to the bare interpreter.
+Target (issue 2): render < 3x ``python -c pass``.
+
+``hpcserve render`` is started the way the console script starts it
+(``from hpcserve.cli import main; main()``) with a site YAML file. Until ``hpcserve.sites`` exists
+in the checkout, a stand-in loader is injected that does what a loader must (import yaml, parse
+the file, build the Site dataclasses); the table says which one ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SITE_YAML = """\
+name: bench
+node: {gpus: 4, gpu_model: A100-40GB, gpu_memory_gb: 40}
+scheduler: {account: p200, partition: gpu, qos: default, extra_sbatch: [--hint=nomultithread]}
+modules: [Apptainer]
+container: {runtime: apptainer, image: /project/vllm.sif, gpu_flag: --nvccli, binds: [/project]}
+network: {head_interface: ib0, nccl_socket_ifname: ib0, nccl_ib_hca: mlx5}
+storage: {hf_cache: /project/hf, offline: true, workdir: /project/jobs}
+"""
+
+STANDIN = """\
+import sys, types, yaml
+from hpcserve import siteschema as s
+def load_site_file(path):
+    d = yaml.safe_load(open(path))
+    sub = {"node": s.Node, "scheduler": s.Scheduler, "container": s.Container,
+           "network": s.Network, "storage": s.Storage, "engine": s.Engine}
+    kw = {k: (sub[k](**v) if k in sub else v) for k, v in d.items()}
+    kw["login"] = [s.LoginHost(**h) for h in kw.get("login", [])]
+    return s.Site(**kw)
+m = types.ModuleType("hpcserve.sites")
+m.load_site_file = load_site_file
+m.load_site = None
+sys.modules["hpcserve.sites"] = m
+"""
+
+ENTRY = "import sys; from hpcserve.cli import main; sys.exit(main())"
+
+
+def commands(site: Path, python: str) -> tuple[dict[str, list[str]], str]:
+    real = (REPO / "hpcserve" / "sites.py").exists() or (REPO / "hpcserve" / "sites").is_dir()
+    code = ENTRY if real else STANDIN + ENTRY
+    args = ["render", "--site", str(site), "--nodes", "2", "--model", "Qwen/Qwen3-8B"]
+    return {
+        "python -c pass": [python, "-c", "pass"],
+        "import click, jinja2, yaml (deps floor)": [
+            python,
+            "-c",
+            "import dataclasses, click, jinja2, yaml",
+        ],
+        "hpcserve --help": [python, "-c", ENTRY, "--help"],
+        "hpcserve render": [python, "-c", code, *args],
+    }, ("hpcserve.sites" if real else "stand-in loader (yaml + dataclasses)")
+
+
+def measure(cmds: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in cmds}
+    for argv in cmds.values():  # warm the page cache and check that each command works
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+    for _ in range(runs):
+        for name, argv in cmds.items():
+            t0 = time.perf_counter()
+            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def p90(xs: list[float]) -> float:
+    return sorted(xs)[max(0, int(round(0.9 * len(xs))) - 1)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--python", default=sys.executable, help="interpreter to measure (a venv)")
+    args = ap.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # An installed hpcserve has its .pyc compiled by pip; let the checkout get them too (the
+    # warm-up run writes __pycache__), else every run would pay for compiling the sources.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        site = Path(tmp) / "bench.yaml"
+        site.write_text(SITE_YAML)
+        cmds, loader = commands(site, args.python)
+        times = measure(cmds, args.runs, env)
+    base = statistics.median(times["python -c pass"])
+    base_min = min(times["python -c pass"])
+    print(f"{args.runs} runs each, interleaved; {args.python}; sites: {loader}")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print()
+    print("| command | median ms | p90 ms | min ms | median ratio | min ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, xs in times.items():
+        med, low = statistics.median(xs), min(xs)
+        print(
+            f"| `{name}` | {med * 1e3:.1f} | {p90(xs) * 1e3:.1f} | {low * 1e3:.1f} "
+            f"| {med / base:.2f}x | {low / base_min:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

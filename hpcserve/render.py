@@ -1,0 +1,366 @@
+"""Render the multi-node sbatch launcher: a pure function of a :class:`Site` and a request.
+
+Python decides everything here (directives, argv lists, environment); the Jinja2 template
+``templates/launcher.sbatch.j2`` only lays out shell. Every value that reaches bash goes through
+:func:`shell_word` (``shlex.quote`` for literals), so a model name such as ``x; touch /tmp/pwned``
+stays one harmless argument. No secret is ever an input of :func:`render`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpcserve import jobrecord, vllm_flags
+from hpcserve.errors import UsageError
+from hpcserve.sbatch import merged, sbatch_directives
+from hpcserve.siteschema import Site
+
+TEMPLATE = "launcher.sbatch.j2"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PORT_SPREAD = 100  # API/master search starts at base + (job id % PORT_SPREAD)
+MASTER_PORT_GAP = 1000  # master ports are searched from engine.port + this
+
+
+@dataclass(frozen=True)
+class Var:
+    """A shell variable inside a rendered word, e.g. ``Var("NODE_RANK")`` -> ``"${NODE_RANK}"``."""
+
+    name: str
+
+
+Part = str | Var
+Word = str | Var | tuple[Part, ...]
+
+
+def shell_word(word: Word) -> str:
+    """One bash word: literals ``shlex.quote``d, variables double-quoted, parts concatenated."""
+    parts = word if isinstance(word, tuple) else (word,)
+    out = []
+    for part in parts:
+        if isinstance(part, Var):
+            if not ENV_NAME.match(part.name):
+                raise ValueError(f"bad shell variable name {part.name!r}")
+            out.append(f'"${{{part.name}}}"')
+        else:
+            out.append(shlex.quote(str(part)))
+    return "".join(out) if out else "''"
+
+
+def path_word(path: str) -> Word:
+    """A path as a word; a leading ``~`` becomes ``$HOME`` (expanded on the cluster)."""
+    if path == "~":
+        return Var("HOME")
+    if path.startswith("~/"):
+        return (Var("HOME"), path[1:])
+    return path
+
+
+def join_word(base: Word, tail: str) -> Word:
+    """``base`` + ``/tail``."""
+    parts = base if isinstance(base, tuple) else (base,)
+    return (*parts, "/" + tail)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the model is split: TP ranks per pipeline stage, PP stages, over ``nodes`` nodes."""
+
+    tp: int
+    pp: int
+    nodes: int
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.world_size // self.nodes
+
+
+def choose_layout(site: Site, nodes: int, tp: int | None = None, pp: int | None = None) -> Layout:
+    """TP = the site's GPUs per node, PP = nodes, unless overridden; refuse shapes vLLM can't run.
+
+    vLLM's mp executor starts world_size / nnodes workers on every node, so TP x PP must split
+    evenly over the nodes and fit the GPUs of one node. Model-dependent checks (heads divisible
+    by TP, PP <= layers) belong to the planner (``hpcserve.layout``).
+    """
+    if nodes < 1:
+        raise UsageError(f"--nodes must be at least 1, got {nodes}")
+    layout = Layout(tp=tp or site.node.gpus, pp=pp or nodes, nodes=nodes)
+    if layout.tp < 1 or layout.pp < 1:
+        raise UsageError("--tp and --pp must be at least 1")
+    if layout.world_size % nodes:
+        raise UsageError(
+            f"TP {layout.tp} x PP {layout.pp} = {layout.world_size} GPUs do not split evenly over "
+            f"{nodes} nodes; try --tp {site.node.gpus} --pp {nodes}"
+        )
+    if layout.gpus_per_node > site.node.gpus:
+        raise UsageError(
+            f"TP {layout.tp} x PP {layout.pp} needs {layout.gpus_per_node} GPUs per node but "
+            f"{site.name} nodes have {site.node.gpus}; try --tp {site.node.gpus} --pp {nodes}"
+        )
+    return layout
+
+
+@dataclass
+class LaunchRequest:
+    """What the user asked for (site defaults are applied by :func:`launcher_context`)."""
+
+    model: str
+    nodes: int
+    job_dir: str  # absolute, or ~/... (then expanded by the script on the cluster)
+    job_name: str = "hpcserve"
+    tp: int | None = None
+    pp: int | None = None
+    vllm_options: dict[str, Any] = field(default_factory=dict)  # exposed flags, python names
+    vllm_args: list[str] = field(default_factory=list)  # --vllm-arg, one argv element each
+    sbatch: dict[str, Any] = field(default_factory=dict)  # overrides for sbatch_directives
+
+
+def _check_request(req: LaunchRequest) -> None:
+    problems = []
+    if not req.model or req.model.startswith("-") or "\0" in req.model or "\n" in req.model:
+        problems.append(f"--model {req.model!r}: expected a model id or path")
+    if not JOB_NAME.match(req.job_name):
+        problems.append(f"--name {req.job_name!r}: use letters, digits, '.', '_' or '-'")
+    if not (req.job_dir.startswith("/") or req.job_dir.startswith("~/")):
+        problems.append(f"job dir {req.job_dir!r}: must be absolute (or start with ~/)")
+    if any(c in req.job_dir for c in "\n\r\0"):
+        problems.append(f"job dir {req.job_dir!r}: must be one line")
+    unknown = set(req.vllm_options) - {f.name for f in vllm_flags.OPTIONS}
+    if unknown:
+        problems.append(f"not a render option: {', '.join(sorted(unknown))}")
+    problems += vllm_flags.check_extra_args(req.vllm_args)
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
+def _modules(site: Site) -> list[list[str]]:
+    out = []
+    for line in site.modules:
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            raise UsageError(f"site {site.name}: modules entry {line!r}: {e}") from e
+        if words:
+            out.append(words)
+    return out
+
+
+def _env(site: Site) -> list[tuple[str, Word]]:
+    """Environment exported on every node (values are literals or paths; no secrets)."""
+    net = site.network
+    env: list[tuple[str, Word]] = []
+    for name, value in (
+        ("NCCL_SOCKET_IFNAME", net.nccl_socket_ifname),
+        ("GLOO_SOCKET_IFNAME", net.gloo_socket_ifname),
+        ("NCCL_IB_HCA", net.nccl_ib_hca),
+    ):
+        if value:
+            env.append((name, value))
+    env += [(k, str(v)) for k, v in net.nccl_env.items()]
+    env.append(("NCCL_DEBUG", "INFO"))
+    if site.storage.hf_cache:
+        env.append(("HF_HOME", path_word(site.storage.hf_cache)))
+    if site.storage.offline:
+        env.append(("HF_HUB_OFFLINE", "1"))
+    env += [(k, str(v)) for k, v in site.engine.env.items()]
+    bad = [k for k, _ in env if not ENV_NAME.match(k)]
+    if bad:
+        raise UsageError(f"site {site.name}: invalid environment variable name(s): {bad}")
+    return env
+
+
+def _binds(site: Site) -> list[Word]:
+    binds: list[Word] = []
+    for spec in site.container.binds:
+        src, sep, rest = spec.partition(":")
+        word = path_word(src)
+        binds.append((*(word if isinstance(word, tuple) else (word,)), sep + rest) if sep else word)
+    binds.append(Var("JOBDIR"))
+    if site.storage.hf_cache:
+        binds.append(path_word(site.storage.hf_cache))
+    return binds
+
+
+def _runtime_prefix(site: Site) -> tuple[list[Word], bool]:
+    """The command before ``serve``, and whether secrets go through ``--env-file``."""
+    c = site.container
+    if c.runtime == "none":
+        vllm: Word = join_word(path_word(c.venv), "bin/vllm") if c.venv else site.engine.vllm
+        return [vllm], False
+    if not c.image:
+        raise UsageError(f"site {site.name}: container.image is required for runtime {c.runtime}")
+    prefix: list[Word] = [c.runtime, "exec"]
+    if c.gpu_flag:
+        prefix.append(c.gpu_flag)
+    for bind in _binds(site):
+        prefix += ["--bind", bind]
+    prefix += ["--env-file", (Var("JOBDIR"), "/" + jobrecord.SECRETS)]
+    prefix += [path_word(c.image), site.engine.vllm]
+    return prefix, True
+
+
+def node_argv(site: Site, req: LaunchRequest, layout: Layout) -> tuple[list[Word], list[Word]]:
+    """(head argv, worker argv): everything after the runtime prefix, per role."""
+    values = dict(req.vllm_options)
+    values["tensor_parallel_size"] = layout.tp
+    values["pipeline_parallel_size"] = layout.pp
+    if layout.nodes > 1:
+        values["distributed_executor_backend"] = "mp"
+    common: list[Word] = ["serve", path_word(req.model), *vllm_flags.flag_argv(values)]
+    common += [*site.engine.extra_args, *req.vllm_args]
+    f = vllm_flags.flag
+    topo: list[Word] = []
+    if layout.nodes > 1:
+        topo = [
+            f("nnodes"), str(layout.nodes),
+            f("node_rank"), Var("NODE_RANK"),
+            f("master_addr"), Var("HPCSERVE_HEAD_ADDR"),
+            f("master_port"), Var("HPCSERVE_MASTER_PORT"),
+        ]  # fmt: skip
+    api: list[Word] = [f("host"), "0.0.0.0", f("port"), Var("HPCSERVE_API_PORT")]
+    head = [*common, *topo, *api]
+    worker = [*common, *topo, *api, f("headless")]
+    return head, worker
+
+
+_RANK_MARK = 987654321
+
+
+def _in_job(first: str, *rest: Part) -> Word:
+    """A path inside the job directory, as a word using the script's ``$JOBDIR``."""
+    return (Var("JOBDIR"), "/" + first, *rest)
+
+
+def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
+    """Everything the template needs, decided here."""
+    _check_request(req)
+    site_problems = vllm_flags.check_extra_args(site.engine.extra_args)
+    if site_problems:
+        raise UsageError(f"site {site.name} engine.extra_args: " + "; ".join(site_problems))
+    layout = choose_layout(site, req.nodes, req.tp, req.pp)
+    job_dir = path_word(req.job_dir.rstrip("/") or "/")
+    absolute = isinstance(job_dir, str)
+    sched = site.scheduler
+    gpus = layout.gpus_per_node
+    defaults: dict[str, Any] = {
+        "job_name": req.job_name,
+        "nodes": layout.nodes,
+        "time": sched.time,
+        "partition": sched.partition,
+        "account": sched.account,
+        "qos": sched.qos,
+        "constraint": sched.constraint,
+        "exclusive": sched.exclusive,
+        "gres": f"gpu:{gpus}" if sched.gpus_directive == "gres" else None,
+        "gpus_per_node": gpus if sched.gpus_directive == "gpus-per-node" else None,
+    }
+    if absolute:
+        defaults["output"] = f"{req.job_dir.rstrip('/')}/{jobrecord.BATCH_LOG}"
+        defaults["chdir"] = req.job_dir.rstrip("/")
+    opts = merged(defaults, req.sbatch)
+    if opts["nodes"] != layout.nodes:
+        raise UsageError("use --nodes, not --sbatch-arg nodes=...")
+    directives = sbatch_directives(**opts, extra=sched.extra_sbatch)
+    prefix, env_file = _runtime_prefix(site)
+    head, worker = node_argv(site, req, layout)
+    batch_before, _, batch_after = jobrecord.BATCH_LOG.partition("%j")
+    log_before, _, log_after = jobrecord.node_log_name(_RANK_MARK).partition(str(_RANK_MARK))
+    return {
+        "site_name": site.name,
+        "model": req.model,
+        "layout": layout,
+        "directives": directives,
+        "job_dir": job_dir,
+        "redirect_batch_output": not absolute,
+        "modules": _modules(site),
+        "env": _env(site),
+        "head_interface": site.network.head_interface or "",
+        "nodes": int(layout.nodes),
+        "port_base": int(site.engine.port),
+        "port_spread": PORT_SPREAD,
+        "master_port_gap": MASTER_PORT_GAP,
+        "head_argv": [*prefix, *head],
+        "worker_argv": [*prefix, *worker],
+        "secrets_via_env_file": env_file,
+        "cpu_bind_node_rank": site.engine.cpu_bind == "node-rank",
+        "launcher_path": _in_job(jobrecord.LAUNCHER),
+        "secrets_path": _in_job(jobrecord.SECRETS),
+        "endpoint_path": _in_job(jobrecord.ENDPOINT),
+        "endpoint_tmp": _in_job("." + jobrecord.ENDPOINT + ".tmp"),
+        "nccl_dir": _in_job(jobrecord.NCCL_DIR),
+        "nccl_file": _in_job(jobrecord.NCCL_DIR + "/node-", Var("NODE_RANK"), ".%h.%p.log"),
+        "node_log": _in_job(log_before, Var("NODE_RANK"), log_after),
+        "batch_log": _in_job(batch_before, Var("SLURM_JOB_ID"), batch_after),
+    }
+
+
+def _bytecode_cache() -> Any:
+    """Compiled templates cached per user (keyed by the template's checksum), or None.
+
+    Compiling the launcher template costs about a third of a bare interpreter start; loading
+    it from the cache keeps ``hpcserve render`` near the cold-start target.
+    """
+    import contextlib
+    import os
+
+    from jinja2 import FileSystemBytecodeCache
+
+    class QuietCache(FileSystemBytecodeCache):
+        def dump_bytecode(self, bucket: Any) -> None:
+            # read-only home: render still works, it just compiles each time
+            with contextlib.suppress(OSError):
+                super().dump_bytecode(bucket)
+
+    if os.environ.get("HPCSERVE_NO_TEMPLATE_CACHE"):
+        return None
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(root, "hpcserve", "jinja2")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return QuietCache(directory)
+
+
+def _environment() -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    from hpcserve.resources import templates_dir
+
+    env = Environment(
+        bytecode_cache=_bytecode_cache(),
+        loader=FileSystemLoader(str(templates_dir())),
+        autoescape=False,  # bash, not HTML: quoting is done by the filters below
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["quote"] = lambda v: shlex.quote(str(v))
+    env.filters["word"] = shell_word
+    env.filters["words"] = _words
+    env.filters["comment"] = _comment
+    return env
+
+
+def _comment(value: Any) -> str:
+    """``value`` made safe inside a ``#`` comment line: control characters become ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
+def _words(words: Sequence[Word]) -> str:
+    return " ".join(shell_word(w) for w in words)
+
+
+def render(site: Site, req: LaunchRequest) -> str:
+    """The launcher script text for ``req`` on ``site``."""
+    ctx = launcher_context(site, req)
+    return str(_environment().get_template(TEMPLATE).render(**ctx))

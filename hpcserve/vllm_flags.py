@@ -1,0 +1,235 @@
+"""Every `vllm serve` flag hpcserve knows, in one table.
+
+Like vLLM's own ``engine/arg_utils.py``, one table drives everything: the click options of
+``hpcserve render`` / ``submit`` (:func:`click_options`), the ``vllm serve`` argv the launcher runs
+(:func:`flag_argv`), and the reference page ``docs/vllm-flags.md`` (:func:`markdown`; a test keeps
+it in sync). Add a row here and all three follow.
+
+Spellings and semantics were read from vLLM's source (``source`` column):
+
+* ``vllm/engine/arg_utils.py`` registers ``--tensor-parallel-size/-tp``,
+  ``--pipeline-parallel-size/-pp``, ``--master-addr``, ``--master-port``, ``--nnodes/-n`` and
+  ``--node-rank/-r`` from ``ParallelConfig`` (``vllm/config/parallel.py``: master_addr default
+  127.0.0.1, master_port 29501, nnodes 1, node_rank 0; on CUDA ``nnodes > 1`` selects the ``mp``
+  executor). Boolean config fields become ``argparse.BooleanOptionalAction`` (``--x`` and
+  ``--no-x``).
+* ``vllm/entrypoints/openai/cli_args.py`` (``make_arg_parser``) adds ``--headless``
+  (``store_true``, no ``--no-`` form), ``--host``, ``--port`` (default 8000) and ``--api-key``.
+* ``vllm/entrypoints/cli/serve.py``: ``--headless`` sets ``api_server_count = 0`` and, for
+  ``node_rank_within_dp > 0``, runs only the multiproc workers that join the head's
+  ``torch.distributed`` group at ``master_addr:master_port`` ("headless workers for multi-node
+  PP/TP").
+* The API server reads its key from ``VLLM_API_KEY`` when ``--api-key`` is absent
+  (``vllm/envs.py`` ``"VLLM_API_KEY"``; ``vllm/entrypoints/serve/middleware/register.py``
+  ``args.api_key or [envs.VLLM_API_KEY]``), so hpcserve never puts ``--api-key`` on a command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # click is imported by the CLI module that calls click_options
+    pass
+
+ARG_UTILS = "vllm/engine/arg_utils.py"
+CLI_ARGS = "vllm/entrypoints/openai/cli_args.py"
+
+
+@dataclass(frozen=True)
+class VllmFlag:
+    """One `vllm serve` flag."""
+
+    name: str  # python name, as in vLLM's EngineArgs / FrontendArgs
+    flag: str  # the CLI spelling vLLM accepts
+    type: type  # bool, int, float or str
+    help: str
+    option: bool = True  # exposed as a render/submit option (else hpcserve sets it itself)
+    aliases: tuple[str, ...] = ()  # extra hpcserve option names (e.g. --tp)
+    negatable: bool = True  # bools: vLLM also accepts --no-<flag> (BooleanOptionalAction)
+    source: str = ARG_UTILS
+
+    @property
+    def negative(self) -> str:
+        """The ``--no-`` spelling of a boolean flag."""
+        return "--no-" + self.flag[2:]
+
+
+def _f(name: str, typ: type, help: str, **kw: Any) -> VllmFlag:
+    return VllmFlag(name=name, flag="--" + name.replace("_", "-"), type=typ, help=help, **kw)
+
+
+FLAGS: tuple[VllmFlag, ...] = (
+    # --- layout: defaulted by hpcserve (TP = GPUs per node, PP = nodes), overridable
+    _f(
+        "tensor_parallel_size",
+        int,
+        "Tensor-parallel size (default: the site's GPUs per node).",
+        aliases=("--tp",),
+    ),
+    _f(
+        "pipeline_parallel_size",
+        int,
+        "Pipeline-parallel size (default: the number of nodes).",
+        aliases=("--pp",),
+    ),
+    # --- pass-through options users expect
+    _f("max_model_len", int, "Model context length (tokens)."),
+    _f("gpu_memory_utilization", float, "Fraction of each GPU's memory vLLM may use (0-1]."),
+    _f("quantization", str, "Quantisation method (e.g. gptq_marlin, awq, fp8)."),
+    _f("dtype", str, "Weights/activations dtype (auto, half, bfloat16, float)."),
+    _f("kv_cache_dtype", str, "KV-cache dtype (auto, fp8, fp8_e4m3, fp8_e5m2, ...)."),
+    _f("served_model_name", str, "Model name the API reports (default: the model argument)."),
+    _f("reasoning_parser", str, "Reasoning parser (e.g. qwen3, deepseek_r1).", source=ARG_UTILS),
+    _f(
+        "tool_call_parser",
+        str,
+        "Tool-call parser (needs --enable-auto-tool-choice).",
+        source=CLI_ARGS,
+    ),
+    _f("enable_auto_tool_choice", bool, "Let the model choose tools.", source=CLI_ARGS),
+    _f("enable_chunked_prefill", bool, "Chunked prefill."),
+    _f("enable_prefix_caching", bool, "Prefix caching."),
+    _f("enforce_eager", bool, "Disable CUDA graphs (always eager)."),
+    _f("trust_remote_code", bool, "Trust remote code from the model repository."),
+    _f("max_num_seqs", int, "Maximum sequences per iteration."),
+    _f("max_num_batched_tokens", int, "Maximum tokens per iteration."),
+    _f("revision", str, "Model revision (branch, tag or commit)."),
+    _f("tokenizer", str, "Tokenizer name or path (default: the model)."),
+    _f("seed", int, "Random seed."),
+    # --- topology: set by the launcher per node, never by the user
+    _f(
+        "distributed_executor_backend",
+        str,
+        "Worker backend; hpcserve uses 'mp' across nodes (vLLM's multi-node mp executor).",
+        option=False,
+    ),
+    _f("nnodes", int, "Number of nodes (= --nodes).", option=False),
+    _f("node_rank", int, "This node's rank: SLURM_NODEID (0 = head).", option=False),
+    _f(
+        "master_addr",
+        str,
+        "Head address for torch.distributed: IPv4 of the site's head_interface on node 0.",
+        option=False,
+    ),
+    _f("master_port", int, "torch.distributed port, chosen free on the head.", option=False),
+    _f(
+        "headless",
+        bool,
+        "Workers only, no API server: every node but the head.",
+        option=False,
+        negatable=False,
+        source=CLI_ARGS,
+    ),
+    _f("host", str, "API bind address (the head binds 0.0.0.0).", option=False, source=CLI_ARGS),
+    _f("port", int, "API port, chosen free on the head.", option=False, source=CLI_ARGS),
+)
+
+BY_NAME: dict[str, VllmFlag] = {f.name: f for f in FLAGS}
+OPTIONS: tuple[VllmFlag, ...] = tuple(f for f in FLAGS if f.option)
+
+# Flags a user may not pass with --vllm-arg: hpcserve sets them per node, and --api-key would put
+# the key on a command line (vLLM reads VLLM_API_KEY from the environment instead).
+RESERVED: frozenset[str] = frozenset(
+    [f.flag for f in FLAGS if not f.option]
+    + [f.negative for f in FLAGS if not f.option and f.type is bool and f.negatable]
+    + ["--api-key", "-n", "-r"]
+)
+
+
+def flag(name: str) -> str:
+    """The vLLM spelling of flag ``name`` (a KeyError names a flag missing from the table)."""
+    return BY_NAME[name].flag
+
+
+def flag_argv(values: Mapping[str, Any]) -> list[str]:
+    """``vllm serve`` arguments for ``values`` (python name -> value), in table order.
+
+    ``None`` leaves a flag out; booleans become ``--flag`` or ``--no-flag``.
+    """
+    unknown = set(values) - set(BY_NAME)
+    if unknown:
+        raise KeyError(f"unknown vLLM flag(s): {', '.join(sorted(unknown))}")
+    argv: list[str] = []
+    for f in FLAGS:
+        value = values.get(f.name)
+        if value is None:
+            continue
+        if f.type is bool:
+            if value:
+                argv.append(f.flag)
+            elif f.negatable:
+                argv.append(f.negative)
+        else:
+            argv += [f.flag, str(f.type(value))]
+    return argv
+
+
+def check_extra_args(args: Iterable[str]) -> list[str]:
+    """Problems with ``--vllm-arg`` values: reserved flags hpcserve sets itself."""
+    problems = []
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in RESERVED:
+            why = (
+                "it would put the key on a command line; hpcserve passes VLLM_API_KEY instead"
+                if name == "--api-key"
+                else "hpcserve sets it for each node"
+            )
+            problems.append(f"--vllm-arg {arg!r}: {name} is not allowed ({why})")
+    return problems
+
+
+def click_options(flags: Sequence[VllmFlag] = OPTIONS) -> Callable[[Any], Any]:
+    """A decorator adding one click option per exposed flag (bools as --x/--no-x, unset = None)."""
+    import click
+
+    def decorate(fn: Any) -> Any:
+        for f in reversed(flags):
+            fn = _click_option(click, f)(fn)
+        return fn
+
+    return decorate
+
+
+def _click_option(click: Any, f: VllmFlag) -> Callable[[Any], Any]:
+    names = [*f.aliases, f.flag]
+    if f.type is bool:
+        decl = f"{f.flag}/{f.negative}" if f.negatable else f.flag
+        opt: Callable[[Any], Any] = click.option(decl, f.name, default=None, help=f.help)
+        return opt
+    click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[f.type]
+    return click.option(*names, f.name, type=click_type, default=None, help=f.help)
+
+
+def markdown() -> str:
+    """The reference page ``docs/vllm-flags.md``, generated from :data:`FLAGS`."""
+    lines = [
+        "# vLLM flags known to hpcserve",
+        "",
+        "Generated from `hpcserve/vllm_flags.py` by `python -m hpcserve.vllm_flags > "
+        "docs/vllm-flags.md`; do not edit by hand.",
+        "",
+        "Options marked *yes* are options of `hpcserve render` and `hpcserve submit` and pass "
+        "through to `vllm serve`; the others are set by the launcher for each node. Anything else "
+        "goes through `--vllm-arg` (repeatable, one argv element each, e.g. "
+        "`--vllm-arg=--max-num-seqs=64`). `--api-key` is refused: the API key reaches vLLM as "
+        "`VLLM_API_KEY` in the environment.",
+        "",
+        "| vLLM flag | hpcserve option | type | meaning | vLLM source |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in FLAGS:
+        if f.option:
+            opt = ", ".join(f"`{n}`" for n in (*f.aliases, f.flag))
+            if f.type is bool and f.negatable:
+                opt = f"`{f.flag}` / `{f.negative}`"
+        else:
+            opt = "(launcher)"
+        lines.append(f"| `{f.flag}` | {opt} | {f.type.__name__} | {f.help} | `{f.source}` |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -1,0 +1,219 @@
+"""Shared fixtures for the launcher tests: test sites, fake cluster tools, CLI runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hpcserve.siteschema import (
+    Container,
+    Engine,
+    LoginHost,
+    Network,
+    Node,
+    Scheduler,
+    Site,
+    Storage,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_BIN = Path(__file__).resolve().parent / "fake_bin"
+
+
+def apptainer_site(**kw: Any) -> Site:
+    """A MeluXina-like site: 4 GPUs per node, Apptainer with --nvccli, InfiniBand, offline."""
+    base = Site(
+        name="gpu-apptainer",
+        node=Node(gpus=4, gpu_model="A100-40GB", gpu_memory_gb=40),
+        login=[LoginHost(host="login.example.org", port=8822)],
+        scheduler=Scheduler(
+            account="p200", partition="gpu", qos="default", extra_sbatch=["--hint=nomultithread"]
+        ),
+        modules=["Apptainer"],
+        container=Container(
+            runtime="apptainer", image="/project/vllm.sif", gpu_flag="--nvccli", binds=["/project"]
+        ),
+        network=Network(
+            head_interface="ib0",
+            nccl_socket_ifname="ib0",
+            gloo_socket_ifname="ib0",
+            nccl_ib_hca="mlx5",
+            nccl_env={"NCCL_IB_TIMEOUT": "22"},
+        ),
+        storage=Storage(hf_cache="/project/hf", offline=True, workdir="/project/jobs"),
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def venv_site(**kw: Any) -> Site:
+    """A site without containers: vLLM from PATH (the fake one in tests), CPU binding by rank."""
+    base = Site(
+        name="cpu-venv",
+        node=Node(gpus=1, gpu_model="cpu", gpu_memory_gb=8),
+        scheduler=Scheduler(gpus_directive="none", exclusive=False, submit="local"),
+        container=Container(runtime="none"),
+        network=Network(head_interface="lo"),
+        storage=Storage(hf_cache="~/hf-cache", offline=False, workdir="~/hpcserve-jobs"),
+        engine=Engine(port=18000, env={"VLLM_LOGGING_LEVEL": "DEBUG"}, cpu_bind="node-rank"),
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def singularity_site() -> Site:
+    return apptainer_site(
+        name="gpu-singularity",
+        container=Container(runtime="singularity", image="~/vllm.sif", gpu_flag="--nv"),
+        scheduler=Scheduler(gpus_directive="gpus-per-node", time="00:30:00"),
+        modules=[],
+    )
+
+
+def _real_sites() -> list[Site]:
+    configs = sorted((REPO / "site_configs").glob("*.yaml"))
+    if not configs or importlib.util.find_spec("hpcserve.sites") is None:
+        return []
+    from hpcserve.sites import load_site_file
+
+    return [load_site_file(str(p)) for p in configs]
+
+
+def all_test_sites() -> list[Site]:
+    """Every shipped site file (once they exist), plus the hand-built ones."""
+    return [*_real_sites(), apptainer_site(), venv_site(), singularity_site()]
+
+
+def site_to_yaml(site: Site, path: Path) -> Path:
+    data = dataclasses.asdict(site)
+    data.pop("path", None)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _site_from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    nested = {
+        "node": Node,
+        "scheduler": Scheduler,
+        "container": Container,
+        "network": Network,
+        "storage": Storage,
+        "engine": Engine,
+    }
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        assert key in hints, key
+        if cls is Site and key in nested:
+            value = _site_from_dict(nested[key], value)
+        elif cls is Site and key == "login":
+            value = [LoginHost(**v) for v in value]
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+@pytest.fixture
+def site_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Provide ``hpcserve.sites.load_site_file`` (a stand-in until the sites helper lands)."""
+    if importlib.util.find_spec("hpcserve.sites") is not None:
+        return
+    mod = types.ModuleType("hpcserve.sites")
+
+    def load_site_file(path: str) -> Site:
+        site: Site = _site_from_dict(Site, yaml.safe_load(Path(path).read_text()))
+        return site
+
+    def load_site(name: str) -> Site:
+        raise AssertionError("tests pass site files, not names")
+
+    mod.load_site_file = load_site_file  # type: ignore[attr-defined]
+    mod.load_site = load_site  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "hpcserve.sites", mod)
+
+
+class FakeRegistry:
+    """Stand-in for hpcserve.registry.Registry (same contract), used until the real one lands."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root or os.environ["HPCSERVE_STATE_DIR"])
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, job_id: str) -> Path:
+        return self.root / f"{job_id}.json"
+
+    def add(self, rec: Any) -> None:
+        self._file(rec.job_id).write_text(json.dumps(rec.to_dict()))
+
+    update = add
+
+    def get(self, ref: str) -> Any:
+        from hpcserve.jobrecord import JobRecord
+
+        return JobRecord.from_dict(json.loads(self._file(ref).read_text()))
+
+    def list(self) -> list[Any]:
+        return [self.get(p.stem) for p in self.root.glob("*.json")]
+
+    def remove(self, job_id: str) -> None:
+        self._file(job_id).unlink()
+
+    def secret_path(self, job_id: str, kind: str) -> Path:
+        return self.root / "secrets" / f"{job_id}.{kind}"
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[], Any]:
+    """A registry rooted in tmp_path (the real one when it exists)."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("HPCSERVE_STATE_DIR", str(state))
+    if importlib.util.find_spec("hpcserve.registry") is None:
+        mod = types.ModuleType("hpcserve.registry")
+        mod.Registry = FakeRegistry  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "hpcserve.registry", mod)
+    from hpcserve.registry import Registry
+
+    return lambda: Registry()
+
+
+@pytest.fixture
+def fake_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Fake vllm/apptainer/sbatch/srun/module first on PATH; they record into the returned dir."""
+    record = tmp_path / "record"
+    record.mkdir()
+    monkeypatch.setenv("PATH", f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_RECORD_DIR", str(record))
+    return record
+
+
+def read_nul(path: Path) -> list[str]:
+    return path.read_text().split("\0")[:-1]
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in read_nul(path))
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int, str, str]]]:
+    """Run ``hpcserve ARGS`` in-process: (exit code, stdout, stderr)."""
+    from hpcserve.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
