@@ -127,7 +127,6 @@ class Forwarder:
         self.log = log
         self._client: Any = None
         self._lock = threading.Lock()
-        self._link_up = threading.Event()
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
@@ -146,7 +145,6 @@ class Forwarder:
     def start(self) -> Forwarder:
         """Connect (errors propagate), bind, then serve in background threads."""
         self._client = self._connect()
-        self._link_up.set()
         self._listener = bind_local(self.requested_port, explicit=self.explicit_port, log=self.log)
         for target in (self._accept_loop, self._watchdog):
             th = threading.Thread(target=target, daemon=True, name=f"tunnel-{target.__name__}")
@@ -169,13 +167,14 @@ class Forwarder:
         self._stop.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept
+            with contextlib.suppress(OSError):
                 self._listener.close()
         with self._lock:
             if self._client is not None:
                 with contextlib.suppress(Exception):
                     self._client.close()
                 self._client = None
-        self._link_up.set()  # wake waiters so they notice the stop
 
     # -- internals -------------------------------------------------------------------------
 
@@ -206,12 +205,13 @@ class Forwarder:
             try:
                 chan = t.open_channel("direct-tcpip", self.remote, peer, timeout=20)
             except Exception as e:  # noqa: BLE001 - paramiko.ChannelException, SSHException
-                if t.is_active():
-                    self.log(
-                        f"the login node could not open {self.remote[0]}:{self.remote[1]}: {e}"
-                    )
+                if getattr(e, "code", None) is not None:  # ChannelException: sshd refused
+                    where = f"{self.remote[0]}:{self.remote[1]}"
+                    self.log(f"the login node could not connect to {where}: {e}")
                     break
-                continue  # the link died just now: wait for the reconnect
+                t.close()  # the link is failing: let the watchdog reconnect, then retry
+                time.sleep(0.2)
+                continue
             _pump(conn, chan)
             return
         conn.close()
@@ -239,7 +239,6 @@ class Forwarder:
                     t = None
             if t is not None or self._stop.is_set():
                 continue
-            self._link_up.clear()
             self.log("SSH connection lost; reconnecting")
             self._reconnect()
             last_probe = time.monotonic()
@@ -263,7 +262,6 @@ class Forwarder:
             with self._lock:
                 self._client = client
             self.reconnects += 1
-            self._link_up.set()
             self.log(f"SSH connection re-established; still on 127.0.0.1:{self.local_port}")
             return
 
