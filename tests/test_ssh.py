@@ -111,8 +111,9 @@ def test_proxyjump_through_second_sshd(ssh_lab: SshLab) -> None:  # noqa: F811
     login = ssh_lab.add("login")
     jump = ssh_lab.add("jump")
     ssh_lab.write_known_hosts("login", "jump")
-    ssh_lab.write_config(f"Host viajump\n  HostName 127.0.0.1\n  Port {login.port}\n"
-                         "  ProxyJump jump\n")
+    ssh_lab.write_config(
+        f"Host viajump\n  HostName 127.0.0.1\n  Port {login.port}\n  ProxyJump jump\n"
+    )
     c = connect("viajump", prompter=None)
     try:
         assert len(c.route.jumps) == 1
@@ -121,7 +122,7 @@ def test_proxyjump_through_second_sshd(ssh_lab: SshLab) -> None:  # noqa: F811
     finally:
         c.close()
     log = jump.log.read_text()
-    assert f"direct-tcpip" in log and f"port {login.port}" in log
+    assert "direct-tcpip" in log and f"port {login.port}" in log
 
 
 def test_unknown_host_key_refused(ssh_lab: SshLab) -> None:  # noqa: F811
@@ -158,7 +159,8 @@ def test_changed_host_key_refused(ssh_lab: SshLab) -> None:  # noqa: F811
 
 
 def test_hashed_known_hosts_and_env_file(
-    ssh_lab: SshLab, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    ssh_lab: SshLab,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from hpcserve.ssh import connect
 

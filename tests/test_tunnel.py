@@ -24,7 +24,10 @@ def forwarder(lab: SshLab, http: StandInHTTP, host: str = "login", **kw: object)
 
     msgs: list[str] = []
     fwd = Forwarder(
-        lambda: connect(host, prompter=None), ("127.0.0.1", http.port), 0, log=msgs.append,
+        lambda: connect(host, prompter=None),
+        ("127.0.0.1", http.port),
+        0,
+        log=msgs.append,
         **kw,  # type: ignore[arg-type]
     )
     fwd.messages = msgs  # type: ignore[attr-defined]
@@ -69,7 +72,8 @@ def test_forward_through_proxyjump(ssh_lab: SshLab, stand_in_http: StandInHTTP) 
 
 
 def test_reconnects_after_killed_connection_on_same_port(
-    lab1: SshLab, stand_in_http: StandInHTTP  # noqa: F811
+    lab1: SshLab,
+    stand_in_http: StandInHTTP,  # noqa: F811
 ) -> None:
     with forwarder(lab1, stand_in_http, keepalive_s=1.0) as fwd:
         port = fwd.local_port
@@ -103,8 +107,12 @@ def test_default_port_in_use_picks_another(lab1: SshLab, stand_in_http: StandInH
         busy.listen(1)
         taken = busy.getsockname()[1]
         msgs: list[str] = []
-        fwd = Forwarder(lambda: connect("login", prompter=None), ("127.0.0.1", stand_in_http.port),
-                        taken, log=msgs.append)
+        fwd = Forwarder(
+            lambda: connect("login", prompter=None),
+            ("127.0.0.1", stand_in_http.port),
+            taken,
+            log=msgs.append,
+        )
         with fwd:
             assert fwd.local_port != taken
             assert f"local port {taken} is in use; using {fwd.local_port} instead" in msgs
@@ -126,8 +134,9 @@ def test_unreachable_remote_closes_client(lab1: SshLab) -> None:  # noqa: F811
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # nothing listens here
     msgs: list[str] = []
-    with Forwarder(lambda: connect("login", prompter=None), ("127.0.0.1", dead), 0,
-                   log=msgs.append) as fwd:
+    with Forwarder(
+        lambda: connect("login", prompter=None), ("127.0.0.1", dead), 0, log=msgs.append
+    ) as fwd:
         with pytest.raises(OSError):
             get(f"{fwd.url}/health", timeout=20)
         assert any("could not connect" in m for m in msgs)
