@@ -16,7 +16,6 @@ import contextlib
 import errno
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -67,39 +66,40 @@ def bind_local(port: int, *, explicit: bool, log: Log = _stderr) -> socket.socke
 
 
 def _pump(sock: socket.socket, chan: Any) -> None:
-    """Copy bytes both ways until both sides are closed (half-closes are passed on)."""
+    """Copy bytes both ways until both sides are done: this thread carries client -> server,
+    a second one server -> client, each blocked in its own recv (no select, no event pipe:
+    fewer system calls per round trip). Half-closes are passed on."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(True)
-    readers: list[Any] = [sock, chan]
-    try:
-        while readers:
-            ready, _, _ = select.select(readers, [], [], 60)
-            if sock in ready:
-                data = sock.recv(BUF)
-                if data:
-                    chan.sendall(data)
-                else:
-                    chan.shutdown_write()
-                    readers.remove(sock)
-            if chan in ready:
+    chan.settimeout(None)
+
+    def down() -> None:
+        try:
+            while True:
                 data = chan.recv(BUF)
-                if data:
-                    sock.sendall(data)
-                else:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_WR)
-                    readers.remove(chan)
-                    if sock in readers:  # the server is done; don't wait on the client
-                        break
-            if not ready and chan.closed:
+                if not data:
+                    break
+                sock.sendall(data)
+        except Exception:  # noqa: BLE001 - OSError, or paramiko.SSHException when the link dies
+            pass
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    th = threading.Thread(target=down, daemon=True, name="tunnel-down")
+    th.start()
+    try:
+        while True:
+            data = sock.recv(BUF)
+            if not data:
+                chan.shutdown_write()
                 break
-    except (OSError, EOFError):
+            chan.sendall(data)
+    except Exception:  # noqa: BLE001 - as above
         pass
-    except Exception:  # paramiko.SSHException: the link died mid-stream
-        pass
-    finally:
-        chan.close()
-        sock.close()
+    # the client is done sending; wait for the answer to finish (or the link to drop)
+    th.join()
+    chan.close()
+    sock.close()
 
 
 class Forwarder:
