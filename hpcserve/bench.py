@@ -245,6 +245,37 @@ def random_prompts(n: int, input_len: int, output_len: int, seed: int = 0) -> li
     ]
 
 
+def tokens_per_word(
+    base_url: str, model: str, api_key: str | None = None, seed: int = 0
+) -> float | None:
+    """Tokens per random word for the server's tokenizer, from vLLM's ``POST /tokenize``
+    (None when the server has no such endpoint). Lets ``--input-len`` mean tokens, as in
+    ``vllm bench serve``'s random dataset, without a tokenizer here."""
+    import requests
+
+    rng = random.Random(seed + 1)
+    words = 200
+    text = " ".join(rng.choice(WORDS) for _ in range(words))
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/").removesuffix("/v1") + "/tokenize"
+    try:
+        r = requests.post(url, json={"model": model, "prompt": text}, headers=headers, timeout=30)
+        count = r.json().get("count") if r.ok else None
+    except (requests.RequestException, ValueError):
+        return None
+    return count / words if count else None
+
+
+def random_prompts_tokens(
+    n: int, input_len: int, output_len: int, tpw: float | None, seed: int = 0
+) -> list[Prompt]:
+    """Like :func:`random_prompts` with ``input_len`` in tokens (``tpw`` tokens per word)."""
+    words = max(1, round(input_len / tpw)) if tpw else input_len
+    return [
+        Prompt(p.text, input_len, p.output_len) for p in random_prompts(n, words, output_len, seed)
+    ]
+
+
 def file_prompts(path: str, n: int, output_len: int) -> list[Prompt]:
     """Prompts from a file: JSON lines with ``prompt`` (or ``text``), else one per line;
     cycled to ``n``."""

@@ -455,7 +455,7 @@ def chat(
     type=click.IntRange(1),
     default=128,
     show_default=True,
-    help="Random prompt length in words (about one token each).",
+    help="Random prompt length in tokens (sized with the server's /tokenize).",
 )
 @click.option("--output-len", type=click.IntRange(1), default=128, show_default=True)
 @click.option(
@@ -496,17 +496,19 @@ def bench(
 
     if request_rate <= 0:
         raise UsageError("--request-rate must be positive")
-    prompts = (
-        b.file_prompts(prompts_file, num_prompts, output_len)
-        if prompts_file
-        else b.random_prompts(num_prompts, input_len, output_len, seed)
-    )
     t = _resolve(job, url)
     results = []
     with _base_url(t) as base:
         c = _client(t, base, api_key_file)
         c.health()
         name = c.default_model(model)
+        if prompts_file:
+            prompts = b.file_prompts(prompts_file, num_prompts, output_len)
+        else:
+            tpw = b.tokens_per_word(base, name, c.api_key, seed)
+            if tpw is None:
+                click.echo("note: the server has no /tokenize; --input-len counts words", err=True)
+            prompts = b.random_prompts_tokens(num_prompts, input_len, output_len, tpw, seed)
         for conc in concurrencies or (1,):
             outs, dur = b.run_load(
                 base,
