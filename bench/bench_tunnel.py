@@ -136,7 +136,6 @@ def main() -> None:
         route, _ = route_for("login")
         oport = free_port()
         argv = openssh_argv(route, oport, remote)
-        argv[1:1] = ["-F", str(lab.ssh_config)]
         ossh = OpensshTunnel(argv, oport).start()
         ports = {"direct": remote[1], "openssh": oport, "paramiko": pport}
         try:

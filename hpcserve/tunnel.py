@@ -98,7 +98,8 @@ def _pump(sock: socket.socket, chan: Any) -> None:
         pass
     # the client is done sending; wait for the answer to finish (or the link to drop)
     th.join()
-    chan.close()
+    with contextlib.suppress(Exception):  # the link may be gone already
+        chan.close()
     sock.close()
 
 
@@ -266,12 +267,18 @@ class Forwarder:
             return
 
 
-def openssh_argv(route: Any, local_port: int, remote: tuple[str, int]) -> list[str]:
+def openssh_argv(
+    route: Any, local_port: int, remote: tuple[str, int], known_hosts: list[str] | None = None
+) -> list[str]:
     """``ssh -N -L 127.0.0.1:LOCAL:ADDR:PORT`` for a resolved :class:`~hpcserve.sshconfig.Route`
-    (same host, user, port, identities and jump hosts as the paramiko path)."""
+    (same host, user, port, identities, jump hosts and known_hosts files as the paramiko path;
+    ``$HPCSERVE_SSH_CONFIG``, when set, is passed with ``-F`` so jump hosts resolve alike)."""
     t = route.target
-    argv = [
-        "ssh",
+    argv = ["ssh"]
+    cfg = os.environ.get("HPCSERVE_SSH_CONFIG")
+    if cfg:
+        argv += ["-F", cfg]
+    argv += [
         "-N",
         "-o", "ExitOnForwardFailure=yes",
         "-o", "ServerAliveInterval=15",
@@ -284,9 +291,9 @@ def openssh_argv(route: Any, local_port: int, remote: tuple[str, int]) -> list[s
             argv += ["-i", f]
     if route.jumps:
         argv += ["-J", ",".join(f"{h.user}@{h.hostname}:{h.port}" for h in route.jumps)]
-    for f in t.known_hosts_files:
-        argv += ["-o", f"UserKnownHostsFile={f}"]
-        break
+    files = list(known_hosts if known_hosts is not None else t.known_hosts_files)
+    if files:
+        argv += ["-o", "UserKnownHostsFile=" + " ".join(files)]
     argv.append(f"{t.user}@{t.hostname}")
     return argv
 

@@ -189,3 +189,54 @@ def test_refused_key_is_a_sentence(ssh_lab: SshLab) -> None:  # noqa: F811
     ssh_lab.ssh_config.write_text(text)
     with pytest.raises(HpcserveError, match="was refused"):
         connect("login", prompter=None)
+
+
+class FakeTransport:
+    """Records the authentication dialogue of a site asking for a key, then a one-time code."""
+
+    def __init__(self) -> None:
+        self.authed = False
+        self.answers: list[str] = []
+
+    def auth_none(self, user: str) -> None:
+        import paramiko
+
+        raise paramiko.BadAuthenticationType("no", ["publickey", "keyboard-interactive"])
+
+    def auth_publickey(self, user: str, key: object) -> list[str]:
+        return ["keyboard-interactive"]  # partial success: a second factor is required
+
+    def auth_interactive(self, user: str, handler, submethods: str = "") -> list[str]:  # type: ignore[no-untyped-def]
+        self.answers = handler("Two-factor", "", [("Verification code: ", False)])
+        self.authed = self.answers == ["123456"]
+        return []
+
+    def is_authenticated(self) -> bool:
+        return self.authed
+
+
+def test_keyboard_interactive_prompts_for_one_time_code(tmp_path: Path) -> None:
+    from hpcserve.ssh import _authenticate
+    from hpcserve.sshconfig import Hop
+
+    key = tmp_path / "k"
+    keygen(key)
+    asked: list[tuple[str, bool]] = []
+
+    def prompter(text: str, echo: bool) -> str:
+        asked.append((text, echo))
+        return "123456"
+
+    hop = Hop("login", "h", 22, "u", identity_files=(str(key),), identities_only=True)
+    t = FakeTransport()
+    _authenticate(t, hop, prompter)  # type: ignore[arg-type]
+    assert t.authed and asked == [("Verification code: ", False)]
+
+
+def test_keyboard_interactive_without_terminal_is_a_sentence(tmp_path: Path) -> None:
+    from hpcserve.ssh import _authenticate, terminal_prompter
+    from hpcserve.sshconfig import Hop
+
+    hop = Hop("login", "h", 22, "u", identity_files=(), identities_only=True)
+    with pytest.raises(UsageError, match="no terminal"):
+        _authenticate(FakeTransport(), hop, terminal_prompter)  # type: ignore[arg-type]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from net_fixtures import SshLab, StandInHTTP, ssh_lab, stand_in_http  # noqa: F401
@@ -149,3 +151,84 @@ def test_stop_closes_listener(lab1: SshLab, stand_in_http: StandInHTTP) -> None:
     fwd.stop()
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_cli_background_tunnel_and_stop(
+    lab1: SshLab,
+    stand_in_http: StandInHTTP,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HPCSERVE_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=str(root))
+    base = [sys.executable, "-m", "hpcserve", "tunnel"]
+    up = subprocess.run(
+        [*base, "--remote", f"127.0.0.1:{stand_in_http.port}", "--login", "login", "--background"],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert "runs in the background" in up.stdout
+    state = json.loads(next((tmp_path / "state" / "tunnels").glob("*.json")).read_text())
+    assert state["status"] == "up" and state["url"].startswith("http://127.0.0.1:")
+    assert get(f"{state['url']}/v1/models").startswith(b'{"data"')
+    assert "OpenAI base URL" in up.stdout + up.stderr
+    again = subprocess.run(
+        [*base, "--remote", f"127.0.0.1:{stand_in_http.port}", "--login", "login"],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert again.returncode == 2 and "already runs" in again.stderr
+    down = subprocess.run([*base, "--stop"], env=env, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0 and "stopped the tunnel" in down.stdout
+    assert not list((tmp_path / "state" / "tunnels").glob("*.json"))
+    with pytest.raises(OSError):
+        get(f"{state['url']}/health", timeout=5)
+    none = subprocess.run([*base, "--stop"], env=env, capture_output=True, text=True, timeout=60)
+    assert none.returncode == 2 and none.stderr.startswith("error: no background tunnel")
+
+
+def test_api_base_opens_a_tunnel_when_head_unreachable(
+    lab1: SshLab,
+    stand_in_http: StandInHTTP,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from hpcserve import endpoint
+    from hpcserve.jobrecord import JobRecord
+    from hpcserve.siteschema import LoginHost
+
+    monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(endpoint, "reachable", lambda host, port, timeout=1.0: False)
+    rec = JobRecord(
+        job_id="77", site="x", model="m", nodes=1, tp=1, pp=1, job_dir="/tmp", submitted_at=0,
+        remote=True, head_addr="127.0.0.1", api_port=stand_in_http.port,
+    )  # fmt: skip
+    site = SimpleNamespace(name="x", login=[LoginHost(host="login")])
+    with endpoint.api_base(rec, site, quiet=True) as base:
+        assert base != stand_in_http.url and base.startswith("http://127.0.0.1:")
+        assert get(f"{base}/v1/models").startswith(b'{"data"')
+    with pytest.raises(OSError):
+        get(f"{base}/health", timeout=5)  # closed with the block
+
+
+def test_via_openssh_uses_same_resolution(
+    lab1: SshLab,
+    stand_in_http: StandInHTTP,  # noqa: F811
+) -> None:
+    from hpcserve.ssh import known_hosts_files, route_for
+    from hpcserve.tunnel import OpensshTunnel, free_port, openssh_argv
+
+    route, extra = route_for("login")
+    port = free_port()
+    argv = openssh_argv(route, port, ("127.0.0.1", stand_in_http.port),
+                        known_hosts_files(route.target, extra))  # fmt: skip
+    assert f"127.0.0.1:{port}:127.0.0.1:{stand_in_http.port}" in argv
+    t = OpensshTunnel(argv, port).start()
+    try:
+        assert get(f"{t.url}/v1/models").startswith(b'{"data"')
+    finally:
+        t.stop()

@@ -260,8 +260,9 @@ def _run_openssh(
         new = tn.free_port()
         click.echo(f"local port {port} is in use; using {new} instead", err=True)
         port = new
-    route, _ = ssh.route_for(login)
-    proc = tn.OpensshTunnel(tn.openssh_argv(route, port, remote), port)
+    route, extra = ssh.route_for(login)
+    known = ssh.known_hosts_files(route.target, extra)
+    proc = tn.OpensshTunnel(tn.openssh_argv(route, port, remote, known), port)
     with tn.sigterm_as_interrupt():
         try:
             proc.start()
