@@ -144,3 +144,45 @@ def test_real_vllm_enforces_key() -> None:
     assert isinstance(text, str)
     with pytest.raises(ApiError, match="context is"):
         c.chat([{"role": "user", "content": "word " * 5000}], max_tokens=4)
+
+
+def test_query_job_uses_registry_endpoint_and_key(
+    keyed: StandInHTTP,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """JOB resolves through hpcserve.registry (a stand-in module here: the registry is another
+    helper's), the head answers directly, and the job's 0600 key file is used."""
+    import sys
+    import types
+
+    from hpcserve.cli import main
+    from hpcserve.jobrecord import JobRecord
+
+    keyfile = tmp_path / "api_key"
+    keyfile.write_text("sekret-key\n")
+    keyfile.chmod(0o600)
+    rec = JobRecord(
+        job_id="4242", site="local", model="m", nodes=1, tp=1, pp=1, job_dir="/tmp",
+        submitted_at=0, remote=False, name="myjob", head_addr="127.0.0.1", api_port=keyed.port,
+        api_key_file=str(keyfile),
+    )  # fmt: skip
+
+    class Registry:
+        def __init__(self, root: object = None) -> None:
+            self.root = tmp_path
+
+        def get(self, ref: str) -> JobRecord:
+            assert ref == "myjob"
+            return rec
+
+    reg = types.ModuleType("hpcserve.registry")
+    reg.Registry = Registry  # type: ignore[attr-defined]
+    sites = types.ModuleType("hpcserve.sites")
+    sites.load_site = lambda name: types.SimpleNamespace(name=name, login=[])  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "hpcserve.registry", reg)
+    monkeypatch.setitem(sys.modules, "hpcserve.sites", sites)
+    monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path))
+    main(["query", "myjob", "hello"])
+    assert "Hello from the stand-in" in capsys.readouterr().out
