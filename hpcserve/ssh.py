@@ -250,6 +250,7 @@ class ReadAheadSocket:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buf = b""
+        self._quickack = getattr(socket, "TCP_QUICKACK", 0)  # Linux only
 
     def settimeout(self, timeout: float | None) -> None:
         """Time out in the kernel (SO_RCVTIMEO) rather than with Python's poll-then-recv, which
@@ -265,6 +266,12 @@ class ReadAheadSocket:
                 data = self._sock.recv(max(n, 65536))
             except BlockingIOError as e:
                 raise TimeoutError("timed out") from e
+            if self._quickack:
+                # ACK at once: sshd does not set TCP_NODELAY for a tunnel-only session, so
+                # its Nagle algorithm waits for our (otherwise delayed, up to 40 ms) ACK
+                # before sending the next small packet: the p99 of every streamed token.
+                with contextlib.suppress(OSError):
+                    self._sock.setsockopt(socket.IPPROTO_TCP, self._quickack, 1)
             if len(data) <= n:
                 return data
             self._buf = data
