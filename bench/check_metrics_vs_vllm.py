@@ -1,7 +1,7 @@
 """Recompute `vllm bench serve`'s aggregates from its own per-request data with hpcserve.bench.
 
-Reads a result file written by `vllm bench serve --save-result --save-detailed` (per request: ttfts, itls,
-latencies, start_times, output_lens, input_lens, errors), feeds the same requests to
+Reads a result file written by `vllm bench serve --save-result --save-detailed` (per request:
+ttfts, itls, latencies, start_times, output_lens, input_lens, errors), feeds the same requests to
 hpcserve.bench.compute_metrics, and prints both side by side. Equal numbers show that the
 metric definitions are the same, apart from the measurement noise of two separate runs.
 
