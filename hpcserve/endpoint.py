@@ -1,0 +1,78 @@
+"""A base URL for a job's API that works from here, whatever "here" is.
+
+:func:`api_base` yields, in order of preference: the job's running background tunnel; the head
+address itself when it answers a TCP connect within a second (on the login node, or in the local
+lab); otherwise a tunnel opened through the site's login node for the duration of the block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from hpcserve.errors import HpcserveError
+
+
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a TCP connect to ``host:port`` succeeds within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def remote_of(record: Any) -> tuple[str, int]:
+    """The job's head ``(addr, api_port)``, or a sentence saying it is not known yet."""
+    addr = getattr(record, "head_addr", None)
+    port = getattr(record, "api_port", None)
+    if not addr or not port:
+        phase = (getattr(record, "extra", None) or {}).get("phase")
+        where = f" (phase: {phase})" if phase else ""
+        raise HpcserveError(
+            f"job {record.job_id} has no API endpoint yet{where}: it is published once the job "
+            "runs; check `hpcserve status` or `hpcserve wait`"
+        )
+    return str(addr), int(port)
+
+
+def api_key(record: Any) -> str | None:
+    """The job's API key from its 0600 key file (None when the job has none)."""
+    path = getattr(record, "api_key_file", None)
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError as e:
+        raise HpcserveError(f"cannot read the job's API key file {path}: {e.strerror}") from e
+
+
+@contextlib.contextmanager
+def api_base(record: Any, site: Any, *, quiet: bool = False) -> Iterator[str]:
+    """Yield a base URL (``http://host:port``) for ``record``'s API reachable from here."""
+    from hpcserve import tunnel
+
+    state = tunnel.read_state(record.job_id)
+    if state is not None and state.status == "up":
+        yield state.url
+        return
+    addr, port = remote_of(record)
+    if reachable(addr, port):
+        yield f"http://{addr}:{port}"
+        return
+    from hpcserve import ssh
+
+    login = ssh.login_from_site(site)
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    fwd = tunnel.Forwarder(lambda: ssh.connect(login), (addr, port), 0, log=log)
+    with fwd:
+        log(f"opened a tunnel for this command: {fwd.url} -> {addr}:{port} via {login.host}")
+        yield fwd.url

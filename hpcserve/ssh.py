@@ -1,0 +1,516 @@
+"""SSH to a login node with paramiko (the only module that imports paramiko).
+
+:func:`connect` follows the route from :mod:`hpcserve.sshconfig` (ProxyJump hops as
+``direct-tcpip`` channels, or a ``ProxyCommand``), verifies every host key against known_hosts
+and refuses unknown or changed keys, then authenticates with the ssh-agent and IdentityFile keys
+and, when the server asks for it, keyboard-interactive (one-time codes) on the terminal.
+:class:`SshExecutor` is :class:`hpcserve.remote.Executor` over one such connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import posixpath
+import shlex
+import socket
+import struct
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+
+from hpcserve.errors import HpcserveError, RemoteError, UsageError
+from hpcserve.remote import CommandResult
+from hpcserve.sshconfig import Hop, Overrides, Route, resolve
+
+# paramiko logs dropped connections as tracebacks; hpcserve reports them as sentences instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+DEFAULT_KEEPALIVE_S = 30
+WINDOW = 16 * 1024 * 1024  # large SSH windows: a tunnel streaming tokens never stalls on acks
+MAX_PACKET = 32768  # the SSH spec's guaranteed maximum; OpenSSH uses the same
+
+# Key types to prefer when known_hosts already holds a key of that kind for the host.
+_ALGOS = {
+    "ssh-ed25519": ["ssh-ed25519"],
+    "ecdsa-sha2-nistp256": ["ecdsa-sha2-nistp256"],
+    "ecdsa-sha2-nistp384": ["ecdsa-sha2-nistp384"],
+    "ecdsa-sha2-nistp521": ["ecdsa-sha2-nistp521"],
+    "ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
+}
+
+Prompter = Callable[[str, bool], str]  # (prompt text, echo) -> answer
+
+
+class HostKeyError(HpcserveError):
+    """A host key that is not known, or that changed."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint: ``SHA256:base64`` without padding."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_files(hop: Hop, extra: Sequence[str] = ()) -> list[str]:
+    """Files checked for ``hop``'s key: the config's (or ~/.ssh/known_hosts), then
+    ``$HPCSERVE_KNOWN_HOSTS`` (os.pathsep-separated), then ``extra`` (site/lab-provided)."""
+    files = list(hop.known_hosts_files)
+    env = os.environ.get("HPCSERVE_KNOWN_HOSTS")
+    if env:
+        files += [p for p in env.split(os.pathsep) if p]
+    files += [os.path.expanduser(p) for p in extra if p]
+    return files
+
+
+def load_host_keys(files: Sequence[str]) -> paramiko.HostKeys:
+    keys = paramiko.HostKeys()
+    for f in files:
+        if os.path.isfile(f):
+            try:
+                keys.load(f)
+            except (OSError, paramiko.SSHException) as e:
+                raise UsageError(f"cannot read known_hosts file {f}: {e}") from e
+    return keys
+
+
+def check_host_key(hop: Hop, key: paramiko.PKey, keys: paramiko.HostKeys, files: list[str]) -> None:
+    """Raise :class:`HostKeyError` unless ``key`` is the known key of ``hop``."""
+    name = hop.known_hosts_name
+    entry = keys.lookup(name)
+    fp = fingerprint(key)
+    shown = ", ".join(files[:2]) or "~/.ssh/known_hosts"
+    if entry is None or key.get_name() not in entry:
+        scan = f"ssh-keyscan -p {hop.port} {hop.hostname} >> ~/.ssh/known_hosts"
+        known = f" (known_hosts has a {', '.join(entry.keys())} key for it)" if entry else ""
+        raise HostKeyError(
+            f"the SSH host key of {name} is not known{known}: it offered "
+            f"{key.get_name()} {fp}. Check that fingerprint with your site's documentation, "
+            f"then accept it with `{scan}` or by running `ssh -p {hop.port} "
+            f"{hop.user}@{hop.hostname}` once (hpcserve never accepts keys by itself)"
+        )
+    if entry[key.get_name()] != key:
+        raise HostKeyError(
+            f"WARNING: THE SSH HOST KEY OF {name} HAS CHANGED (it now offers {key.get_name()} "
+            f"{fp}, known_hosts in {shown} says {fingerprint(entry[key.get_name()])}). "
+            "Someone may be intercepting the connection, or the host was reinstalled. "
+            "hpcserve refuses to connect and changes nothing; ask your site which key is right, "
+            f"then remove the old line with `ssh-keygen -R '{name}'`"
+        )
+
+
+def terminal_prompter(text: str, echo: bool) -> str:
+    """Ask on the terminal (hidden input unless the server says echo)."""
+    import click
+
+    if not sys.stdin or not sys.stdin.isatty():
+        raise UsageError(
+            f"the login node asks {text.strip()!r} but there is no terminal to answer on; "
+            "run the command in a terminal (or use `--via openssh` with a ControlMaster)"
+        )
+    answer: str = click.prompt(
+        text.rstrip().rstrip(":"), hide_input=not echo, default="", show_default=False, err=True
+    )
+    return answer
+
+
+def _load_key(path: str, prompter: Prompter | None) -> paramiko.PKey | None:
+    if not os.path.isfile(path):
+        return None
+    try:
+        return paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        if prompter is None:
+            return None
+        pw = prompter(f"Passphrase for key {path}: ", False)
+        try:
+            return paramiko.PKey.from_path(path, password=pw)
+        except paramiko.SSHException as e:
+            raise UsageError(f"cannot unlock SSH key {path}: {e}") from e
+    except (paramiko.SSHException, OSError, ValueError):
+        return None
+
+
+def _candidate_keys(hop: Hop, prompter: Prompter | None) -> list[tuple[str, paramiko.PKey]]:
+    keys: list[tuple[str, paramiko.PKey]] = []
+    files = [f for f in hop.identity_files if os.path.isfile(f)]
+    if not hop.identities_only or not files:
+        with contextlib.suppress(paramiko.SSHException, OSError):
+            keys += [(f"agent key {fingerprint(k)}", k) for k in paramiko.Agent().get_keys()]
+    for f in files:
+        k = _load_key(f, prompter)
+        if k is not None:
+            keys.append((f, k))
+    return keys
+
+
+def _authenticate(t: paramiko.Transport, hop: Hop, prompter: Prompter | None) -> None:
+    tried: list[str] = []
+    allowed: list[str] = []
+    try:
+        t.auth_none(hop.user)
+        return
+    except paramiko.BadAuthenticationType as e:
+        allowed = list(e.allowed_types)
+    except paramiko.AuthenticationException:
+        allowed = ["publickey", "keyboard-interactive", "password"]
+    if "publickey" in allowed:
+        for label, key in _candidate_keys(hop, prompter):
+            try:
+                rest = t.auth_publickey(hop.user, key)
+            except paramiko.AuthenticationException:
+                tried.append(label)
+                continue
+            if t.is_authenticated():
+                return
+            allowed = list(rest)  # partial success: the server wants a second factor
+            break
+    if "keyboard-interactive" in allowed and prompter is not None:
+
+        def handler(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
+            if (title or instructions) and prompts:
+                print(" ".join(x for x in (title, instructions) if x).strip(), file=sys.stderr)
+            return [prompter(text, echo) for text, echo in prompts]
+
+        try:
+            t.auth_interactive(hop.user, handler)
+            if t.is_authenticated():
+                return
+        except paramiko.AuthenticationException:
+            tried.append("keyboard-interactive")
+    elif "password" in allowed and prompter is not None and sys.stdin and sys.stdin.isatty():
+        try:
+            t.auth_password(hop.user, prompter(f"{hop.describe()} password: ", False))
+            if t.is_authenticated():
+                return
+        except paramiko.AuthenticationException:
+            tried.append("password")
+    raise RemoteError(
+        f"SSH login to {hop.describe()} was refused (server allows {', '.join(allowed) or '?'}; "
+        f"tried {', '.join(tried) or 'no usable key'}). Check that `ssh -p {hop.port} "
+        f"{hop.user}@{hop.hostname}` works, that your key is in the ssh-agent or named by "
+        "IdentityFile in ~/.ssh/config"
+    )
+
+
+@dataclass
+class Login:
+    """What to connect to: a host (site login host or ssh_config alias) plus defaults."""
+
+    host: str
+    port: int | None = None
+    user: str | None = None
+    jump: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+
+
+def login_from_site(site: Any, index: int = 0) -> Login:
+    """The site's ``index``-th login host as a :class:`Login` (UsageError if it has none)."""
+    logins = getattr(site, "login", None) or []
+    if not logins:
+        raise UsageError(f"site {getattr(site, 'name', '?')!r} has no login host to SSH to")
+    lh = logins[index]
+    return Login(
+        host=lh.host,
+        port=lh.port,
+        user=lh.user,
+        jump=lh.jump,
+        identity_file=getattr(lh, "identity_file", None),
+        known_hosts=getattr(lh, "known_hosts", None),
+    )
+
+
+def route_for(login: Login | str, overrides: Overrides | None = None) -> tuple[Route, list[str]]:
+    """Resolve a login into a route plus the extra (site-provided) known_hosts files."""
+    lg = Login(host=login) if isinstance(login, str) else login
+    ov = overrides or Overrides()
+    if lg.identity_file and not ov.identity_files:
+        ov = Overrides(ov.user, ov.port, (lg.identity_file,), ov.jump)
+    route = resolve(lg.host, site_user=lg.user, site_port=lg.port, site_jump=lg.jump, overrides=ov)
+    return route, [lg.known_hosts] if lg.known_hosts else []
+
+
+class ReadAheadSocket:
+    """A socket whose ``recv(n)`` reads up to 64 KiB at once and serves the rest from memory.
+
+    paramiko reads each SSH packet with two ``recv`` calls (header, then body); with this, one
+    system call brings in one or many packets, which is most of the tunnel's per-packet cost
+    where system calls are slow.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._quickack = getattr(socket, "TCP_QUICKACK", 0)  # Linux only
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Time out in the kernel (SO_RCVTIMEO) rather than with Python's poll-then-recv, which
+        costs a second system call per read; a kernel timeout is reported as socket.timeout."""
+        self._sock.settimeout(None)
+        sec = int(timeout or 0)
+        usec = int(((timeout or 0) - sec) * 1e6)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, usec))
+
+    def recv(self, n: int) -> bytes:
+        if not self._buf:
+            try:
+                data = self._sock.recv(max(n, 65536))
+            except BlockingIOError as e:
+                raise TimeoutError("timed out") from e
+            if self._quickack:
+                # ACK at once: sshd does not set TCP_NODELAY for a tunnel-only session, so
+                # its Nagle algorithm waits for our (otherwise delayed, up to 40 ms) ACK
+                # before sending the next small packet: the p99 of every streamed token.
+                with contextlib.suppress(OSError):
+                    self._sock.setsockopt(socket.IPPROTO_TCP, self._quickack, 1)
+            if len(data) <= n:
+                return data
+            self._buf = data
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class ChainClient(paramiko.SSHClient):
+    """An SSHClient whose transport was opened hop by hop; closing it closes every hop."""
+
+    def __init__(self, transports: list[paramiko.Transport], route: Route) -> None:
+        super().__init__()
+        self.route = route
+        self._hops = transports
+        self._transport = transports[-1]
+
+    def close(self) -> None:
+        for t in reversed(self._hops):
+            t.close()
+        self._transport = None  # type: ignore[assignment]
+
+
+def _open_transport(
+    hop: Hop, sock: Any, extra_known: list[str], prompter: Prompter | None, timeout: float
+) -> paramiko.Transport:
+    files = known_hosts_files(hop, extra_known)
+    known = load_host_keys(files)
+    t = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
+    t.set_keepalive(hop.keepalive_s or DEFAULT_KEEPALIVE_S)
+    opts = t.get_security_options()
+    # AES-GCM first: one AEAD call per packet instead of a cipher pass plus an HMAC object.
+    gcm = [c for c in opts.ciphers if c.startswith("aes128-gcm")]
+    opts.ciphers = tuple(gcm + [c for c in opts.ciphers if c not in gcm])
+    entry = known.lookup(hop.known_hosts_name)
+    if entry:  # like OpenSSH: negotiate a key type we already know for this host
+        first = [a for k in entry for a in _ALGOS.get(k, [k]) if a in opts.key_types]
+        opts.key_types = tuple(first + [k for k in opts.key_types if k not in first])
+    try:
+        t.start_client(timeout=timeout)
+        check_host_key(hop, t.get_remote_server_key(), known, files)
+        _authenticate(t, hop, prompter)
+    except BaseException:
+        t.close()
+        raise
+    return t
+
+
+def connect(
+    login: Login | str,
+    *,
+    overrides: Overrides | None = None,
+    prompter: Prompter | None = terminal_prompter,
+    timeout: float = 20.0,
+) -> ChainClient:
+    """Connect to ``login`` through its ProxyJump chain; host keys verified, never added."""
+    route, extra_known = route_for(login, overrides)
+    transports: list[paramiko.Transport] = []
+    try:
+        for i, hop in enumerate(route.hops):
+            to = hop.connect_timeout_s or timeout
+            sock: Any
+            if i == 0 and hop.proxy_command:
+                sock = paramiko.ProxyCommand(hop.proxy_command)
+            elif i == 0:
+                try:
+                    sock = socket.create_connection((hop.hostname, hop.port), timeout=to)
+                except OSError as e:
+                    raise RemoteError(f"cannot reach {hop.hostname}:{hop.port}: {e}") from e
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = ReadAheadSocket(sock)
+            else:
+                try:
+                    sock = transports[-1].open_channel(
+                        "direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0), timeout=to
+                    )
+                except (paramiko.SSHException, OSError) as e:
+                    raise RemoteError(
+                        f"jump host {route.hops[i - 1].describe()} cannot reach "
+                        f"{hop.hostname}:{hop.port}: {e}"
+                    ) from e
+            try:
+                transports.append(_open_transport(hop, sock, extra_known, prompter, to))
+            except paramiko.SSHException as e:
+                raise RemoteError(f"SSH to {hop.describe()} failed: {e}") from e
+            except (OSError, EOFError) as e:
+                raise RemoteError(f"SSH to {hop.describe()} failed: {e or type(e).__name__}") from e
+    except BaseException:
+        for t in reversed(transports):
+            t.close()
+        raise
+    return ChainClient(transports, route)
+
+
+class SshExecutor:
+    """:class:`hpcserve.remote.Executor` on a site's login host over one reused connection."""
+
+    def __init__(
+        self,
+        site: Any = None,
+        *,
+        login: Login | str | None = None,
+        overrides: Overrides | None = None,
+        prompter: Prompter | None = terminal_prompter,
+    ) -> None:
+        if login is None:
+            login = login_from_site(site)
+        self.login = login
+        self.overrides = overrides
+        self.prompter = prompter
+        self._client: ChainClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._home: str | None = None
+
+    def client(self) -> ChainClient:
+        """The live connection (opened on first use; reopened once if it dropped)."""
+        t = self._client.get_transport() if self._client else None
+        if t is None or not t.is_active():
+            self.close()
+            self._client = connect(self.login, overrides=self.overrides, prompter=self.prompter)
+        assert self._client is not None
+        return self._client
+
+    def run(
+        self, argv: list[str], *, input: str | None = None, timeout: float | None = 60
+    ) -> CommandResult:
+        t = self.client().get_transport()
+        assert t is not None
+        chan = t.open_session(timeout=timeout)
+        out, err = bytearray(), bytearray()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            chan.exec_command(shlex.join(argv))
+            if input is not None:
+                chan.sendall(input.encode())
+            chan.shutdown_write()
+            while True:
+                busy = False
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                    busy = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    busy = True
+                if (
+                    chan.exit_status_ready()
+                    and not chan.recv_ready()
+                    and not (chan.recv_stderr_ready())
+                ):
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RemoteError(f"`{shlex.join(argv)}` did not finish in {timeout} s")
+                if not busy:
+                    time.sleep(0.005)
+            code = chan.recv_exit_status()
+        finally:
+            chan.close()
+        return CommandResult(
+            tuple(argv), code, out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None or self._client is None or not self._client_alive():
+            self._sftp = self.client().open_sftp()
+        return self._sftp
+
+    def _client_alive(self) -> bool:
+        t = self._client.get_transport() if self._client else None
+        return bool(t and t.is_active())
+
+    def _path(self, path: str) -> str:
+        if path == "~" or path.startswith("~/"):
+            if self._home is None:
+                self._home = self.sftp().normalize(".")
+            return self._home + path[1:]
+        return path
+
+    def read_text(self, path: str) -> str:
+        p = self._path(path)
+        try:
+            with self.sftp().open(p, "r") as f:
+                data: bytes = f.read()
+        except OSError as e:
+            raise RemoteError(f"cannot read {p} on the login node: {e}") from e
+        return data.decode(errors="replace")
+
+    def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
+        """Write atomically: a temporary file with ``mode`` set before any byte, then rename."""
+        p = self._path(path)
+        sftp = self.sftp()
+        parent = posixpath.dirname(p)
+        if parent:
+            self.makedirs(parent)
+        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with sftp.open(tmp, "wx") as f:
+                f.chmod(mode)
+                f.write(text.encode())
+            sftp.posix_rename(tmp, p)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                sftp.remove(tmp)
+            raise RemoteError(f"cannot write {p} on the login node: {e}") from e
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.sftp().stat(self._path(path))
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise RemoteError(f"cannot check {path} on the login node: {e}") from e
+        return True
+
+    def makedirs(self, path: str, mode: int = 0o700) -> None:
+        p = self._path(path)
+        sftp = self.sftp()
+        parts: list[str] = []
+        cur = p.rstrip("/")
+        while cur and cur != "/":
+            try:
+                sftp.stat(cur)
+                break
+            except FileNotFoundError:
+                parts.append(cur)
+                cur = posixpath.dirname(cur)
+        for d in reversed(parts):
+            try:
+                sftp.mkdir(d, mode)
+            except OSError as e:
+                if not self.exists(d):
+                    raise RemoteError(f"cannot create {d} on the login node: {e}") from e
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            with contextlib.suppress(Exception):
+                self._sftp.close()
+            self._sftp = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None

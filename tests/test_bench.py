@@ -1,0 +1,146 @@
+"""Benchmark metrics on synthetic timings (vLLM's definitions), and the driver on a stand-in."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from net_fixtures import StandInHTTP, stand_in_http  # noqa: F401
+
+from hpcserve.bench import (
+    RequestOutput,
+    compute_metrics,
+    file_prompts,
+    format_report,
+    percentile,
+    random_prompts,
+    run_load,
+)
+
+
+def out(
+    start: float, ttft: float, itl: list[float], tokens: int | None, prompt: int = 10
+) -> RequestOutput:
+    return RequestOutput(
+        success=True, prompt_len=prompt, output_tokens=tokens, ttft=ttft, itl=itl,
+        latency=ttft + sum(itl), start_time=start,
+    )  # fmt: skip
+
+
+def test_metrics_follow_vllm_definitions() -> None:
+    a = out(0.0, 0.1, [0.02, 0.02, 0.02, 0.02], 5)  # latency 0.18
+    b = out(0.5, 0.3, [0.05, 0.05], 3, prompt=20)  # latency 0.4
+    c = out(0.0, 0.2, [], 1)  # one token: no TPOT
+    failed = RequestOutput(success=False, error="boom")
+    m = compute_metrics([a, b, c, failed], duration=2.0)
+    assert (m.completed, m.failed) == (3, 1)
+    assert (m.total_input_tokens, m.total_output_tokens) == (40, 9)
+    assert m.request_throughput == pytest.approx(1.5)
+    assert m.output_throughput == pytest.approx(4.5)
+    assert m.total_token_throughput == pytest.approx(24.5)
+    s = m.stats_ms
+    assert s["mean_ttft_ms"] == pytest.approx(200.0)
+    assert s["median_ttft_ms"] == pytest.approx(200.0)
+    # TPOT excludes the first token: (latency - ttft) / (tokens - 1), only when tokens > 1
+    assert s["mean_tpot_ms"] == pytest.approx((20.0 + 50.0) / 2)
+    # ITL pools every gap of every request
+    assert s["mean_itl_ms"] == pytest.approx((4 * 20 + 2 * 50) / 6)
+    assert s["median_itl_ms"] == pytest.approx(20.0)
+    assert s["p99_itl_ms"] == pytest.approx(percentile([0.02] * 4 + [0.05] * 2, 99) * 1000)
+    assert s["mean_e2el_ms"] == pytest.approx((180 + 400 + 200) / 3)
+
+
+def test_tokens_from_usage_not_chunks() -> None:
+    # 3 chunks but the server's usage says 7 tokens (several tokens per chunk)
+    m = compute_metrics([out(0.0, 0.1, [0.1, 0.1], 7)], duration=1.0)
+    assert m.total_output_tokens == 7
+    assert m.stats_ms["mean_tpot_ms"] == pytest.approx(200.0 / 6)
+    # without usage: one token per chunk
+    assert compute_metrics([out(0.0, 0.1, [0.1, 0.1], None)], 1.0).total_output_tokens == 3
+
+
+def test_percentile_matches_numpy_linear() -> None:
+    xs = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert percentile(xs, 50) == 3.0
+    assert percentile(xs, 99) == pytest.approx(4.96)
+    assert percentile(xs, 0) == 1.0 and percentile(xs, 100) == 5.0
+    assert percentile([], 99) == 0.0
+    np = pytest.importorskip("numpy")
+    ys = [0.013, 0.2, 0.7, 0.05, 1.3, 0.9, 0.11]
+    for p in (1, 25, 50, 90, 99):
+        assert percentile(ys, p) == pytest.approx(float(np.percentile(ys, p)))
+
+
+def test_peaks() -> None:
+    a = out(0.0, 0.5, [0.1, 0.1, 0.6], 4)  # tokens at 0.5, 0.6, 0.7, 1.3
+    b = out(0.2, 0.2, [0.1], 2)  # tokens at 0.4, 0.5
+    m = compute_metrics([a, b], 2.0)
+    assert m.max_output_tokens_per_s == 5.0
+    assert m.max_concurrent_requests == 2
+
+
+def test_all_failed() -> None:
+    m = compute_metrics([RequestOutput(error="x")], 1.0)
+    assert m.completed == 0 and m.failed == 1 and m.stats_ms["mean_ttft_ms"] == 0.0
+
+
+def test_report_uses_vllm_names() -> None:
+    m = compute_metrics([out(0.0, 0.1, [0.02], 2)], 1.0, max_concurrency=4)
+    text = format_report(m)
+    for label in (
+        "Successful requests:", "Failed requests:", "Maximum request concurrency:",
+        "Request throughput (req/s):", "Output token throughput (tok/s):",
+        "Total token throughput (tok/s):", "Mean TTFT (ms):", "Median TTFT (ms):",
+        "P99 TTFT (ms):", "Mean TPOT (ms):", "Median TPOT (ms):", "P99 TPOT (ms):",
+        "Mean ITL (ms):", "Median ITL (ms):", "P99 ITL (ms):",
+    ):  # fmt: skip
+        assert label in text, label
+    d = m.to_dict()
+    for key in (
+        "completed",
+        "failed",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "mean_ttft_ms",
+        "p99_tpot_ms",
+        "median_itl_ms",
+    ):
+        assert key in d
+    assert d["request_rate"] is None
+
+
+def test_prompts(tmp_path: Path) -> None:
+    ps = random_prompts(3, 12, 7, seed=1)
+    assert len(ps) == 3 and all(len(p.text.split()) == 12 and p.output_len == 7 for p in ps)
+    assert random_prompts(3, 12, 7, seed=1) == ps
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "one two"}\nplain line here\n\n')
+    fp = file_prompts(str(f), 3, 5)
+    assert [p.text for p in fp] == ["one two", "plain line here", "one two"]
+
+
+def test_driver_against_stand_in(stand_in_http: StandInHTTP) -> None:  # noqa: F811
+    prompts = random_prompts(6, 5, 4)
+    outs, dur = run_load(
+        stand_in_http.url, prompts, model="stand-in", concurrency=3, progress=False
+    )
+    assert dur > 0 and all(o.success for o in outs), [o.error for o in outs]
+    assert all(o.output_tokens == 4 and o.prompt_len == 5 and len(o.itl) == 3 for o in outs)
+    m = compute_metrics(outs, dur, max_concurrency=3)
+    assert m.completed == 6 and m.total_output_tokens == 24
+
+
+def test_driver_poisson_rate(stand_in_http: StandInHTTP) -> None:  # noqa: F811
+    outs, _ = run_load(
+        stand_in_http.url,
+        random_prompts(4, 3, 4),
+        model="stand-in",
+        request_rate=50.0,
+        progress=False,
+    )
+    assert sum(o.success for o in outs) == 4
+    starts = [o.start_time for o in outs]
+    assert starts == sorted(starts)
+    assert not math.isinf(compute_metrics(outs, 1.0, request_rate=50.0).request_rate)
