@@ -449,14 +449,20 @@ class NcclScanner:
                     self._block_fails = 0
                 if not text:
                     return
-        if not text:
-            text = head + block[:end] if end < len(block) else head + block
+        if text:
+            head, block, end = b"", text, len(text)
         if self._line_skip > 0:
             self._line_skip -= 1
         else:
-            text = self._new_lines(text)
-        if text:
-            self._scan(text)
+            text = self._new_lines(head, block, end)
+            if text:
+                self._scan(text)
+            return
+        first = 0
+        if head:  # the line cut by the read, then the rest in place
+            first = block.find(b"\n", 0, end) + 1
+            self._scan(head + block[:first])
+        self._scan(block, first, end)
 
     def _new_blocks(self, head: bytes, block: bytes, end: int, delim: bytes) -> bytes:
         """The lines of ``head + block[:end]`` not inside a block seen before, in order."""
@@ -483,9 +489,14 @@ class NcclScanner:
         out.append(last)
         return delim.join(out)
 
-    def _new_lines(self, text: bytes) -> bytes:
-        """The distinct lines of ``text`` not seen before, in order of first appearance."""
-        lines = text.split(b"\n")
+    def _new_lines(self, head: bytes, block: bytes, end: int) -> bytes:
+        """The distinct lines of ``head + block[:end]`` not seen before, in order of first
+        appearance."""
+        lines = block.split(b"\n")
+        if end < len(block):
+            lines.pop()  # the unfinished line after end
+        if head:
+            lines[0] = head + lines[0]
         seen = self._seen_lines
         fresh = set(lines) - seen
         if not fresh:
@@ -505,11 +516,13 @@ class NcclScanner:
             self._line_bytes = 0
         return b"\n".join(new)
 
-    def _scan(self, text: bytes) -> None:
-        """Parse the first line of each message in ``text`` not seen before."""
-        if b"NCCL" not in text:
+    def _scan(self, text: bytes, pos: int = 0, end: int | None = None) -> None:
+        """Parse the first line of each message in ``text[pos:end]`` not seen before (``pos``
+        at a line start, ``end`` just after a line end)."""
+        end = len(text) if end is None else end
+        if text.find(b"NCCL", pos, end) < 0:
             return
-        found = MSG_RE_B.findall(text)
+        found = MSG_RE_B.findall(text, pos, end)
         if not found:
             return
         new = set(found) - self._seen
@@ -517,7 +530,7 @@ class NcclScanner:
             return
         # Second pass over this text only: first occurrences, in order (the earliest lines are
         # the ones cited), stopping once every new message has been seen.
-        for m in MSG_RE_B.finditer(text):
+        for m in MSG_RE_B.finditer(text, pos, end):
             key = m.group(1)
             if key not in new:
                 continue
