@@ -18,7 +18,9 @@ Facts the rules rest on (NCCL source, ``src/transport/*.cc``, ``src/init.cc``, `
   device id (bus id in 2.7-2.17, NVML index from 2.18) joins two different hosts.
 
 Only lines whose message starts with a known word are looked at, and each distinct message once
-(its first occurrence); memory is bounded by the job's size, not the log's.
+(its first occurrence); memory is bounded by the job's size, not the log's. The byte-chunk path
+first drops, in C (``bytes.split`` + set difference), the runs of lines and the lines it has
+already seen, so long logs that repeat themselves cost little more than reading them.
 """
 
 from __future__ import annotations
