@@ -1,17 +1,18 @@
 """Benchmark: hpcserve's NCCL log parser vs ``grep -c ' via '`` on the same >= 1 GB log.
 
 Builds the log in a temporary directory from the real NCCL logs of
-``tests/data/nccl/h200x4-*.log`` (made on a 4 x H200 machine; see ``build`` for the two
+``tests/data/nccl/h200x4-*.log`` (made on a 4 x H200 machine; see ``build`` for the three
 scenarios), times both on it in one run (the file is read once beforehand so both read from the
 page cache), prints wall and CPU figures, and deletes the file.
 
-    python bench/bench_nccl.py [--size-mb 1024] [--scenario dense|chatter|both]
+    python bench/bench_nccl.py [--size-mb 1024] [--scenario dense|chatter|shuffled|both|all]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import resource
 import shutil
 import subprocess
@@ -36,15 +37,26 @@ def _real_logs() -> bytes:
 def build(path: Path, size_mb: int, scenario: str) -> int:
     """``dense``: the real logs repeated (every line real, 2/3 of them parsed: worst case).
     ``chatter``: the real logs once, then their lines that are NOT connection lines repeated
-    (NCCL INFO lines carrying no transport information, as long NCCL_DEBUG runs accumulate)."""
+    (NCCL INFO lines carrying no transport information, as long NCCL_DEBUG runs accumulate).
+    ``shuffled``: the real logs' lines, each round in a new random order: lines repeat, runs of
+    lines do not (hpcserve's block sieve cannot help; its line sieve can)."""
     seed = _real_logs()
+    target = size_mb << 20
+    if scenario == "shuffled":
+        rng = random.Random(0)
+        lines = seed.splitlines(keepends=True)
+        with open(path, "wb") as f:
+            written = 0
+            while written < target:
+                rng.shuffle(lines)
+                written += f.write(b"".join(lines))
+        return written
     if scenario == "dense":
         head, body = b"", seed
     else:
         head = seed
         body = b"".join(ln for ln in seed.splitlines(keepends=True) if b" via " not in ln)
     block = body * max(1, (8 << 20) // len(body))
-    target = size_mb << 20
     with open(path, "wb") as f:
         f.write(head)
         written = len(head)
@@ -80,9 +92,13 @@ def time_parser(path: Path) -> tuple[float, float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=1024)
-    ap.add_argument("--scenario", choices=["dense", "chatter", "both"], default="both")
+    ap.add_argument(
+        "--scenario", choices=["dense", "chatter", "shuffled", "both", "all"], default="all"
+    )
     args = ap.parse_args()
-    scenarios = ["dense", "chatter"] if args.scenario == "both" else [args.scenario]
+    scenarios = {"both": ["dense", "chatter"], "all": ["dense", "chatter", "shuffled"]}.get(
+        args.scenario, [args.scenario]
+    )
     print(
         f"{'scenario':>8} | {'MB':>5} | {'grep MB/s':>9} | {'hpcserve MB/s':>13} | "
         f"{'ratio wall':>10} | {'grep cpu s':>10} | {'hpcserve cpu s':>14} | "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import random
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from hpcserve.nccl import (
     scan_lines,
     scan_paths,
     split_line,
+    wrap_stream,
 )
 
 DATA = Path(__file__).parent / "data" / "nccl"
@@ -510,3 +512,137 @@ def test_multi_node_with_p2p_and_shm_disabled_warns_about_intra_node_network() -
     assert r.nodes == 2  # two hostnames; nNodes 4 counts GPUs when P2P and SHM are off
     assert r.verdict == "optimal" and r.cross_node.transport == "ib"
     assert any("inside each node" in w for w in r.warnings)
+
+
+# --- the fast path (byte chunks, sieved) gives what reading line by line gives ------------------
+
+
+def _big_log() -> str:
+    """About 3 MB of real lines arranged to exercise every sieve of the chunk path: runs of lines
+    repeated, the same lines in ever new orders, lines never repeated, messages never repeated,
+    one new message late inside repeated runs, CRLF lines, and no line end at the very end."""
+    rng = random.Random(4)
+    real = [
+        ln for p in sorted(DATA.glob("*.log")) for ln in p.read_text().split("\n") if ln.strip()
+    ]
+    p2p = [ln for ln in (DATA / "h200x4-p2p.log").read_text().split("\n") if ln]
+    parts = p2p * 20
+    for _ in range(20):
+        rng.shuffle(real)
+        parts += real
+    parts += [re.sub(r"^(\w+:\d+:)\d+", rf"\g<1>{i}", ln, count=1) for i, ln in enumerate(real * 5)]
+    parts += [
+        f"gpu{i % 7}:{i}:{i} [0] NCCL INFO Channel 00/0 : {i}[0] -> {i + 1}[1] via P2P/CUMEM"
+        for i in range(3000)
+    ]
+    late = p2p * 20
+    late.insert(
+        len(late) - 500, "vm:865:865 [0] NCCL INFO Channel 02/0 : 0[0] -> 1[1] via NET/Socket/0"
+    )
+    parts += late
+    ray = (DATA / "v2.21-ray-ansi-ibext-pxn-roce.log").read_text().split("\n")
+    parts += [ln + "\r" for ln in ray if ln]
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def big_log() -> tuple[bytes, dict]:  # type: ignore[type-arg]
+    text = _big_log()
+    return text.encode(), scan_lines(text.split("\n")).to_dict()
+
+
+def test_big_log_is_not_trivial(big_log: tuple[bytes, dict]) -> None:  # type: ignore[type-arg]
+    raw, by_lines = big_log
+    assert len(raw) > 2_000_000
+    assert {f"gpu{i}" for i in range(7)} <= {n["host"] for n in by_lines["per_node"]}
+    assert by_lines["connections"]["NET/Socket/0"] >= 1
+    assert by_lines["connections"]["P2P/CUMEM"] > 3000
+
+
+@pytest.mark.parametrize("size", [997, 4099, 65537, 1 << 20, 8 << 20])
+def test_chunk_path_equals_line_path_on_a_big_mixed_log(
+    big_log: tuple[bytes, dict],  # type: ignore[type-arg]
+    size: int,
+) -> None:
+    raw, by_lines = big_log
+    s = NcclScanner()
+    s.feed_stream(io.BytesIO(raw), chunk_size=size)  # boundaries inside lines and blocks
+    assert s.report().to_dict() == by_lines
+    if size >= 65537:  # the sieves were used, not bypassed
+        assert s._seen_blocks and s._seen_lines
+
+
+def test_chunk_path_equals_line_path_for_gzip_input(
+    big_log: tuple[bytes, dict],  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    raw, by_lines = big_log
+    gz = tmp_path / "big.log.gz"
+    gz.write_bytes(gzip.compress(raw, compresslevel=1))
+    assert scan_paths([str(gz)]).to_dict() == by_lines
+    s = NcclScanner()
+    s.feed_stream(wrap_stream(io.BufferedReader(io.BytesIO(gz.read_bytes()))), chunk_size=4099)
+    assert s.report().to_dict() == by_lines
+
+
+def test_chunk_path_equals_line_path_as_one_chunk_and_in_pieces(
+    big_log: tuple[bytes, dict],  # type: ignore[type-arg]
+) -> None:
+    raw, by_lines = big_log
+    s = NcclScanner()
+    s.feed_chunk(raw)
+    assert s.report().to_dict() == by_lines
+    cuts = [0, *sorted(random.Random(7).sample(range(1, len(raw)), 40)), len(raw)]
+    s = NcclScanner()
+    s.feed_stream(_UnevenReader(raw, cuts), chunk_size=1 << 20)  # uneven reads, as from a pipe
+    assert s.report().to_dict() == by_lines
+
+
+class _UnevenReader(io.RawIOBase):
+    """Hands out ``raw`` in the given uneven pieces, whatever size is asked for (a pipe)."""
+
+    def __init__(self, raw: bytes, cuts: list[int]) -> None:
+        self.parts = [raw[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+    def read(self, size: int = -1) -> bytes:
+        return self.parts.pop(0) if self.parts else b""
+
+
+def test_sieve_memory_stays_bounded_and_forgetting_changes_nothing(
+    big_log: tuple[bytes, dict],  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hpcserve.nccl as nccl
+
+    raw, by_lines = big_log
+    monkeypatch.setattr(nccl, "_MAX_BLOCK_BYTES", 8192)
+    monkeypatch.setattr(nccl, "_MAX_LINE_BYTES", 8192)
+    s = NcclScanner()
+    peak = 0
+    stream = io.BytesIO(raw)
+    rest = b""
+    while block := stream.read(65537):
+        cut = block.rfind(b"\n") + 1
+        s.feed_chunk(rest + block[:cut])
+        rest = block[cut:]
+        peak = max(peak, sum(map(len, s._seen_blocks)), sum(map(len, s._seen_lines)))
+    s.feed_chunk(rest)
+    assert peak <= 8192
+    assert s.report().to_dict() == by_lines
+
+
+@pytest.mark.parametrize("offset", [0, 1, 12, 30, 60, -3, -1])
+def test_a_new_line_cut_by_a_read_is_seen_whole_and_once(offset: int) -> None:
+    # Repeated runs of real lines, so that the block sieve is on for every read; the one new
+    # line, in the middle, is split between two reads at `offset`.
+    lines = [ln for ln in (DATA / "h200x4-p2p.log").read_text().split("\n") if ln] * 30
+    new = "vm:865:865 [0] NCCL INFO Channel 02/0 : 0[0] -> 1[1] via NET/Socket/0"
+    lines.insert(len(lines) // 2, new)
+    raw = ("\n".join(lines) + "\n").encode()
+    at = raw.index(new.encode()) + (offset if offset >= 0 else len(new) + offset)
+    want = scan_lines(raw.decode().split("\n")).to_dict()
+    assert want["connections"]["NET/Socket/0"] == 1 and want["verdict"] == "degraded"
+    s = NcclScanner()
+    s.feed_stream(_UnevenReader(raw, [0, at - 300_000, at, len(raw)]))
+    assert s.report().to_dict() == want
+    assert s._delim is not None and s._block_skip == 0  # the block sieve never backed off
