@@ -41,7 +41,9 @@ class StepTime:
 def require_root() -> None:
     """The lab makes namespaces, bridges and daemons: only root can."""
     if os.geteuid() != 0:
-        raise UsageError("the lab needs root (network namespaces, a bridge, SLURM daemons): run it with sudo")
+        raise UsageError(
+            "the lab needs root (network namespaces, a bridge, SLURM daemons): run it with sudo"
+        )
 
 
 def _run_script(
@@ -66,7 +68,9 @@ def _run_script(
         tail = (tail + [line])[-5:]
     if proc.wait() != 0:
         last = next((t for t in reversed(tail) if t.strip()), "no output")
-        raise HpcserveError(f"lab: {' '.join(args)} failed (exit {proc.returncode}): {last.strip()}")
+        raise HpcserveError(
+            f"lab: {' '.join(args)} failed (exit {proc.returncode}): {last.strip()}"
+        )
 
 
 def _timed(name: str, fn: Callable[[], None], echo: Echo, times: list[StepTime]) -> None:
@@ -115,7 +119,10 @@ def up(lay: LabLayout, *, vllm: bool = True, echo: Echo = print) -> list[StepTim
     for phase in UP_PHASES:
         _timed(phase, _phase_runner(lay, phase, echo), echo, times)
     total = sum(t.seconds for t in times)
-    echo(f"lab up in {total:.1f}s: {lay.nodes} nodes, login {lay.ssh_user}@{lay.ssh_host}:{lay.ssh_port}")
+    echo(
+        f"lab up in {total:.1f}s: {lay.nodes} nodes, "
+        f"login {lay.ssh_user}@{lay.ssh_host}:{lay.ssh_port}"
+    )
     if vllm:
         echo(f"tiny model: {lay.model}")
         echo(f"vLLM venv:  {lay.venv}")
@@ -188,7 +195,12 @@ def status(lay: LabLayout) -> dict[str, Any]:
         except (OSError, subprocess.TimeoutExpired):
             states = {}
     nodes = [
-        {"name": nd.name, "addr": nd.addr, "netns": nd.netns, "state": states.get(nd.name, "absent")}
+        {
+            "name": nd.name,
+            "addr": nd.addr,
+            "netns": nd.netns,
+            "state": states.get(nd.name, "absent"),
+        }
         for nd in (lay.node_list if n is not None else [])
     ]
     return {

@@ -52,7 +52,12 @@ class LabLayout:
     @property
     def node_list(self) -> list[LabNode]:
         return [
-            LabNode(f"node{k}", f"{self.ns_prefix}{k}", f"{self.prefix}.{10 + k}", f"{self.veth_prefix}{k}")
+            LabNode(
+                f"node{k}",
+                f"{self.ns_prefix}{k}",
+                f"{self.prefix}.{10 + k}",
+                f"{self.veth_prefix}{k}",
+            )
             for k in range(1, self.nodes + 1)
         ]
 
