@@ -18,6 +18,14 @@ descendants() {
     echo "$1"
 }
 
+# running PID: alive and not a zombie waiting to be reaped.
+running() {
+    kill -0 "$1" 2>/dev/null || return 1
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [ "$state" != Z ]
+}
+
 # stop PIDS...: TERM, wait up to 10 s, then KILL what is left.
 stop() {
     local pids=("$@") left=() p
@@ -25,7 +33,7 @@ stop() {
     kill -TERM "${pids[@]}" 2>/dev/null
     for _ in $(seq 50); do
         left=()
-        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && left+=("$p"); done
+        for p in "${pids[@]}"; do running "$p" && left+=("$p"); done
         [ ${#left[@]} -eq 0 ] && return 0
         sleep 0.2
     done
@@ -56,23 +64,23 @@ if [ -f "$CONF" ] && SLURM_CONF="$CONF" scontrol -Q ping >/dev/null 2>&1; then
     fi
 fi
 
-# 2. Every process inside a node namespace: slurmd, slurmstepd, job steps, vLLM.
+# 2. Every process inside a node namespace (slurmd, slurmstepd, job steps, vLLM) and the
+#    host-side daemons by pid file with their children (sshd sessions): all stopped together.
+all=()
 for ns in $(namespaces); do
     mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
-    if [ ${#pids[@]} -gt 0 ]; then
-        echo "    $ns: stopping ${#pids[@]} process(es)"
-        stop "${pids[@]}"
-    fi
+    [ ${#pids[@]} -gt 0 ] && echo "    $ns: ${#pids[@]} process(es)"
+    all+=("${pids[@]}")
 done
-
-# 3. The host-side daemons, by pid file, with their children (sshd sessions).
 for f in "$RUN/slurmctld.pid" "$RUN/sshd.pid" "$LAB_STATE/munge/munged.pid"; do
     mapfile -t pids < <(pidfile_tree "$f")
-    if [ ${#pids[@]} -gt 0 ]; then
-        echo "    $(basename "$f" .pid): stopping pid(s) ${pids[*]}"
-        stop "${pids[@]}"
-    fi
+    [ ${#pids[@]} -gt 0 ] && echo "    $(basename "$f" .pid): pid(s) ${pids[*]}"
+    all+=("${pids[@]}")
 done
+if [ ${#all[@]} -gt 0 ]; then
+    echo "    stopping ${#all[@]} process(es)"
+    stop "${all[@]}"
+fi
 
 # 4. Network: namespaces (their veth ends go with them), host veths, bridge, /run/netns mount.
 for ns in $(namespaces); do
