@@ -314,11 +314,12 @@ def _lab_pids(lay: LabLayout) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for init to reap it."""
     try:
-        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.cluster

@@ -139,7 +139,7 @@ def render_slurm_conf(lay: LabLayout) -> str:
         f"SlurmdLogFile={s}/log/slurmd-%n.log",
         "SlurmctldPort=6817",
         "SlurmdPort=6818",
-        "ProctrackType=proctrack/linuxproc",
+        "ProctrackType=proctrack/pgid",
         "TaskPlugin=task/none",
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core",
