@@ -215,6 +215,10 @@ def test_two_jobs_share_the_two_nodes(lab: dict) -> None:
         assert states == {i: "RUNNING node[1-2]" for i in ids}
     finally:
         _slurm("scancel", *ids)
+        for _ in range(120):  # leave the nodes idle for the next test
+            if not _slurm("squeue", "-h", "-j", ",".join(ids), "-o", "%i").stdout.strip():
+                break
+            time.sleep(0.5)
 
 
 def _ssh(known_hosts: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -301,6 +305,36 @@ def test_up_again_keeps_the_running_daemons(lab: dict) -> None:
     assert pidfile.read_text() == before
 
 
+def _wait_idle(timeout: float = 60) -> dict[str, str]:
+    """Node states once all are idle (jobs of earlier tests may still be completing)."""
+    states: dict[str, str] = {}
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        states = cluster.parse_sinfo_nodes(_slurm("sinfo", "-h", "-N", "-o", "%N %T").stdout)
+        if states and set(states.values()) == {"idle"}:
+            break
+        time.sleep(0.5)
+    return states
+
+
+@pytest.mark.cluster
+@needs_root
+def test_up_again_restarts_a_dead_slurmd(lab: dict) -> None:
+    lay = LabLayout()
+    assert _wait_idle() == {"node1": "idle", "node2": "idle"}
+    pidfile = lay.state_dir / "run" / "slurmd-node2.pid"
+    old = int(pidfile.read_text())
+    os.kill(old, 9)
+    for _ in range(50):
+        if not _alive(old):
+            break
+        time.sleep(0.1)
+    p = _hpcserve("lab", "up", "--nodes", "2", "--no-vllm")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert int(pidfile.read_text()) != old
+    assert _wait_idle() == {"node1": "idle", "node2": "idle"}
+
+
 def _lab_pids(lay: LabLayout) -> list[int]:
     pids = []
     for f in [*(lay.state_dir / "run").glob("*.pid"), lay.state_dir / "munge" / "munged.pid"]:
@@ -354,3 +388,36 @@ def test_down_leaves_nothing_behind(lab: dict) -> None:
     finally:
         if lab["was_up"]:
             _hpcserve("lab", "up", "--nodes", "2")
+
+
+@needs_root
+def test_down_purge_removes_the_cache(tmp_path: Path) -> None:
+    if cluster.is_up(LabLayout()):
+        pytest.skip("the lab is up: down (even of another state dir) would stop its namespaces")
+    cache = tmp_path / "cache"
+    (cache / "models" / "tiny-llama").mkdir(parents=True)
+    env = {
+        **os.environ,
+        "HPCSERVE_LAB_CACHE": str(cache),
+        "HPCSERVE_LAB_STATE": str(tmp_path / "state"),
+    }
+    p = subprocess.run(
+        [sys.executable, "-m", "hpcserve", "lab", "down"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert cache.is_dir() and "kept the cache" in p.stdout
+    p = subprocess.run(
+        [sys.executable, "-m", "hpcserve", "lab", "down", "--purge"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert not cache.exists()

@@ -46,7 +46,7 @@ fi
 [ "${LAB_SKIP_VLLM:-0}" = 1 ] && exit 0
 
 # --- the vLLM venv --------------------------------------------------------------------------
-mkdir -p "$LAB_CACHE"
+mkdir -p "$LAB_CACHE" "$LAB_CACHE/hf" # hf: the site's HF_HOME (offline; models are local paths)
 vpy="$LAB_VENV/bin/python"
 if [ ! -x "$vpy" ]; then
     step "python3 -m venv $LAB_VENV"

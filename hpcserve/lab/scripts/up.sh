@@ -13,7 +13,13 @@ CONF="$LAB_STATE/etc/slurm.conf"
 RUN="$LAB_STATE/run"
 LOG="$LAB_STATE/log"
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PIDFILE: its process runs (a zombie waiting for init to reap it does not count).
+alive() {
+    local p
+    p=$(cat "$1" 2>/dev/null) || return 1
+    kill -0 "$p" 2>/dev/null || return 1
+    [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]
+}
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
     local t=$1 what=$2
