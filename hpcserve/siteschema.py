@@ -31,6 +31,15 @@ class LoginHost:
         default=None,
         metadata=meta("Jump host(s) as OpenSSH ProxyJump: [user@]host[:port][,...]."),
     )
+    identity_file: str | None = field(
+        default=None, metadata=meta("SSH private key; unset means ~/.ssh/config or the agent.")
+    )
+    known_hosts: str | None = field(
+        default=None,
+        metadata=meta(
+            "known_hosts file that pins this host's key; unset means ~/.ssh/known_hosts."
+        ),
+    )
 
 
 @dataclass
@@ -154,6 +163,15 @@ class Engine:
     )
     extra_args: list[str] = field(
         default_factory=list, metadata=meta("Extra `vllm serve` arguments for every job here.")
+    )
+    layout: str = field(
+        default="pp-across-nodes",
+        metadata=meta(
+            "How ranks span nodes: 'pp-across-nodes' (TP = GPUs per node, PP = nodes) or "
+            "'tp-across-nodes' (TP = GPUs per node x nodes, PP = 1; the CPU lab, whose vLLM "
+            "build fails PP).",
+            choices=["pp-across-nodes", "tp-across-nodes"],
+        ),
     )
 
 

@@ -1,0 +1,207 @@
+"""The lab's layout and the text of its config files: pure functions, no side effects.
+
+One :class:`LabLayout` names every path, address and name the lab uses; the renderers turn it
+into ``slurm.conf``, ``cgroup.conf`` and ``sshd_config``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATE_DIR = Path(os.environ.get("HPCSERVE_LAB_STATE", "/var/lib/hpcserve-lab"))
+CACHE_DIR = Path(os.environ.get("HPCSERVE_LAB_CACHE", "/var/cache/hpcserve-lab"))
+VLLM_VERSION = "0.32.0"
+
+
+@dataclass(frozen=True)
+class LabNode:
+    """One compute node: a SLURM node in its own network namespace."""
+
+    name: str
+    netns: str
+    addr: str
+    veth: str
+
+
+@dataclass(frozen=True)
+class LabLayout:
+    """Every name, address and path of one lab."""
+
+    nodes: int = 2
+    state_dir: Path = STATE_DIR
+    cache_dir: Path = CACHE_DIR
+    hostname: str = field(default_factory=socket.gethostname)
+    prefix: str = "10.77.0"
+    bridge: str = "hpcs-br0"
+    ns_prefix: str = "hpcs-node"
+    veth_prefix: str = "hpcs-v"
+    ifname: str = "eth0"
+    cpus_per_node: int = 2
+    partition: str = "lab"
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 2222
+    ssh_user: str = "root"
+
+    @property
+    def bridge_addr(self) -> str:
+        return f"{self.prefix}.1"
+
+    @property
+    def node_list(self) -> list[LabNode]:
+        return [
+            LabNode(
+                f"node{k}",
+                f"{self.ns_prefix}{k}",
+                f"{self.prefix}.{10 + k}",
+                f"{self.veth_prefix}{k}",
+            )
+            for k in range(1, self.nodes + 1)
+        ]
+
+    @property
+    def etc(self) -> Path:
+        return self.state_dir / "etc"
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.etc / "slurm.conf"
+
+    @property
+    def login_dir(self) -> Path:
+        return self.state_dir / "login"
+
+    @property
+    def identity_file(self) -> Path:
+        return self.login_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.login_dir / "known_hosts"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.state_dir / "jobs"
+
+    @property
+    def venv(self) -> Path:
+        return self.cache_dir / "vllm-venv"
+
+    @property
+    def model(self) -> Path:
+        return self.cache_dir / "models" / "tiny-llama"
+
+    def script_env(self) -> dict[str, str]:
+        """The environment the shell scripts read."""
+        return {
+            "LAB_STATE": str(self.state_dir),
+            "LAB_CACHE": str(self.cache_dir),
+            "LAB_VENV": str(self.venv),
+            "LAB_MODEL": str(self.model),
+            "LAB_VLLM_VERSION": VLLM_VERSION,
+            "LAB_NODES": str(self.nodes),
+            "LAB_PREFIX": self.prefix,
+            "LAB_BRIDGE": self.bridge,
+            "LAB_NS_PREFIX": self.ns_prefix,
+            "LAB_VETH_PREFIX": self.veth_prefix,
+            "LAB_IFNAME": self.ifname,
+            "LAB_SSH_HOST": self.ssh_host,
+            "LAB_SSH_PORT": str(self.ssh_port),
+        }
+
+
+def render_slurm_conf(lay: LabLayout) -> str:
+    """slurm.conf: a controller on the bridge address, one node per namespace.
+
+    Nodes have ``cpus_per_node`` cores and are shared (cons_tres + CR_Core), so two jobs that
+    ask one CPU per node run on the same nodes at once. No GRES: slurmd 22.05's gpu plugin
+    counts a count-only ``gpu`` (no device ``File``) as 0 and sets the node INVAL ("gres/gpu
+    count reported lower than configured (0 < 2)"); fake device files would lie, so the site
+    ``local`` asks for no GPUs (``gpus_directive: none``).
+    """
+    s = lay.state_dir
+    lines = [
+        "# Written by `hpcserve lab up`; removed by `hpcserve lab down`.",
+        "ClusterName=hpcserve-lab",
+        f"SlurmctldHost={lay.hostname}({lay.bridge_addr})",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        "AuthType=auth/munge",
+        "CredType=cred/munge",
+        f"AuthInfo=socket={s}/munge/munge.socket",
+        f"StateSaveLocation={s}/slurmctld",
+        f"SlurmdSpoolDir={s}/slurmd/%n",
+        f"SlurmctldPidFile={s}/run/slurmctld.pid",
+        f"SlurmdPidFile={s}/run/slurmd-%n.pid",
+        f"SlurmctldLogFile={s}/log/slurmctld.log",
+        f"SlurmdLogFile={s}/log/slurmd-%n.log",
+        "SlurmctldPort=6817",
+        "SlurmdPort=6818",
+        "ProctrackType=proctrack/pgid",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core",
+        "SchedulerType=sched/backfill",
+        # A small lab: run the scheduler every 2 s, not every 60 s (a job submitted while
+        # another completes would otherwise wait up to a minute).
+        "SchedulerParameters=sched_interval=2,bf_interval=2",
+        "MpiDefault=none",
+        "MailProg=/bin/true",
+        "SwitchType=switch/none",
+        "AccountingStorageType=accounting_storage/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "JobCompType=jobcomp/none",
+        "ReturnToService=2",
+        "SlurmdTimeout=30",
+        "SlurmctldTimeout=30",
+        "InactiveLimit=0",
+        "KillWait=10",
+        "MinJobAge=300",
+        "SlurmdParameters=config_overrides",
+    ]
+    for n in lay.node_list:
+        lines.append(
+            f"NodeName={n.name} NodeAddr={n.addr} NodeHostname={lay.hostname} "
+            f"CPUs={lay.cpus_per_node} Sockets=1 CoresPerSocket={lay.cpus_per_node} "
+            f"ThreadsPerCore=1 RealMemory=1024 State=UNKNOWN"
+        )
+    lines.append(
+        f"PartitionName={lay.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP "
+        "OverSubscribe=NO"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def render_cgroup_conf() -> str:
+    """cgroup.conf: slurmd 22.05 will not start without a cgroup plugin it can load here."""
+    return "CgroupPlugin=cgroup/v1\nConstrainCores=no\nConstrainRAMSpace=no\n"
+
+
+def render_sshd_config(lay: LabLayout) -> str:
+    """sshd_config of the login node: loopback only, keys only, root by key."""
+    d = lay.login_dir
+    return "\n".join(
+        [
+            "# Written by `hpcserve lab up`: the lab's login node.",
+            f"ListenAddress {lay.ssh_host}:{lay.ssh_port}",
+            f"HostKey {d}/ssh_host_ed25519_key",
+            f"PidFile {lay.state_dir}/run/sshd.pid",
+            f"AuthorizedKeysFile {d}/authorized_keys",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            f"AllowUsers {lay.ssh_user}",
+            "UsePAM no",
+            "X11Forwarding no",
+            "AllowTcpForwarding yes",
+            "PermitTunnel no",
+            # The login shell finds the lab's SLURM like a real login node finds its own.
+            f"SetEnv SLURM_CONF={lay.slurm_conf}",
+            "Subsystem sftp internal-sftp",
+            "LogLevel INFO",
+            "",
+        ]
+    )
