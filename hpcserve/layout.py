@@ -1,6 +1,9 @@
 """Choose the parallel layout (TP × PP) and refuse what vLLM would refuse.
 
-Default: TP = GPUs per node, PP = nodes. The checks mirror vLLM (read from its source):
+Default: TP = GPUs per node, PP = nodes (a site may say ``engine.layout: tp-across-nodes``:
+TP = GPUs per node × nodes, PP = 1). This module is the one place that decides a layout, for
+``plan`` and for ``render``/``submit``. Shape checks always apply; the model checks below apply
+when the model's config.json is known. They mirror vLLM (read from its source):
 
 - ``ModelConfig.verify_with_parallel_config`` (``vllm/config/model.py``): total attention heads
   divisible by TP.
@@ -23,6 +26,9 @@ from dataclasses import dataclass
 from hpcserve.errors import UsageError
 from hpcserve.modelinfo import ModelInfo
 
+PP_ACROSS_NODES = "pp-across-nodes"
+TP_ACROSS_NODES = "tp-across-nodes"
+
 
 @dataclass
 class Layout:
@@ -36,6 +42,18 @@ class Layout:
     @property
     def world_size(self) -> int:
         return self.tp * self.pp
+
+    @property
+    def ranks_per_node(self) -> int:
+        """GPUs each node uses: vLLM's mp executor starts world_size / nnodes workers a node."""
+        return self.world_size // self.nodes
+
+
+def default_layout(nodes: int, gpus_per_node: int, mode: str = PP_ACROSS_NODES) -> tuple[int, int]:
+    """(TP, PP) when the user names neither: the site's ``engine.layout`` decides."""
+    if mode == TP_ACROSS_NODES:
+        return gpus_per_node * nodes, 1
+    return gpus_per_node, nodes
 
 
 def layout_problems(info: ModelInfo, tp: int, pp: int) -> list[str]:
@@ -97,40 +115,63 @@ def alternatives(info: ModelInfo, nodes: int, gpus_per_node: int) -> list[Layout
     return out
 
 
+def shape_problems(nodes: int, gpus_per_node: int, tp: int, pp: int) -> list[str]:
+    """Why TP×PP cannot be laid out on ``nodes`` nodes of ``gpus_per_node`` GPUs (model aside).
+
+    vLLM's mp executor starts world_size / nnodes workers on every node, so TP×PP must split
+    evenly over the nodes and fit one node's GPUs.
+    """
+    if tp < 1 or pp < 1:
+        return ["TP and PP must be at least 1"]
+    world = tp * pp
+    if world % nodes:
+        return [f"TP×PP = {tp}×{pp} = {world} GPUs do not split evenly over {nodes} node(s)"]
+    if world // nodes > gpus_per_node:
+        return [
+            f"TP×PP = {tp}×{pp} needs {world // nodes} GPUs per node but nodes have {gpus_per_node}"
+        ]
+    return []
+
+
 def choose_layout(
-    info: ModelInfo,
+    info: ModelInfo | None,
     nodes: int,
     gpus_per_node: int,
     tp: int | None = None,
     pp: int | None = None,
+    mode: str = PP_ACROSS_NODES,
 ) -> Layout:
-    """TP = GPUs per node and PP = nodes unless overridden; UsageError naming a fix."""
+    """The site's default layout unless overridden; UsageError naming the reason and a fix.
+
+    ``info`` None (the model's config.json is not available here) checks the shape only.
+    """
     if nodes < 1:
-        raise UsageError("--nodes must be at least 1")
+        raise UsageError(f"--nodes must be at least 1, got {nodes}")
     world = nodes * gpus_per_node
     if tp is None and pp is None:
-        tp, pp = gpus_per_node, nodes
+        tp, pp = default_layout(nodes, gpus_per_node, mode)
     elif tp is None:
         assert pp is not None
-        if world % pp:
+        if pp < 1 or world % pp:
             raise UsageError(f"--pp {pp} does not divide the {world} GPUs of {nodes} node(s)")
         tp = world // pp
     elif pp is None:
-        if world % tp:
+        if tp < 1 or world % tp:
             raise UsageError(f"--tp {tp} does not divide the {world} GPUs of {nodes} node(s)")
         pp = world // tp
-    problems: list[str] = []
-    if tp * pp != world:
-        problems.append(
-            f"TP×PP = {tp}×{pp} = {tp * pp} but {nodes} node(s) × {gpus_per_node} GPUs = {world}"
-        )
-    problems += layout_problems(info, tp, pp)
+    problems = shape_problems(nodes, gpus_per_node, tp, pp)
+    if info is not None and not problems:
+        problems = layout_problems(info, tp, pp)
     if problems:
-        alts = alternatives(info, nodes, gpus_per_node)
-        hint = (
-            "a layout that works: " + ", ".join(f"--tp {a.tp} --pp {a.pp}" for a in alts[:3])
-            if alts
-            else f"no TP×PP over {world} GPUs works; try another --nodes"
-        )
+        if info is not None:
+            alts = alternatives(info, nodes, gpus_per_node)
+            hint = (
+                "a layout that works: " + ", ".join(f"--tp {a.tp} --pp {a.pp}" for a in alts[:3])
+                if alts
+                else f"no TP×PP over {world} GPUs works; try another --nodes"
+            )
+        else:
+            dtp, dpp = default_layout(nodes, gpus_per_node, mode)
+            hint = f"try --tp {dtp} --pp {dpp}"
         raise UsageError(f"layout TP={tp} PP={pp} refused: {'; '.join(problems)}; {hint}")
     return Layout(tp, pp, nodes, gpus_per_node)

@@ -395,3 +395,15 @@ def parse_config(data: Mapping[str, Any], name: str = "model") -> ModelInfo:
     if info.is_hybrid and info.linear is None:
         raise UsageError(f"{name}: layer_types name linear_attention but linear_* dims are missing")
     return info
+
+
+def local_model_info(model: str, env: Mapping[str, str] | None = None) -> ModelInfo | None:
+    """The model's config when it is here (a local directory or this machine's HF cache).
+
+    None when it is not, or when it cannot be parsed: ``render``/``submit`` then check the
+    layout's shape only (``hpcserve plan`` reports such problems with their cause).
+    """
+    try:
+        return load_model_info(model, env=env)
+    except UsageError:
+        return None

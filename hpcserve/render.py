@@ -15,13 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcserve import jobrecord, vllm_flags
+from hpcserve import layout as layout_mod
 from hpcserve.errors import UsageError
+from hpcserve.layout import Layout
+from hpcserve.modelinfo import ModelInfo
 from hpcserve.sbatch import merged, sbatch_directives
 from hpcserve.siteschema import Site
 
 TEMPLATE = "launcher.sbatch.j2"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SRUN_WAIT_S = 30  # seconds srun waits after the first node's task ends before ending the rest
 PORT_SPREAD = 100  # API/master search starts at base + (job id % PORT_SPREAD)
 MASTER_PORT_GAP = 1000  # master ports are searched from engine.port + this
 
@@ -66,46 +70,11 @@ def join_word(base: Word, tail: str) -> Word:
     return (*parts, "/" + tail)
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How the model is split: TP ranks per pipeline stage, PP stages, over ``nodes`` nodes."""
-
-    tp: int
-    pp: int
-    nodes: int
-
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.pp
-
-    @property
-    def gpus_per_node(self) -> int:
-        return self.world_size // self.nodes
-
-
-def choose_layout(site: Site, nodes: int, tp: int | None = None, pp: int | None = None) -> Layout:
-    """TP = the site's GPUs per node, PP = nodes, unless overridden; refuse shapes vLLM can't run.
-
-    vLLM's mp executor starts world_size / nnodes workers on every node, so TP x PP must split
-    evenly over the nodes and fit the GPUs of one node. Model-dependent checks (heads divisible
-    by TP, PP <= layers) belong to the planner (``hpcserve.layout``).
-    """
-    if nodes < 1:
-        raise UsageError(f"--nodes must be at least 1, got {nodes}")
-    layout = Layout(tp=tp or site.node.gpus, pp=pp or nodes, nodes=nodes)
-    if layout.tp < 1 or layout.pp < 1:
-        raise UsageError("--tp and --pp must be at least 1")
-    if layout.world_size % nodes:
-        raise UsageError(
-            f"TP {layout.tp} x PP {layout.pp} = {layout.world_size} GPUs do not split evenly over "
-            f"{nodes} nodes; try --tp {site.node.gpus} --pp {nodes}"
-        )
-    if layout.gpus_per_node > site.node.gpus:
-        raise UsageError(
-            f"TP {layout.tp} x PP {layout.pp} needs {layout.gpus_per_node} GPUs per node but "
-            f"{site.name} nodes have {site.node.gpus}; try --tp {site.node.gpus} --pp {nodes}"
-        )
-    return layout
+def choose_layout(site: Site, req: LaunchRequest) -> Layout:
+    """The layout for ``req`` on ``site``: :func:`hpcserve.layout.choose_layout` decides."""
+    return layout_mod.choose_layout(
+        req.model_info, req.nodes, site.node.gpus, req.tp, req.pp, site.engine.layout
+    )
 
 
 @dataclass
@@ -121,6 +90,7 @@ class LaunchRequest:
     vllm_options: dict[str, Any] = field(default_factory=dict)  # exposed flags, python names
     vllm_args: list[str] = field(default_factory=list)  # --vllm-arg, one argv element each
     sbatch: dict[str, Any] = field(default_factory=dict)  # overrides for sbatch_directives
+    model_info: ModelInfo | None = None  # the model's config when found here (layout checks)
 
 
 def _check_request(req: LaunchRequest) -> None:
@@ -245,11 +215,11 @@ def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
     site_problems = vllm_flags.check_extra_args(site.engine.extra_args)
     if site_problems:
         raise UsageError(f"site {site.name} engine.extra_args: " + "; ".join(site_problems))
-    layout = choose_layout(site, req.nodes, req.tp, req.pp)
+    layout = choose_layout(site, req)
     job_dir = path_word(req.job_dir.rstrip("/") or "/")
     absolute = isinstance(job_dir, str)
     sched = site.scheduler
-    gpus = layout.gpus_per_node
+    gpus = layout.ranks_per_node
     defaults: dict[str, Any] = {
         "job_name": req.job_name,
         "nodes": layout.nodes,
@@ -284,6 +254,7 @@ def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
         "env": _env(site),
         "head_interface": site.network.head_interface or "",
         "nodes": int(layout.nodes),
+        "srun_wait": SRUN_WAIT_S,
         "port_base": int(site.engine.port),
         "port_spread": PORT_SPREAD,
         "master_port_gap": MASTER_PORT_GAP,

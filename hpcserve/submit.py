@@ -127,7 +127,7 @@ def submit(
     environ: Mapping[str, str] | None = None,
 ) -> Submission:
     """Write the job directory and submit it. ``req.job_dir`` empty means a fresh default."""
-    layout = choose_layout(site, req.nodes, req.tp, req.pp)
+    layout = choose_layout(site, req)
     home = home_dir(executor)
     job_dir = (
         expand_home(req.job_dir, home) if req.job_dir else default_job_dir(site, req.job_name, home)

@@ -61,9 +61,25 @@ def test_pp_larger_than_layers_is_refused() -> None:
         choose_layout(info, nodes=4, gpus_per_node=1)
 
 
-def test_tp_times_pp_must_match_the_gpus() -> None:
-    with pytest.raises(UsageError, match="TP×PP = 4×1 = 4 but 2 node"):
-        choose_layout(model("llama-3.1-70b"), nodes=2, gpus_per_node=4, tp=4, pp=1)
+def test_tp_times_pp_must_split_over_the_nodes_and_fit_a_node() -> None:
+    info = model("llama-3.1-70b")
+    with pytest.raises(UsageError, match="do not split evenly over 2 node"):
+        choose_layout(info, nodes=2, gpus_per_node=4, tp=1, pp=3)
+    with pytest.raises(UsageError, match="needs 8 GPUs per node but nodes have 4"):
+        choose_layout(info, nodes=2, gpus_per_node=4, tp=4, pp=4)
+    # Fewer GPUs than the nodes have is a choice vLLM runs: 2 ranks on each node.
+    assert choose_layout(info, nodes=2, gpus_per_node=4, tp=4, pp=1).ranks_per_node == 2
+
+
+def test_site_layout_mode_tp_across_nodes() -> None:
+    lay = choose_layout(model("llama-3.1-70b"), nodes=2, gpus_per_node=1, mode="tp-across-nodes")
+    assert (lay.tp, lay.pp, lay.ranks_per_node) == (2, 1, 1)
+
+
+def test_shape_only_without_a_model_config() -> None:
+    assert choose_layout(None, nodes=2, gpus_per_node=4).world_size == 8
+    with pytest.raises(UsageError, match="try --tp 4 --pp 2"):
+        choose_layout(None, nodes=2, gpus_per_node=4, tp=8, pp=2)
 
 
 def test_gptq_group_must_fit_a_tp_shard() -> None:

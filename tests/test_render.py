@@ -14,6 +14,7 @@ import pytest
 from conftest import all_test_sites, apptainer_site, read_env, read_nul, venv_site
 
 from hpcserve.errors import UsageError
+from hpcserve.modelinfo import parse_config
 from hpcserve.render import LaunchRequest, Var, choose_layout, render, shell_word
 from hpcserve.siteschema import Engine, Network, Site
 
@@ -69,16 +70,42 @@ def test_directives_from_site_and_overrides() -> None:
 def test_srun_one_task_per_node() -> None:
     text = render(apptainer_site(), request(4))
     assert "srun --nodes=4 --ntasks=4 --ntasks-per-node=1 --kill-on-bad-exit=1" in text
+    # A node whose vLLM ends with status 0 (a head that stopped) still ends the job.
+    assert "--wait=30 --export=ALL" in text
 
 
 def test_layout_defaults_and_refusals() -> None:
     site = apptainer_site()
-    assert choose_layout(site, 2) == choose_layout(site, 2, 4, 2)
-    assert choose_layout(site, 2, tp=8, pp=1).gpus_per_node == 4
+    assert choose_layout(site, request(nodes=2)) == choose_layout(
+        site, request(nodes=2, tp=4, pp=2)
+    )
+    assert choose_layout(site, request(nodes=2, tp=8, pp=1)).ranks_per_node == 4
     with pytest.raises(UsageError, match="per node"):
-        choose_layout(site, 2, tp=8, pp=2)
+        choose_layout(site, request(nodes=2, tp=8, pp=2))
     with pytest.raises(UsageError, match="split evenly"):
-        choose_layout(site, 2, tp=3, pp=1)
+        choose_layout(site, request(nodes=2, tp=3, pp=1))
+    # A site whose vLLM cannot run PP (the CPU lab) spans nodes with TP instead.
+    site.engine.layout = "tp-across-nodes"
+    lay = choose_layout(site, request(nodes=2))
+    assert (lay.tp, lay.pp) == (8, 1)
+
+
+def test_layout_is_checked_against_the_model_when_its_config_is_here() -> None:
+    site = apptainer_site()
+    info = parse_config(
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": 768,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 6,
+            "num_key_value_heads": 6,
+            "intermediate_size": 1536,
+            "vocab_size": 1000,
+        },
+        "m",
+    )
+    with pytest.raises(UsageError, match=r"attention heads \(6\) are not divisible by TP=4"):
+        render(site, request(nodes=2, model_info=info))
 
 
 def test_bad_requests_are_usage_errors() -> None:

@@ -14,6 +14,7 @@ import click
 
 from hpcserve import vllm_flags
 from hpcserve.errors import RemoteError, UsageError
+from hpcserve.modelinfo import local_model_info
 from hpcserve.render import LaunchRequest
 from hpcserve.render import render as render_script
 from hpcserve.sbatch import parse_sbatch_args
@@ -95,6 +96,7 @@ def _request(opts: dict[str, Any], job_dir: str) -> LaunchRequest:
         vllm_options={k: v for k, v in vllm_options.items() if v is not None},
         vllm_args=list(opts["vllm_args"]),
         sbatch=sbatch,
+        model_info=local_model_info(opts["model"]),
     )
 
 
