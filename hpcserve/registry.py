@@ -17,6 +17,7 @@ short name the user gave at submit (unique in the registry).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import json
@@ -221,7 +222,7 @@ class Registry:
 
     def prune(
         self, older_than_s: float, keep: Callable[[JobRecord], bool] = lambda r: False
-    ) -> list[JobRecord]:
+    ) -> builtins.list[JobRecord]:
         """Remove records submitted more than ``older_than_s`` ago unless ``keep(rec)``.
 
         ``keep`` lets the caller spare jobs the scheduler still lists.
