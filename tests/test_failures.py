@@ -1,0 +1,99 @@
+"""Failure causes from real log lines (origins in tests/data/vllm-lines/failure-lines.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpcserve.failures import RULES, diagnose, scan, strip_prefix
+
+DATA = Path(__file__).parent / "data" / "vllm-lines"
+CASES = json.loads((DATA / "failure-lines.json").read_text())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['cause']}-{i}" for i, c in enumerate(CASES)])
+def test_each_real_line_is_recognised(case):
+    found = scan([case["line"]])
+    assert found, case["line"]
+    assert found[0].cause == case["cause"]
+    assert found[0].suggestion
+
+
+def test_every_rule_has_a_real_line():
+    assert {r.cause for r in RULES} == {c["cause"] for c in CASES}
+
+
+def test_healthy_startup_has_no_failure():
+    lines = (DATA / "startup-gpu.log").read_text().splitlines()
+    assert scan(lines) == []
+
+
+def test_prefix_is_stripped():
+    line = (
+        "(EngineCore_DP0 pid=265) ERROR 02-27 10:31:24 [multiproc_executor.py:231] "
+        "Worker proc VllmWorker-0 died unexpectedly, shutting down executor."
+    )
+    assert strip_prefix(line).startswith("Worker proc VllmWorker-0")
+
+
+def test_heads_suggestion_names_the_numbers():
+    (f,) = scan(
+        [
+            "ValueError: Total number of attention heads (40) must be divisible by "
+            "tensor parallel size (3)."
+        ]
+    )
+    assert "40 attention heads" in f.suggestion and "not 3" in f.suggestion
+
+
+def test_srun_line_names_node_and_host():
+    (f,) = scan(["srun: error: lab-n2: task 1: Killed"], source="slurm-12.out")
+    assert (f.node, f.host) == (1, "lab-n2")
+    assert "on node 1 (lab-n2)" in f.describe()
+
+
+def test_node_comes_from_the_log_name():
+    (f,) = scan(
+        ["torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."],
+        source="/jobs/7/node-3.log",
+    )
+    assert f.node == 3
+
+
+def test_root_cause_beats_consequences_across_logs():
+    logs = {
+        "node-0.log": [
+            "torch.distributed.DistBackendError: NCCL error in: ../torch/csrc/distributed/"
+            "c10d/NCCLUtils.hpp:275, unhandled system error",
+            "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root "
+            "cause above. Failed core proc(s): {}",
+        ],
+        "node-1.log": [
+            "(EngineCore_DP0 pid=412) ValueError: No available memory for the cache blocks. "
+            "Try increasing `gpu_memory_utilization`."
+        ],
+        "slurm-7.out": ["srun: error: lab-n2: task 1: Exited with exit code 1"],
+    }
+    f = diagnose(logs)
+    assert f is not None
+    assert (f.cause, f.node) == ("kv_cache_too_small", 1)
+
+
+def test_port_in_use_is_not_mistaken_for_nccl():
+    line = next(c["line"] for c in CASES if "DistNetworkError" in c["line"])
+    assert diagnose({"node-0.log": [line]}).cause == "port_in_use"
+
+
+def test_generic_death_only_when_nothing_better():
+    f = diagnose(
+        {
+            "node-0.log": [
+                "(APIServer pid=1) RuntimeError: Engine core initialization "
+                "failed. See root cause above. Failed core proc(s): {}"
+            ]
+        }
+    )
+    assert f is not None and f.cause == "process_died" and f.node == 0
+    assert diagnose({"node-0.log": ["INFO all good"]}) is None

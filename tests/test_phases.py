@@ -1,0 +1,97 @@
+"""Server phase from vLLM log lines (real lines: tests/data/vllm-lines/README.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpcserve.phases import PhaseInfo, merge, read_phase, split_lines
+
+DATA = Path(__file__).parent / "data" / "vllm-lines"
+LOG = (DATA / "startup-gpu.log").read_text().splitlines()
+
+
+def upto(marker: str) -> list[str]:
+    for i, line in enumerate(LOG):
+        if marker in line:
+            return LOG[: i + 1]
+    raise AssertionError(marker)
+
+
+def test_empty_log_is_starting():
+    assert read_phase([]).phase == "starting"
+
+
+def test_loading_with_shard_progress():
+    info = read_phase(upto("40% Completed"))
+    assert info.phase == "loading"
+    assert (info.weights_percent, info.shards_done, info.shards_total) == (40, 2, 5)
+    assert info.model == "Qwen/Qwen3-8B"
+    assert info.vllm_version == "0.11.0"
+    assert info.detail() == "loading weights (40%, 2/5 shards)"
+
+
+def test_model_loading_took_gives_memory():
+    info = read_phase(upto("Model loading took"))
+    assert info.phase == "loading"
+    assert info.model_memory_gib == 15.2683
+    assert info.weights_percent == 100
+
+
+def test_kv_cache_numbers():
+    info = read_phase(upto("Maximum concurrency"))
+    assert info.phase == "kv_cache"
+    assert info.kv_cache_memory_gib == 52.17
+    assert info.kv_cache_tokens == 100752
+    assert info.max_model_len == 65536
+    assert info.max_concurrency == 1.54
+    assert "KV cache 100,752 tokens" in info.detail()
+    assert "max concurrency 1.54x at 65,536 tokens" in info.detail()
+
+
+def test_cuda_graphs_mode():
+    info = read_phase(upto("Capturing CUDA graphs (decode, FULL)"))
+    assert info.phase == "cuda_graphs"
+    assert info.graphs == "decode, FULL 100%"
+
+
+def test_api_then_ready():
+    assert read_phase(upto("Starting vLLM API server")).phase == "api"
+    info = read_phase(LOG)
+    assert info.phase == "ready"
+    assert info.url == "http://0.0.0.0:8000"
+
+
+def test_uvicorn_running_line_is_ready():
+    info = read_phase(["INFO:     Uvicorn running on http://0.0.0.0:8001 (Press CTRL+C to quit)"])
+    assert info.phase == "ready"
+    assert info.url == "http://0.0.0.0:8001"
+
+
+def test_phase_never_goes_back_and_follows_incrementally():
+    info = read_phase(LOG[:9])
+    before = info.lines_seen
+    read_phase(LOG[9:], info)
+    assert info.phase == "ready"
+    assert info.lines_seen == before + len(LOG) - 9
+    read_phase(["Loading safetensors checkpoint shards:  20% Completed | 1/5"], info)
+    assert info.phase == "ready"
+
+
+def test_tqdm_carriage_returns_are_lines():
+    raw = (
+        "Loading safetensors checkpoint shards:   0% Completed | 0/2 [00:00<?, ?it/s]\r"
+        "Loading safetensors checkpoint shards:  50% Completed | 1/2 [00:01<00:01,  1.2s/it]"
+    )
+    assert len(split_lines(raw)) == 2
+    info = read_phase([raw])
+    assert (info.weights_percent, info.shards_done) == (50, 1)
+
+
+def test_merge_waits_for_slowest_worker_while_loading():
+    head = read_phase(upto("Available KV cache memory"))
+    worker = read_phase(upto("20% Completed"))
+    job = merge([head, worker])
+    assert job.phase == "loading"
+    assert merge([read_phase(LOG), worker]).phase == "ready"  # the head answers: ready
+    assert merge([]).phase == "starting"
+    assert merge([PhaseInfo()]).phase == "starting"
