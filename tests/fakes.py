@@ -32,6 +32,12 @@ class FakeExecutor:
         self, argv: list[str], *, input: str | None = None, timeout: float | None = 60
     ) -> CommandResult:
         self.calls.append(list(argv))
+        if argv[:2] == ["tail", "-c"] and argv[2].startswith("+"):  # what LogFollower runs
+            path = argv[3]
+            if path not in self.files:
+                return result(argv, "", f"tail: cannot open '{path}' for reading", 1)
+            raw = self.files[path].encode()[int(argv[2][1:]) - 1 :]
+            return result(argv, raw.decode())
         for r in self.responders:
             res = r(list(argv))
             if res is not None:
