@@ -189,7 +189,8 @@ RULES: tuple[Rule, ...] = (
         _r(
             r"srun: error: (\S+): tasks? ([\d,-]+): (?:Exited with exit code \d+|Killed"
             r"|Terminated|Segmentation fault)"
-            r"|Worker proc \S+ died unexpectedly|EngineDeadError"
+            r"|Worker proc \S+ died unexpectedly|EngineCore encountered a fatal error"
+            r"|EngineDeadError"
             r"|Engine core initialization failed|Engine process failed to start"
         ),
         "read that node's log above the error (`hpcserve logs JOB --node K`) for the first "

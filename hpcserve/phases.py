@@ -49,13 +49,18 @@ PHASE_LABELS: dict[str, str] = {
 _NUM = r"([0-9][0-9,]*)"
 _FLOAT = r"([0-9]+(?:\.[0-9]+)?)"
 
-_VERSION = re.compile(r"vLLM API server version (\S+)")
-_VERSION_BANNER = re.compile(r"\bvLLM version (\d+\.\d+\S*)")
+_VERSION = re.compile(
+    r"vLLM API server version (\S+)|Initializing a V1 LLM engine \(v([^)\s]+)\)"
+    r"|Launching vLLM \(v([^)\s]+)\)|\u2588\s+version (\d+\.\d+\S*)"
+)
 _LOAD_START = re.compile(r"Starting to load model (\S+?)(?:\.\.\.)?\s*$")
 _SHARDS = re.compile(r"Loading \w+ checkpoint shards:\s*(\d+)%.*?(\d+)/(\d+)")
 _WEIGHTS_TOOK = re.compile(r"Loading weights took " + _FLOAT + r" seconds")
 _MODEL_TOOK = re.compile(r"Model loading took " + _FLOAT + r" GiB")
-_KV_MEM = re.compile(r"Available KV cache memory: " + _FLOAT + r" GiB")
+_KV_MEM = re.compile(
+    r"Available KV cache memory: " + _FLOAT + r" GiB"
+    r"|Explicitly set \(" + _FLOAT + r"/[0-9.]+\) GiB for KV cache"  # CPU worker
+)
 _KV_TOKENS = re.compile(r"(?:GPU|CPU|\b)KV cache size: " + _NUM + r" tokens")
 _CONCURRENCY = re.compile(
     r"Maximum concurrency for " + _NUM + r" tokens per request: " + _FLOAT + r"x"
@@ -63,7 +68,7 @@ _CONCURRENCY = re.compile(
 _GRAPHS = re.compile(r"Capturing CUDA graphs?(?: \(([^)]*)\))?:?\s*(?:(\d+)%)?")
 _GRAPHS_DONE = re.compile(r"Graph capturing finished in " + _FLOAT + r" secs")
 _ENGINE_UP = re.compile(r"init engine \(profile, create kv cache, warmup model\) took")
-_API_START = re.compile(r"Starting vLLM API server(?: \d+)? on (\S+)")
+_API_START = re.compile(r"Starting vLLM (?:API )?server(?: \d+)? on (\S+)")
 _READY = re.compile(r"Application startup complete|Uvicorn running on (\S+)")
 
 
@@ -145,10 +150,10 @@ def read_phase(lines: Iterable[str], info: PhaseInfo | None = None) -> PhaseInfo
 
 
 def _fold(info: PhaseInfo, line: str) -> None:
-    if "vLLM" in line:
-        m = _VERSION.search(line) or _VERSION_BANNER.search(line)
+    if "vLLM" in line or "version" in line:
+        m = _VERSION.search(line)
         if m:
-            info.vllm_version = m.group(1)
+            info.vllm_version = next(g for g in m.groups() if g)
     if "load" in line or "Load" in line:
         if m := _LOAD_START.search(line):
             info.model = m.group(1)
@@ -166,7 +171,7 @@ def _fold(info: PhaseInfo, line: str) -> None:
             info.advance("loading")
     if "KV cache" in line or "concurrency" in line:
         if m := _KV_MEM.search(line):
-            info.kv_cache_memory_gib = float(m.group(1))
+            info.kv_cache_memory_gib = float(m.group(1) or m.group(2))
             info.advance("kv_cache")
         if m := _KV_TOKENS.search(line):
             info.kv_cache_tokens = _int(m.group(1))
@@ -195,6 +200,10 @@ def _fold(info: PhaseInfo, line: str) -> None:
         info.advance("ready")
 
 
+def _done_loading(info: PhaseInfo) -> bool:
+    return info.rank > PHASES.index("loading") or info.weights_percent == 100
+
+
 def merge(infos: Iterable[PhaseInfo]) -> PhaseInfo:
     """The job's phase from its nodes' phases: the head's, but never behind the slowest
     worker for the loading/KV phases (all nodes must load before the engine starts)."""
@@ -204,10 +213,19 @@ def merge(infos: Iterable[PhaseInfo]) -> PhaseInfo:
     head = infos[0]
     out = PhaseInfo(**head.to_dict())
     workers = infos[1:]
-    if workers and out.phase in ("starting", "loading", "kv_cache"):
-        slowest = min(w.rank for w in workers)
+    # Headless workers log their loading, but not the engine's later phases: a worker holds
+    # the job back only while it has not finished loading its weights.
+    behind = [w for w in workers if not _done_loading(w)]
+    if behind and out.phase in ("loading", "kv_cache", "cuda_graphs"):
+        slowest = min(w.rank for w in behind)
         if slowest < out.rank:
             out.phase = PHASES[slowest]
+            slow = min(behind, key=lambda w: (w.rank, w.weights_percent or 0))
+            out.weights_percent, out.shards_done, out.shards_total = (
+                slow.weights_percent,
+                slow.shards_done,
+                slow.shards_total,
+            )
     for field_name in ("vllm_version", "model_memory_gib", "kv_cache_memory_gib"):
         if getattr(out, field_name) is None:
             for w in workers:

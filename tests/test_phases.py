@@ -95,3 +95,46 @@ def test_merge_waits_for_slowest_worker_while_loading():
     assert merge([read_phase(LOG), worker]).phase == "ready"  # the head answers: ready
     assert merge([]).phase == "starting"
     assert merge([PhaseInfo()]).phase == "starting"
+
+
+CPU = Path(__file__).parent / "data" / "vllm-cpu"  # real lab runs, vLLM 0.32.0 CPU build
+
+
+def test_real_cpu_head_log_reaches_ready_with_kv_numbers():
+    info = read_phase((CPU / "tp2-head.log").read_text().splitlines())
+    assert info.phase == "ready"
+    assert info.vllm_version == "0.32.0"
+    assert info.kv_cache_tokens == 2097152
+    assert (info.max_model_len, info.max_concurrency) == (512, 4096.0)
+    assert info.kv_cache_memory_gib == 1.0
+    assert info.url == "http://0.0.0.0:8000"
+    assert info.model == "/var/cache/hpcserve-lab/models/tiny-llama"
+
+
+def test_real_cpu_head_log_phases_in_order():
+    lines = (CPU / "tp2-head.log").read_text().splitlines()
+    seen: list[str] = []
+    info = PhaseInfo()
+    for ln in lines:
+        read_phase([ln], info)
+        if not seen or seen[-1] != info.phase:
+            seen.append(info.phase)
+    assert seen == ["starting", "loading", "kv_cache", "api", "ready"]  # no CUDA graphs on CPU
+
+
+def test_real_cpu_worker_log_and_merge():
+    head = read_phase((CPU / "tp2-head.log").read_text().splitlines())
+    worker = read_phase((CPU / "tp2-worker.log").read_text().splitlines())
+    assert worker.phase == "kv_cache" and worker.weights_percent == 100  # its own KV share
+    assert worker.vllm_version == "0.32.0"
+    assert merge([head, worker]).phase == "ready"
+    # a head in the KV phase is not held back by a worker that finished loading
+    head_kv = read_phase(
+        [ln for ln in (CPU / "tp2-head.log").read_text().splitlines() if "KV cache size" in ln]
+    )
+    assert merge([head_kv, worker]).phase == "kv_cache"
+    wlines = (CPU / "tp2-worker.log").read_text().splitlines()
+    cut = next(i for i, ln in enumerate(wlines) if "Starting to load model" in ln)
+    loading = read_phase(wlines[: cut + 1])
+    assert loading.phase == "loading" and loading.weights_percent is None
+    assert merge([head_kv, loading]).phase == "loading"  # held back by the loading worker
