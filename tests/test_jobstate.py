@@ -119,3 +119,16 @@ def test_log_says_ready_but_api_not_reached():
 def test_explain_reason_unknown_code_passes_through():
     assert explain_reason("SomethingNew") == "SomethingNew"
     assert explain_reason(None) is None
+
+
+def test_real_lab_partition_node_limit_is_unschedulable():
+    from fakes import data
+
+    from hpcserve.slurm import parse_squeue
+
+    job = parse_squeue(data("slurm", "lab-squeue-pending.txt"))["4"]
+    st = combine(rec(), job)
+    assert st.phase == "failed" and st.failure is not None
+    assert st.failure.cause == "unschedulable"
+    held = combine(rec(), parse_squeue(data("slurm", "lab-squeue-pending.txt"))["7"])
+    assert held.phase == "pending" and "held by you" in held.detail

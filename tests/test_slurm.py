@@ -209,3 +209,36 @@ def test_submit_and_cancel_argv():
         ["sbatch", "--parsable", "--time=00:01:00", "/jobs/x/launcher.sbatch"],
         ["scancel", "4711"],
     ]
+
+
+def test_real_lab_squeue_rows():
+    jobs = parse_squeue(data("slurm", "lab-squeue-pending.txt"))
+    assert jobs["4"].state == "PENDING" and jobs["4"].reason == "PartitionNodeLimit"
+    assert jobs["4"].nodes == 3 and jobs["4"].nodelist is None
+    assert jobs["6"].reason == "BeginTime" and jobs["6"].start_time == "2026-11-22T20:05:35"
+    assert jobs["7"].reason == "JobHeldUser"
+    assert jobs["3"].state == "FAILED" and jobs["3"].ended
+    assert jobs["6"].time_limit_s is None  # UNLIMITED
+    cancelled = parse_squeue(data("slurm", "lab-squeue-cancelled.txt"))
+    assert {j.state for j in cancelled.values()} == {"CANCELLED"}
+
+
+def test_real_lab_scontrol_one_line():
+    job = parse_scontrol(data("slurm", "lab-scontrol-partitionconfig.txt"))
+    assert job is not None
+    assert (job.job_id, job.state, job.reason, job.nodes) == (
+        "4",
+        "PENDING",
+        "PartitionNodeLimit",
+        3,
+    )
+    assert job.nodelist is None and job.time_limit_s is None
+
+
+def test_real_lab_sbatch_rejection_is_one_plain_error():
+    msg = data("slurm", "lab-errors.txt").splitlines()[0]
+    ex = FakeExecutor(lambda a: result(a, "", msg + "\n", 1))
+    with pytest.raises(RemoteError) as e:
+        Slurm(ex, sleep=lambda s: None).submit("/x/launcher.sbatch")
+    assert str(e.value).endswith("Invalid feature specification")
+    assert len(ex.calls) == 1
