@@ -139,7 +139,15 @@ class JobWatch:
 
     # -- pieces --------------------------------------------------------------------------------
     def poll_scheduler(self) -> SchedJob:
+        prev = self.sched
         self.sched = self.slurm.query([self.rec.job_id])[self.rec.job_id]
+        if self.sched.ended and self.sched.exit_code is None:
+            if prev.ended and prev.exit_code is not None:
+                self.sched.exit_code = prev.exit_code
+            else:  # squeue has no exit code: ask scontrol once
+                detail = self.slurm.scontrol(self.rec.job_id)
+                if detail is not None:
+                    self.sched.exit_code = detail.exit_code
         return self.sched
 
     def poll_logs(self) -> None:
