@@ -68,6 +68,7 @@ RULES: tuple[Rule, ...] = (
             r"No available memory for the cache blocks|larger than the available KV cache memory"
             r"|To serve at least one request with the models's max seq len"
             r"|Cannot auto-fit max_model_len: not enough GPU memory"
+            r"|on kv cache allocation is less than requested memory for kv"
         ),
         "lower --max-model-len, raise --gpu-memory-utilization, or spread the model over "
         "more nodes/GPUs (`hpcserve plan` sizes it)",
@@ -137,6 +138,7 @@ RULES: tuple[Rule, ...] = (
             r"|Invalid repository ID or local directory specified"
             r"|is not a local folder and is not a valid model identifier"
             r"|(?:401|404) Client Error|No such file or directory: '[^']*config\.json'"
+            r"|HFValidationError: Repo id must be in the form"
         ),
         "check the model name or path (on the cluster: a local path must hold config.json); "
         "a private repo needs an HF token",
@@ -199,6 +201,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 _BY_CAUSE = {r.cause: r for r in RULES}
+_ORDER = {r.cause: i for i, r in enumerate(RULES)}
 
 
 def strip_prefix(line: str) -> str:
@@ -255,12 +258,17 @@ def diagnose(logs: Mapping[str, Iterable[str]]) -> Failure | None:
     Ties between logs go to the first log given (pass node logs head first, batch log last).
     """
     best: Failure | None = None
-    order = {r.cause: i for i, r in enumerate(RULES)}
     for source, lines in logs.items():
         for f in scan(lines, source):
-            if best is None or order[f.cause] < order[best.cause]:
+            if best is None or rank(f) < rank(best):
                 best = f
     return best
+
+
+def rank(f: Failure) -> tuple[int, int]:
+    """Sort key, most telling first: rule order, then (same rule) a line that names the host,
+    like srun's "NODE: task K: Exited", before a generic one from the head's log."""
+    return (_ORDER[f.cause], 0 if f.host else 1)
 
 
 def all_causes(logs: Mapping[str, Iterable[str]]) -> list[Failure]:

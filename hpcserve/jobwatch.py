@@ -18,14 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcserve.errors import RemoteError
-from hpcserve.failures import RULES, Failure, diagnose, scan
+from hpcserve.failures import Failure, diagnose, rank, scan
 from hpcserve.jobrecord import ENDPOINT, NCCL_DIR, JobRecord, node_log_name
 from hpcserve.jobstate import JobStatus, apply_endpoint, combine, default_url, parse_endpoint
 from hpcserve.phases import PhaseInfo, merge, read_phase
 from hpcserve.remote import Executor, LocalExecutor
 from hpcserve.slurm import SchedJob, Slurm
-
-_ORDER = {r.cause: i for i, r in enumerate(RULES)}
 
 
 @dataclass
@@ -193,7 +191,7 @@ class JobWatch:
         best: Failure | None = None
         for found in [*(n.failures for n in self.nodes), self.batch_failures]:
             for f in found.values():
-                if best is None or _ORDER[f.cause] < _ORDER[best.cause]:
+                if best is None or rank(f) < rank(best):
                     best = f
         return best
 

@@ -37,6 +37,7 @@ def vllm_launcher(
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "HF_HUB_OFFLINE": "1",
         "GLOO_SOCKET_IFNAME": "eth0",
+        "PYTHONUNBUFFERED": "1",  # else vLLM's log lines reach node-K.log in late blocks
         **(env or {}),
     }
     exports = "\n".join(f"export {k}={q(v)}" for k, v in envs.items())

@@ -116,3 +116,56 @@ def test_real_cpu_pp2_engine_crash_is_process_died_on_head():
     assert f is not None
     assert (f.cause, f.node) == ("process_died", 0)
     assert f.line == "EngineCore encountered a fatal error."
+
+
+RUNS = Path(__file__).parent / "data" / "lab-runs"  # real lab jobs, vLLM 0.32.0 CPU, SLURM 22.05
+
+
+def run_logs(stem: str) -> dict[str, list[str]]:
+    logs = {}
+    for suffix, name in ((".node-0.log", "node-0.log"), (".slurm.out", "slurm-1.out")):
+        p = RUNS / f"{stem}{suffix}"
+        if p.exists():
+            logs[name] = p.read_text().splitlines()
+    return logs
+
+
+def test_real_lab_missing_model_path():
+    f = diagnose(run_logs("missing-model"))
+    assert f is not None and f.cause == "model_not_found" and f.node == 0
+    assert f.line.startswith("huggingface_hub.errors.HFValidationError: Repo id must be")
+
+
+def test_real_lab_tp3_layout():
+    f = diagnose(run_logs("layout-tp3"))
+    assert f is not None and f.cause == "layout_heads"
+    assert "Total number of attention heads (4) must be divisible" in f.line
+    assert "4 attention heads" in f.suggestion and "not 3" in f.suggestion
+
+
+def test_real_lab_oversized_kv_cache():
+    f = diagnose(run_logs("kv-oversized"))
+    assert f is not None and f.cause == "kv_cache_too_small"
+    assert "is less than requested memory for kv (64.0 GiB)" in f.line
+
+
+def test_real_lab_killed_worker_names_node_1():
+    logs = run_logs("killed-worker")
+    # the head's generic engine error must not hide which node died
+    logs = {
+        "node-0.log": [
+            "RuntimeError: Engine core initialization failed. See root cause above. "
+            "Failed core proc(s): {'EngineCore': 1}"
+        ],
+        **logs,
+    }
+    f = diagnose(logs)
+    assert f is not None and f.cause == "process_died"
+    assert (f.node, f.host) == (1, "node2")
+    assert f.line == "srun: error: node2: task 1: Exited with exit code 137"
+
+
+def test_real_lab_time_limit_line():
+    f = diagnose(run_logs("timeout"))
+    assert f is not None and f.cause == "time_limit"
+    assert f.line.startswith("slurmstepd-node1: error: *** JOB 3 ON node1 CANCELLED AT")

@@ -242,3 +242,12 @@ def test_real_lab_sbatch_rejection_is_one_plain_error():
         Slurm(ex, sleep=lambda s: None).submit("/x/launcher.sbatch")
     assert str(e.value).endswith("Invalid feature specification")
     assert len(ex.calls) == 1
+
+
+def test_real_lab_ended_jobs():
+    jobs = parse_squeue(data("lab-runs", "ended.squeue.txt"))
+    assert jobs["3"].state == "TIMEOUT" and jobs["3"].reason == "TimeLimit"
+    assert jobs["3"].time_left_s is None and jobs["3"].time_limit_s == 60  # "INVALID", "1:00"
+    assert jobs["2"].state == "FAILED" and jobs["2"].reason == "NonZeroExitCode"
+    assert jobs["6"].state == "COMPLETING" and jobs["6"].active
+    assert jobs["1"].state == "COMPLETED" and jobs["1"].ended
