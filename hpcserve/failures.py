@@ -121,6 +121,16 @@ RULES: tuple[Rule, ...] = (
         "vLLM image, or check the model's `architectures` in config.json",
     ),
     Rule(
+        "broken_install",
+        "vLLM's Python environment is broken (a package is missing or mismatched)",
+        _r(
+            r"^\s*(?:ModuleNotFoundError|ImportError): "
+            r"|^\s*TypeError: \S+\(\) got an unexpected keyword argument"
+        ),
+        "the vLLM install on the cluster (container image or venv) lacks a package or has one "
+        "of the wrong version: rebuild or pull the image, or pin the package the line names",
+    ),
+    Rule(
         "model_gated",
         "the model is gated and the token may not read it",
         _r(

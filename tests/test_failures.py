@@ -169,3 +169,31 @@ def test_real_lab_time_limit_line():
     f = diagnose(run_logs("timeout"))
     assert f is not None and f.cause == "time_limit"
     assert f.line.startswith("slurmstepd-node1: error: *** JOB 3 ON node1 CANCELLED AT")
+
+
+GPU = Path(__file__).parent / "data" / "gpu-vllm-runs"  # real H200 runs, vLLM 0.26.0
+
+
+def gpu_logs(case: str) -> dict[str, list[str]]:
+    return {
+        f"node-{k}.log": (GPU / case / f"node-{k}.log").read_text().splitlines() for k in (0, 1)
+    }
+
+
+def test_real_gpu_missing_module():
+    f = diagnose(gpu_logs("failed-tvm-ffi-missing"))
+    assert f is not None and f.cause == "broken_install" and f.node == 0
+    assert f.line == "ModuleNotFoundError: No module named 'tvm_ffi'"
+
+
+def test_real_gpu_mismatched_dependency():
+    f = diagnose(gpu_logs("failed-tvm-ffi-old"))
+    assert f is not None and f.cause == "broken_install"
+    assert "unexpected keyword argument 'extra_lib_paths'" in f.line
+
+
+def test_real_gpu_healthy_start_has_no_failure_before_shutdown():
+    for case in ("p2p", "socket"):
+        head = gpu_logs(case)["node-0.log"]
+        ready = next(i for i, ln in enumerate(head) if "Application startup complete" in ln)
+        assert scan(head[: ready + 1], "node-0.log") == [], case

@@ -138,3 +138,25 @@ def test_real_cpu_worker_log_and_merge():
     loading = read_phase(wlines[: cut + 1])
     assert loading.phase == "loading" and loading.weights_percent is None
     assert merge([head_kv, loading]).phase == "loading"  # held back by the loading worker
+
+
+GPU = Path(__file__).parent / "data" / "gpu-vllm-runs"  # real H200 runs, vLLM 0.26.0
+
+
+def test_real_gpu_head_and_worker():
+    head = read_phase((GPU / "p2p" / "node-0.log").read_text().splitlines())
+    worker = read_phase((GPU / "p2p" / "node-1.log").read_text().splitlines())
+    assert head.phase == "ready" and head.vllm_version == "0.26.0"
+    assert head.kv_cache_tokens == 67298400
+    assert (head.max_model_len, head.max_concurrency) == (4096, 16430.27)
+    assert head.model_memory_gib == 0.01 and head.kv_cache_memory_gib == 128.36
+    assert worker.phase == "cuda_graphs" and worker.graphs == "done"
+    assert merge([head, worker]).phase == "ready"
+
+
+def test_real_gpu_graph_capture_progress_line():
+    lines = (GPU / "p2p" / "node-0.log").read_text().splitlines()
+    cut = next(i for i, ln in enumerate(lines) if "Capturing CUDA graphs (FULL)" in ln)
+    info = read_phase(lines[: cut + 1])
+    assert info.phase == "cuda_graphs" and info.graphs is not None
+    assert info.graphs.startswith("FULL")
