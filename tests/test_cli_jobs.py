@@ -72,7 +72,10 @@ class FakeCluster:
             self.steps[jid] = []
             return result(argv)
         if argv[0] == "find":
-            return result(argv, "", "find: no such dir", 1)
+            found = [p for p in self.ex.files if p.startswith(argv[1] + "/")]
+            if not found:
+                return result(argv, "", f"find: '{argv[1]}': No such file or directory", 1)
+            return result(argv, "\n".join(found) + "\n")
         return None
 
 
@@ -338,3 +341,32 @@ def test_no_heavy_imports_at_module_level():
         check=True,
     ).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_status_shows_the_nccl_verdict_when_the_module_exists(env, capsys, monkeypatch):
+    import sys
+    import types
+
+    fake_nccl = types.ModuleType("hpcserve.nccl")  # a stand-in for the NCCL helper's module
+    seen: list[list[str]] = []
+
+    def nccl_summary_for_status(lines):
+        seen.append(list(lines))
+        return "NCCL: 2 nodes over NET/IB (GPUDirect RDMA)"
+
+    fake_nccl.nccl_summary_for_status = nccl_summary_for_status
+    monkeypatch.setitem(sys.modules, "hpcserve.nccl", fake_nccl)
+    add_job("48")
+    env.add("48", "RUNNING")
+    env.ex.files["/jobs/48/nccl/node-0.n1.123.log"] = "n1:123:123 [0] NCCL INFO Bootstrap\n"
+    code, out, _ = run(capsys, "status", "48")
+    assert code == 0
+    assert "NCCL:      2 nodes over NET/IB (GPUDirect RDMA)" in out
+    assert seen == [["n1:123:123 [0] NCCL INFO Bootstrap"]]
+
+
+def test_status_without_nccl_module_or_files(env, capsys):
+    add_job("49")
+    env.add("49", "RUNNING")
+    code, out, _ = run(capsys, "status", "49")
+    assert code == 0 and "NCCL" not in out

@@ -92,7 +92,8 @@ def _nccl_summary(watch: Any) -> str | None:
         lines = watch.nccl_lines()
         if not lines:
             return None
-        return str(nccl_summary_for_status(lines)) or None
+        summary = nccl_summary_for_status(lines)
+        return str(summary) if summary else None
     except Exception:  # the summary is a nicety: never fail status for it
         return None
 
@@ -123,7 +124,7 @@ def _print_status(st: JobStatus, rec: JobRecord) -> None:
     if st.url:
         click.echo(f"  endpoint:  {st.url}" + (" (answering)" if st.ready else ""))
     if st.nccl:
-        click.echo(f"  NCCL:      {st.nccl}")
+        click.echo(f"  NCCL:      {st.nccl.removeprefix('NCCL: ')}")
     if st.failure is not None:
         f = st.failure
         where = f" [{f.source}]" if f.source else ""
@@ -158,7 +159,7 @@ def status(job: str | None, as_json: bool, watch: bool, interval: float) -> None
         last = None
         while True:
             st = w.refresh()
-            if w.sched.state == "RUNNING":
+            if w.sched.state not in ("PENDING", "UNKNOWN"):
                 st.nccl = _nccl_summary(w)
             if as_json:
                 click.echo(json.dumps(_status_json(st, rec), indent=2, default=str))
