@@ -273,3 +273,17 @@ def test_vllm_killed_worker_names_the_node(cluster, capsys):
     st = status_json(capsys, rec.job_id)
     assert st["failure"]["cause"] == "process_died", st["failure"]
     assert st["failure"]["node"] == 1
+
+
+@pytest.mark.slow
+def test_vllm_healthy_job_wait_status_cancel(cluster, capsys):
+    rec = cluster.vllm(2, tp=2, pp=1)
+    code, err = wait_cli(capsys, rec, 600)
+    assert code == 0, err
+    assert "loading weights" in err or "KV cache" in err  # phases went by on stderr
+    st = status_json(capsys, rec.job_id)
+    assert st["state"] == "RUNNING" and st["ready"] and st["phase"] == "ready"
+    assert st["url"] == f"http://{st['record']['head_addr']}:{st['record']['api_port']}"
+    assert st["progress"]["kv_cache_tokens"] and st["progress"]["vllm_version"]
+    code, out, _err = cli(capsys, "cancel", rec.job_id)
+    assert code == 0 and "no job steps left" in out
