@@ -1,0 +1,314 @@
+"""Watching one job: scheduler polls, growing logs, endpoint.json and /health (thin adapter).
+
+A :class:`JobWatch` gathers the inputs of :func:`hpcserve.jobstate.combine` through one
+executor (so over SSH it is one connection for the command's lifetime) and keeps what it read
+(log offsets, phase, failures) between polls. :func:`wait_ready` is the loop behind
+``hpcserve wait``: /health every ``health_every`` seconds once the job runs, squeue every few
+seconds, backing off while the job is pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpcserve.errors import RemoteError
+from hpcserve.failures import Failure, diagnose, rank, scan
+from hpcserve.jobrecord import ENDPOINT, NCCL_DIR, JobRecord, node_log_name
+from hpcserve.jobstate import JobStatus, apply_endpoint, combine, default_url, parse_endpoint
+from hpcserve.phases import PhaseInfo, merge, read_phase
+from hpcserve.remote import Executor, LocalExecutor
+from hpcserve.slurm import SchedJob, Slurm
+
+
+@dataclass
+class LogFollower:
+    """Reads only what was appended to one log since the last call (offset in bytes)."""
+
+    path: str
+    offset: int = 0
+    partial: str = ""
+
+    def read_new(self, executor: Executor) -> list[str]:
+        """Complete new lines (a line cut by the read is kept for the next call)."""
+        chunk = self._read_from_offset(executor)
+        if not chunk:
+            return []
+        self.offset += len(chunk.encode("utf-8", errors="surrogateescape"))
+        text = self.partial + chunk
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        self.partial = lines.pop()  # "" when the chunk ended with a newline
+        return [ln for ln in lines if ln.strip()]
+
+    def _read_from_offset(self, executor: Executor) -> str:
+        if isinstance(executor, LocalExecutor):
+            try:
+                with open(os.path.expanduser(self.path), "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if size < self.offset:  # truncated or replaced: start again
+                        self.offset, self.partial = 0, ""
+                    f.seek(self.offset)
+                    return f.read().decode("utf-8", errors="surrogateescape")
+            except FileNotFoundError:
+                return ""
+        res = executor.run(["tail", "-c", f"+{self.offset + 1}", self.path], timeout=30)
+        if not res.ok:
+            return ""  # not there yet
+        return res.stdout
+
+
+@dataclass
+class NodeLog:
+    rank: int
+    follower: LogFollower
+    progress: PhaseInfo = field(default_factory=PhaseInfo)
+    failures: dict[str, Failure] = field(default_factory=dict)
+
+
+def health_url(rec: JobRecord, site: Any | None) -> str | None:
+    """The base URL hpcserve reaches the API at (tunnel helper when present, else direct)."""
+    try:
+        from hpcserve.endpoint import api_base  # the tunnel helper's; may not exist yet
+    except ImportError:
+        return default_url(rec)
+    try:
+        base = api_base(rec, site)
+    except Exception:  # a tunnel that cannot be opened yet: not ready from here
+        return None
+    return str(base) if base else None
+
+
+class HealthProbe:
+    """GET BASE/health with a short timeout, one keep-alive HTTP session."""
+
+    def __init__(self, timeout_s: float = 1.0) -> None:
+        self.timeout_s = timeout_s
+        self._session: Any = None
+
+    def __call__(self, base_url: str) -> bool:
+        import requests  # lazy: only wait/status pay for it
+
+        if self._session is None:
+            self._session = requests.Session()
+        try:
+            r = self._session.get(base_url.rstrip("/") + "/health", timeout=self.timeout_s)
+        except requests.RequestException:
+            return False
+        return bool(r.status_code == 200)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+
+class JobWatch:
+    """Everything known about one job, refreshed piece by piece."""
+
+    def __init__(
+        self,
+        rec: JobRecord,
+        executor: Executor,
+        *,
+        slurm: Slurm | None = None,
+        site: Any | None = None,
+        on_record_change: Callable[[JobRecord], None] | None = None,
+        probe: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.rec = rec
+        self.executor = executor
+        self.slurm = slurm or Slurm(executor)
+        self.site = site
+        self.on_record_change = on_record_change
+        self.probe = probe or HealthProbe()
+        self.sched = SchedJob(rec.job_id, "UNKNOWN", source="none")
+        self.nodes = [
+            NodeLog(k, LogFollower(rec.node_log(k))) for k in range(max(int(rec.nodes), 1))
+        ]
+        self.batch = LogFollower(rec.batch_log())
+        self.batch_failures: dict[str, Failure] = {}
+        self.health: bool | None = None
+        self.url: str | None = None
+        self._endpoint_done = rec.head_addr is not None and rec.api_port is not None
+
+    # -- pieces --------------------------------------------------------------------------------
+    def poll_scheduler(self) -> SchedJob:
+        prev = self.sched
+        self.sched = self.slurm.query([self.rec.job_id])[self.rec.job_id]
+        if self.sched.ended and self.sched.exit_code is None:
+            if prev.ended and prev.exit_code is not None:
+                self.sched.exit_code = prev.exit_code
+            else:  # squeue has no exit code: ask scontrol once
+                detail = self.slurm.scontrol(self.rec.job_id)
+                if detail is not None:
+                    self.sched.exit_code = detail.exit_code
+        return self.sched
+
+    def poll_logs(self) -> None:
+        for node in self.nodes:
+            new = node.follower.read_new(self.executor)
+            if new:
+                read_phase(new, node.progress)
+                _keep_first(node.failures, scan(new, node_log_name(node.rank)))
+        new = self.batch.read_new(self.executor)
+        if new:
+            _keep_first(self.batch_failures, scan(new, posixpath.basename(self.batch.path)))
+
+    def poll_endpoint(self) -> bool:
+        """Read endpoint.json once it exists; update the record (and registry) with it."""
+        if self._endpoint_done:
+            return True
+        try:
+            text = self.executor.read_text(self.rec.path(ENDPOINT))
+        except (OSError, RemoteError):
+            return False
+        ep = parse_endpoint(text)
+        if ep is None:
+            return False
+        if apply_endpoint(self.rec, ep) and self.on_record_change is not None:
+            self.on_record_change(self.rec)
+        self._endpoint_done = True
+        return True
+
+    def poll_health(self) -> bool:
+        if self.url is None:
+            self.url = health_url(self.rec, self.site)
+        if self.url is None:
+            self.health = False
+            return False
+        self.health = self.probe(self.url)
+        return self.health
+
+    # -- views ---------------------------------------------------------------------------------
+    def progress(self) -> PhaseInfo:
+        return merge(n.progress for n in self.nodes)
+
+    def failure(self) -> Failure | None:
+        best: Failure | None = None
+        for found in [*(n.failures for n in self.nodes), self.batch_failures]:
+            for f in found.values():
+                if best is None or rank(f) < rank(best):
+                    best = f
+        return best
+
+    def status(self, nccl: str | None = None) -> JobStatus:
+        return combine(
+            self.rec,
+            self.sched,
+            progress=self.progress(),
+            failure=self.failure(),
+            health=self.health,
+            url=self.url,
+            nccl=nccl,
+        )
+
+    def refresh(self, *, health: bool = True) -> JobStatus:
+        """One full poll: scheduler, endpoint, logs, and /health when the job runs."""
+        self.poll_scheduler()
+        if self.sched.state in ("RUNNING", "COMPLETING"):
+            self.poll_endpoint()
+        self.poll_logs()
+        if health and self.sched.state == "RUNNING" and self._endpoint_done:
+            self.poll_health()
+        return self.status()
+
+    def nccl_lines(self, max_files: int = 8) -> list[str]:
+        """Lines of the NCCL debug files of this job (for the NCCL helper's summary)."""
+        d = self.rec.path(NCCL_DIR)
+        res = self.executor.run(["find", d, "-maxdepth", "1", "-type", "f"], timeout=30)
+        if not res.ok:
+            return []
+        lines: list[str] = []
+        for path in sorted(res.stdout.split())[:max_files]:
+            with contextlib.suppress(OSError, RemoteError):
+                lines.extend(self.executor.read_text(path).splitlines())
+        return lines
+
+
+def _keep_first(into: dict[str, Failure], found: list[Failure]) -> None:
+    for f in found:
+        into.setdefault(f.cause, f)
+
+
+def diagnose_logs(texts: dict[str, str]) -> Failure | None:
+    """:func:`hpcserve.failures.diagnose` over whole log texts (name -> text)."""
+    return diagnose({k: v.splitlines() for k, v in texts.items()})
+
+
+@dataclass
+class WaitTiming:
+    """How often `wait` looks: /health fast, the scheduler slowly (backing off while pending)."""
+
+    health_every: float = 0.25
+    logs_every: float = 1.0
+    sched_running_every: float = 5.0
+    sched_pending_first: float = 2.0
+    sched_pending_max: float = 30.0
+
+
+@dataclass
+class WaitResult:
+    status: JobStatus
+    timed_out: bool = False
+    sched_calls: int = 0
+    health_calls: int = 0
+
+
+def wait_ready(
+    watch: JobWatch,
+    timeout_s: float | None,
+    *,
+    timing: WaitTiming | None = None,
+    on_change: Callable[[JobStatus], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> WaitResult:
+    """Poll until the API answers, the job fails/ends, or ``timeout_s`` passes."""
+    t = timing or WaitTiming()
+    start = clock()
+    deadline = None if timeout_s is None else start + timeout_s
+    next_sched = start
+    next_logs = start
+    pending_gap = t.sched_pending_first
+    sched_calls = health_calls = 0
+    last_shown: tuple[str, str] | None = None
+    status = watch.status()
+    while True:
+        now = clock()
+        if now >= next_sched:
+            watch.poll_scheduler()
+            sched_calls += 1
+            if watch.sched.state in ("PENDING", "CONFIGURING", "REQUEUED", "UNKNOWN"):
+                next_sched = now + pending_gap
+                pending_gap = min(pending_gap * 2, t.sched_pending_max)
+            else:
+                pending_gap = t.sched_pending_first
+                next_sched = now + t.sched_running_every
+        running = watch.sched.state == "RUNNING"
+        if not watch.sched.active:
+            watch.poll_logs()  # ended (or unknown): the logs say why
+        if running and now >= next_logs:
+            watch.poll_endpoint()
+            watch.poll_logs()
+            next_logs = now + t.logs_every
+        if running and watch.poll_endpoint():
+            watch.poll_health()
+            health_calls += 1
+        status = watch.status()
+        shown = (status.phase, status.detail.split(";")[0])
+        if on_change is not None and shown != last_shown:
+            on_change(status)
+        last_shown = shown
+        if status.ready or status.finished:
+            return WaitResult(status, False, sched_calls, health_calls)
+        now = clock()
+        if deadline is not None and now >= deadline:
+            return WaitResult(status, True, sched_calls, health_calls)
+        nap = t.health_every if running else min(next_sched - now, 1.0)
+        if deadline is not None:
+            nap = min(nap, deadline - now)
+        sleep(max(nap, 0.0))

@@ -1,0 +1,235 @@
+"""Where a vLLM server is in its start-up, read from its log lines (pure).
+
+The phases, in order: ``starting`` -> ``loading`` (weights) -> ``kv_cache`` (memory profiling,
+KV cache sizing) -> ``cuda_graphs`` -> ``api`` (engine up, API server starting) -> ``ready``.
+Failure is not decided here: :mod:`hpcserve.failures` reads the same lines for causes.
+
+The patterns match the format strings of vLLM's v1 engine (checked against vllm-project/vllm
+main, 2025/2026, and log excerpts of 0.10-0.11 runs), with older spellings kept where they
+differ; see ``tests/data/vllm-lines/README.md`` for where each line comes from:
+
+- ``Starting to load model %s...``                      v1/worker/gpu_model_runner.py
+- ``Loading safetensors checkpoint shards:  50% Completed | 1/2 [...]``
+                                                       model_loader/weight_utils.py (tqdm)
+- ``Loading weights took %.2f seconds``                 model_loader/default_loader.py
+- ``Model loading took %s GiB memory and %.6f seconds`` v1/worker/gpu/model_runner.py
+  (``Model loading took %s GiB and %.6f seconds`` in gpu_model_runner.py)
+- ``Available KV cache memory: %s GiB``                 v1/worker/gpu_worker.py
+- ``GPU KV cache size: %s tokens``                      v1/core/kv_cache_utils.py
+- ``Maximum concurrency for %s tokens per request: %.2fx``   v1/core/kv_cache_utils.py
+- ``Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 100%|...| 67/67``  (tqdm)
+- ``Graph capturing finished in %.0f secs, took %.2f GiB``   v1/worker/gpu_model_runner.py
+- ``init engine (profile, create kv cache, warmup model) took %.2f seconds``  v1/engine/core.py
+- ``Starting vLLM API server %d on %s``                 entrypoints/openai/api_server.py
+- ``Uvicorn running on http://0.0.0.0:8000`` / ``Application startup complete.``  (uvicorn)
+- ``vLLM API server version %s``                        entrypoints/openai/api_server.py
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PHASES: tuple[str, ...] = ("starting", "loading", "kv_cache", "cuda_graphs", "api", "ready")
+
+PHASE_LABELS: dict[str, str] = {
+    "pending": "waiting for nodes",
+    "starting": "starting",
+    "loading": "loading weights",
+    "kv_cache": "profiling memory / sizing KV cache",
+    "cuda_graphs": "capturing CUDA graphs",
+    "api": "starting the API server",
+    "ready": "ready",
+    "failed": "failed",
+    "ended": "ended",
+}
+
+_NUM = r"([0-9][0-9,]*)"
+_FLOAT = r"([0-9]+(?:\.[0-9]+)?)"
+
+_VERSION = re.compile(
+    r"vLLM API server version (\S+)|Initializing a V1 LLM engine \(v([^)\s]+)\)"
+    r"|Launching vLLM \(v([^)\s]+)\)|\u2588\s+version (\d+\.\d+\S*)"
+)
+_LOAD_START = re.compile(r"Starting to load model (\S+?)(?:\.\.\.)?\s*$")
+_SHARDS = re.compile(r"Loading \w+ checkpoint shards:\s*(\d+)%.*?(\d+)/(\d+)")
+_WEIGHTS_TOOK = re.compile(r"Loading weights took " + _FLOAT + r" seconds")
+_MODEL_TOOK = re.compile(r"Model loading took " + _FLOAT + r" GiB")
+_KV_MEM = re.compile(
+    r"Available KV cache memory: " + _FLOAT + r" GiB"
+    r"|Explicitly set \(" + _FLOAT + r"/[0-9.]+\) GiB for KV cache"  # CPU worker
+)
+_KV_TOKENS = re.compile(r"(?:GPU|CPU|\b)KV cache size: " + _NUM + r" tokens")
+_CONCURRENCY = re.compile(
+    r"Maximum concurrency for " + _NUM + r" tokens per request: " + _FLOAT + r"x"
+)
+_GRAPHS = re.compile(r"Capturing CUDA graphs?(?: \(([^)]*)\))?:?\s*(?:(\d+)%)?")
+_GRAPHS_DONE = re.compile(r"Graph capturing finished in " + _FLOAT + r" secs")
+_ENGINE_UP = re.compile(r"init engine \(profile, create kv cache, warmup model\) took")
+_API_START = re.compile(r"Starting vLLM (?:API )?server(?: \d+)? on (\S+)")
+_READY = re.compile(r"Application startup complete|Uvicorn running on (\S+)")
+
+
+@dataclass
+class PhaseInfo:
+    """The furthest start-up phase seen in a log, with the numbers the log gave on the way."""
+
+    phase: str = "starting"
+    vllm_version: str | None = None
+    model: str | None = None
+    weights_percent: int | None = None
+    shards_done: int | None = None
+    shards_total: int | None = None
+    model_memory_gib: float | None = None
+    kv_cache_memory_gib: float | None = None
+    kv_cache_tokens: int | None = None
+    max_model_len: int | None = None
+    max_concurrency: float | None = None
+    graphs: str | None = None  # e.g. "decode, FULL 45%"
+    url: str | None = None  # as the server printed it (0.0.0.0 when bound to all)
+    lines_seen: int = 0
+
+    @property
+    def rank(self) -> int:
+        return PHASES.index(self.phase)
+
+    def advance(self, phase: str) -> None:
+        if PHASES.index(phase) > self.rank:
+            self.phase = phase
+
+    def detail(self) -> str:
+        """A short human description of the phase and its numbers."""
+        label = PHASE_LABELS[self.phase]
+        bits: list[str] = []
+        if self.phase == "loading":
+            if self.weights_percent is not None:
+                bits.append(f"{self.weights_percent}%")
+            if self.shards_total:
+                bits.append(f"{self.shards_done}/{self.shards_total} shards")
+            if self.model_memory_gib is not None:
+                bits.append(f"{self.model_memory_gib:g} GiB loaded")
+        elif self.phase in ("kv_cache", "cuda_graphs", "api", "ready"):
+            if self.kv_cache_tokens is not None:
+                bits.append(f"KV cache {self.kv_cache_tokens:,} tokens")
+            elif self.kv_cache_memory_gib is not None:
+                bits.append(f"KV cache {self.kv_cache_memory_gib:g} GiB")
+            if self.max_concurrency is not None and self.max_model_len is not None:
+                bits.append(
+                    f"max concurrency {self.max_concurrency:g}x at {self.max_model_len:,} tokens"
+                )
+            if self.phase == "cuda_graphs" and self.graphs:
+                bits.append(self.graphs)
+        return f"{label} ({', '.join(bits)})" if bits else label
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines of a log, treating tqdm's carriage returns as line ends."""
+    return [ln for ln in re.split(r"\r\n|\r|\n", text) if ln.strip()]
+
+
+def read_phase(lines: Iterable[str], info: PhaseInfo | None = None) -> PhaseInfo:
+    """Fold log ``lines`` into ``info`` (a new one by default); the phase never goes back.
+
+    Call again with the same ``info`` and only the new lines to follow a growing log.
+    """
+    info = info if info is not None else PhaseInfo()
+    for raw in lines:
+        for line in split_lines(raw) if "\r" in raw else [raw]:
+            info.lines_seen += 1
+            _fold(info, line)
+    return info
+
+
+def _fold(info: PhaseInfo, line: str) -> None:
+    if "vLLM" in line or "version" in line:
+        m = _VERSION.search(line)
+        if m:
+            info.vllm_version = next(g for g in m.groups() if g)
+    if "load" in line or "Load" in line:
+        if m := _LOAD_START.search(line):
+            info.model = m.group(1)
+            info.advance("loading")
+        elif m := _SHARDS.search(line):
+            info.weights_percent = int(m.group(1))
+            info.shards_done, info.shards_total = int(m.group(2)), int(m.group(3))
+            info.advance("loading")
+        elif _WEIGHTS_TOOK.search(line):
+            info.weights_percent = 100
+            info.advance("loading")
+        elif m := _MODEL_TOOK.search(line):
+            info.model_memory_gib = float(m.group(1))
+            info.weights_percent = 100
+            info.advance("loading")
+    if "KV cache" in line or "concurrency" in line:
+        if m := _KV_MEM.search(line):
+            info.kv_cache_memory_gib = float(m.group(1) or m.group(2))
+            info.advance("kv_cache")
+        if m := _KV_TOKENS.search(line):
+            info.kv_cache_tokens = _int(m.group(1))
+            info.advance("kv_cache")
+        if m := _CONCURRENCY.search(line):
+            info.max_model_len = _int(m.group(1))
+            info.max_concurrency = float(m.group(2))
+            info.advance("kv_cache")
+    if "raph" in line:
+        if m := _GRAPHS.search(line):
+            mode = m.group(1) or ""
+            pct = f" {m.group(2)}%" if m.group(2) else ""
+            info.graphs = (mode + pct).strip() or None
+            info.advance("cuda_graphs")
+        elif _GRAPHS_DONE.search(line):
+            info.graphs = "done"
+            info.advance("cuda_graphs")
+    if _ENGINE_UP.search(line):
+        info.advance("api")
+    if m := _API_START.search(line):
+        info.url = m.group(1)
+        info.advance("api")
+    if m := _READY.search(line):
+        if m.group(1):
+            info.url = info.url or m.group(1)
+        info.advance("ready")
+
+
+def _done_loading(info: PhaseInfo) -> bool:
+    return info.rank > PHASES.index("loading") or info.weights_percent == 100
+
+
+def merge(infos: Iterable[PhaseInfo]) -> PhaseInfo:
+    """The job's phase from its nodes' phases: the head's, but never behind the slowest
+    worker for the loading/KV phases (all nodes must load before the engine starts)."""
+    infos = list(infos)
+    if not infos:
+        return PhaseInfo()
+    head = infos[0]
+    out = PhaseInfo(**head.to_dict())
+    workers = infos[1:]
+    # Headless workers log their loading, but not the engine's later phases: a worker holds
+    # the job back only while it has not finished loading its weights.
+    behind = [w for w in workers if not _done_loading(w)]
+    if behind and out.phase in ("loading", "kv_cache", "cuda_graphs"):
+        slowest = min(w.rank for w in behind)
+        if slowest < out.rank:
+            out.phase = PHASES[slowest]
+            slow = min(behind, key=lambda w: (w.rank, w.weights_percent or 0))
+            out.weights_percent, out.shards_done, out.shards_total = (
+                slow.weights_percent,
+                slow.shards_done,
+                slow.shards_total,
+            )
+    for field_name in ("vllm_version", "model_memory_gib", "kv_cache_memory_gib"):
+        if getattr(out, field_name) is None:
+            for w in workers:
+                if getattr(w, field_name) is not None:
+                    setattr(out, field_name, getattr(w, field_name))
+                    break
+    return out

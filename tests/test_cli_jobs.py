@@ -1,0 +1,372 @@
+"""status/logs/wait/cancel/list against a fake SLURM (FakeCluster, named as such) and a
+stand-in HTTP server for /health. No real scheduler is involved here; see
+tests/test_jobs_cluster.py for the real one."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fakes import FakeExecutor, data, result
+
+import hpcserve.cli.jobs as jobs_cli
+from hpcserve.cli import main
+from hpcserve.jobrecord import JobRecord
+from hpcserve.jobwatch import WaitTiming
+from hpcserve.registry import Registry
+
+STARTUP = data("vllm-lines", "startup-gpu.log")
+
+
+class FakeCluster:
+    """A fake SLURM: job states change when the test says so; squeue/scontrol/scancel answer
+    from them in SLURM's output formats."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict] = {}
+        self.steps: dict[str, list[str]] = {}
+        self.script: dict[str, list[str]] = {}  # job id -> states to go through, one per squeue
+        self.ex = FakeExecutor(self.respond)
+
+    def add(self, job_id: str, state: str, **kw) -> None:
+        self.jobs[job_id] = {
+            "state": state,
+            "reason": "None",
+            "nodes": 2,
+            "left": "4:31",
+            "limit": "5:00",
+            **kw,
+        }
+
+    def row(self, jid: str) -> str:
+        j = self.jobs[jid]
+        return (
+            f"{jid}|{j['state']}|{j['reason']}|{j['nodes']}|lab-n[1-2]|{j['left']}|"
+            f"{j['limit']}|N/A|0:29"
+        )
+
+    def respond(self, argv: list[str]):
+        if argv[0] == "squeue" and "-s" in argv:
+            jid = argv[argv.index("-j") + 1]
+            return result(argv, "".join(f"{s}\n" for s in self.steps.get(jid, [])))
+        if argv[0] == "squeue":
+            ids = argv[argv.index("-j") + 1].split(",")
+            for jid in ids:
+                if self.script.get(jid):
+                    self.jobs[jid]["state"] = self.script[jid].pop(0)
+            rows = [self.row(j) for j in ids if j in self.jobs]
+            if not rows:
+                return result(argv, "", "slurm_load_jobs error: Invalid job id specified", 1)
+            return result(argv, "\n".join(rows) + "\n")
+        if argv[0] == "scontrol":
+            return result(argv, "", "slurm_load_jobs error: Invalid job id specified", 1)
+        if argv[0] == "sacct":
+            return result(argv, "")
+        if argv[0] == "scancel":
+            jid = argv[-1]
+            self.jobs[jid]["state"] = "CANCELLED"
+            self.steps[jid] = []
+            return result(argv)
+        if argv[0] == "find":
+            found = [p for p in self.ex.files if p.startswith(argv[1] + "/")]
+            if not found:
+                return result(argv, "", f"find: '{argv[1]}': No such file or directory", 1)
+            return result(argv, "\n".join(found) + "\n")
+        return None
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path / "state"))
+    cluster = FakeCluster()
+    monkeypatch.setattr(jobs_cli, "OPEN_SITE", lambda rec: (None, cluster.ex))
+    monkeypatch.setattr(
+        jobs_cli,
+        "WAIT_TIMING",
+        WaitTiming(
+            health_every=0.02,
+            logs_every=0.02,
+            sched_running_every=0.05,
+            sched_pending_first=0.02,
+            sched_pending_max=0.05,
+        ),
+    )
+    return cluster
+
+
+def add_job(job_id: str, name: str | None = None, nodes: int = 2, age_days: float = 0) -> JobRecord:
+    rec = JobRecord(
+        job_id,
+        "lab",
+        "Qwen/Qwen3-8B",
+        nodes,
+        1,
+        nodes,
+        f"/jobs/{job_id}",
+        time.time() - age_days * 86400,
+        False,
+        name=name,
+    )
+    Registry().add(rec)
+    return rec
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200 if self.path == "/health" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def health_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def endpoint(job_id: str, port: int) -> str:
+    return json.dumps(
+        {
+            "job_id": job_id,
+            "head_addr": "127.0.0.1",
+            "head_host": "lab-n1",
+            "api_port": port,
+            "master_port": 29500,
+        }
+    )
+
+
+def test_wait_goes_through_phases_and_returns_url(env, capsys, health_server):
+    add_job("42", name="qwen")
+    env.add("42", "PENDING", reason="Resources")
+    env.script["42"] = ["PENDING", "PENDING", "RUNNING"]
+    env.ex.files["/jobs/42/node-0.log"] = STARTUP
+    env.ex.files["/jobs/42/node-1.log"] = "INFO started\n"
+    env.ex.files["/jobs/42/endpoint.json"] = endpoint("42", health_server)
+    code, out, err = run(capsys, "wait", "qwen", "--timeout", "30")
+    assert code == 0, err
+    assert out.strip() == f"http://127.0.0.1:{health_server}"
+    assert "waiting for nodes (Resources: waiting for free nodes)" in err
+    assert "ready at" in err
+    rec = Registry().get("qwen")
+    assert rec.api_port == health_server and rec.head_host == "lab-n1"  # endpoint.json saved
+
+
+def test_wait_reports_the_cause_and_node(env, capsys):
+    add_job("43")
+    env.add("43", "RUNNING")
+    env.ex.files["/jobs/43/node-0.log"] = "INFO Starting to load model x...\n"
+    env.ex.files["/jobs/43/node-1.log"] = (
+        "(EngineCore_DP0 pid=412) ValueError: No available memory for the cache blocks. "
+        "Try increasing `gpu_memory_utilization`.\n"
+    )
+    code, _out, err = run(capsys, "wait", "43", "--timeout", "30")
+    assert code == 1
+    assert "failed: not enough GPU memory left for the KV cache on node 1" in err
+    assert "No available memory for the cache blocks" in err
+    assert "hint: lower --max-model-len" in err
+
+
+def test_wait_timeout_exits_3_and_backs_off_squeue(env, capsys):
+    add_job("44")
+    env.add("44", "PENDING", reason="Priority")
+    code, _out, err = run(capsys, "wait", "44", "--timeout", "0.4")
+    assert code == 3
+    assert "not ready after 0.4 s" in err
+    squeues = env.ex.commands("squeue")
+    assert 1 <= len(squeues) < 15  # backed off, not one call per loop
+
+
+def test_wait_on_timed_out_job(env, capsys):
+    add_job("45")
+    env.add("45", "TIMEOUT", reason="TimeLimit")
+    env.ex.files["/jobs/45/slurm-45.out"] = (
+        "slurmstepd: error: *** JOB 45 ON lab-n1 CANCELLED AT 2026-11-22T19:30:01 DUE TO TIME "
+        "LIMIT ***\n"
+    )
+    code, _out, err = run(capsys, "wait", "45")
+    assert code == 1
+    assert "reached its wall-time limit" in err and "DUE TO TIME LIMIT" in err
+
+
+def test_status_json_for_one_job(env, capsys):
+    add_job("46")
+    env.add("46", "RUNNING")
+    lines = STARTUP.splitlines()
+    cut = next(i for i, ln in enumerate(lines) if "Maximum concurrency" in ln)
+    env.ex.files["/jobs/46/node-0.log"] = "\n".join(lines[: cut + 1]) + "\n"
+    env.ex.files["/jobs/46/node-1.log"] = "\n".join(lines[: cut + 1]) + "\n"
+    code, out, _err = run(capsys, "status", "46", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["state"] == "RUNNING" and d["phase"] == "kv_cache"
+    assert d["progress"]["kv_cache_tokens"] == 100752
+    assert d["time_left_s"] == 271
+
+
+def test_status_text_shows_failure_line(env, capsys):
+    add_job("47")
+    env.add("47", "FAILED")
+    env.ex.files["/jobs/47/node-0.log"] = (
+        "ValueError: Total number of attention heads (32) must be divisible by tensor "
+        "parallel size (3).\n"
+    )
+    code, out, _ = run(capsys, "status", "47")
+    assert code == 1
+    assert "cause:     tensor-parallel size does not divide the attention heads" in out
+    assert "[node-0.log]" in out
+
+
+def test_status_table_uses_one_squeue_call(env, capsys):
+    add_job("50", name="a")
+    add_job("51", name="b")
+    env.add("50", "RUNNING")
+    env.add("51", "PENDING", reason="Resources")
+    code, out, _ = run(capsys, "status")
+    assert code == 0
+    assert len(env.ex.commands("squeue")) == 1
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["JOB", "NAME", "SITE", "STATE", "PHASE"]
+    assert any(ln.split()[:5] == ["51", "b", "lab", "PENDING", "pending"] for ln in lines)
+
+
+def test_logs_separates_head_and_workers(env, capsys):
+    add_job("60")
+    env.ex.files["/jobs/60/node-0.log"] = "head line\n"
+    env.ex.files["/jobs/60/node-1.log"] = "worker line 1\nworker line 2\n"
+    code, out, _ = run(capsys, "logs", "60")
+    assert code == 0
+    assert "==> node-0.log (head)" in out and "==> node-1.log (worker 1)" in out
+    assert out.index("head line") < out.index("==> node-1.log") < out.index("worker line 1")
+    code, out, _ = run(capsys, "logs", "60", "--node", "1", "-n", "1")
+    assert out.strip() == "worker line 2"
+    code, _out, err = run(capsys, "logs", "60", "--node", "5")
+    assert code == 2 and "--node must be between 0 and 1" in err
+
+
+def test_logs_follow_stops_when_job_ends(env, capsys):
+    add_job("61", nodes=1)
+    env.add("61", "RUNNING")
+    env.script["61"] = ["RUNNING", "COMPLETED"]
+    env.ex.files["/jobs/61/node-0.log"] = "first\n"
+    code, out, err = run(capsys, "logs", "61", "--node", "0", "-f")
+    assert code == 0 and "first" in out and "is COMPLETED" in err
+
+
+def test_cancel_confirms_and_forgets(env, capsys):
+    add_job("70", name="big")
+    env.add("70", "RUNNING")
+    env.steps["70"] = ["70.0", "70.batch"]
+    env.ex.files["/jobs/70/slurm-70.out"] = (
+        "slurmstepd: error: *** JOB 70 ON lab-n1 CANCELLED AT 2026-11-22T19:40:00 ***\n"
+    )
+    code, out, _ = run(capsys, "cancel", "big", "--forget")
+    assert code == 0, out
+    assert ["scancel", "70"] in env.ex.calls
+    assert "scheduler state CANCELLED" in out and "no job steps left" in out
+    assert "CANCELLED AT 2026-11-22T19:40:00" in out
+    assert "forgot job big (70)" in out
+    assert Registry().list() == []
+
+
+def test_cancel_of_finished_job_does_not_scancel(env, capsys):
+    add_job("71")
+    env.add("71", "COMPLETED")
+    code, out, _ = run(capsys, "cancel", "71")
+    assert code == 0 and "nothing to cancel" in out
+    assert env.ex.commands("scancel") == []
+
+
+def test_list_and_prune(env, capsys):
+    add_job("80", name="old-done", age_days=10)
+    add_job("81", name="old-running", age_days=10)
+    add_job("82", name="new", age_days=0)
+    env.add("80", "COMPLETED")
+    env.add("81", "RUNNING")
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and "old-done" in out and "new" in out
+    assert env.ex.calls == []  # list does not call the scheduler
+    code, out, _ = run(capsys, "list", "--prune", "--older-than", "7")
+    assert "forgot lab:80 (old-done)" in out
+    assert sorted(r.job_id for r in Registry().list()) == ["81", "82"]
+
+
+def test_unknown_job_is_a_one_line_error(env, capsys):
+    code, _out, err = run(capsys, "status", "nope")
+    assert code == 2
+    assert err.startswith("error: no job 'nope' in the registry")
+    assert "Traceback" not in err
+
+
+def test_wait_rejects_bad_timeout(env, capsys):
+    add_job("90")
+    code, _out, err = run(capsys, "wait", "90", "--timeout", "-1")
+    assert code == 2 and "--timeout must be a positive" in err
+
+
+def test_no_heavy_imports_at_module_level():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hpcserve.cli.jobs, hpcserve.jobwatch, hpcserve.slurm; "
+        "print('requests' in sys.modules, 'paramiko' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    ).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_status_shows_the_nccl_verdict_when_the_module_exists(env, capsys, monkeypatch):
+    import sys
+    import types
+
+    fake_nccl = types.ModuleType("hpcserve.nccl")  # a stand-in for the NCCL helper's module
+    seen: list[list[str]] = []
+
+    def nccl_summary_for_status(lines):
+        seen.append(list(lines))
+        return "NCCL: 2 nodes over NET/IB (GPUDirect RDMA)"
+
+    fake_nccl.nccl_summary_for_status = nccl_summary_for_status
+    monkeypatch.setitem(sys.modules, "hpcserve.nccl", fake_nccl)
+    add_job("48")
+    env.add("48", "RUNNING")
+    env.ex.files["/jobs/48/nccl/node-0.n1.123.log"] = "n1:123:123 [0] NCCL INFO Bootstrap\n"
+    code, out, _ = run(capsys, "status", "48")
+    assert code == 0
+    assert "NCCL:      2 nodes over NET/IB (GPUDirect RDMA)" in out
+    assert seen == [["n1:123:123 [0] NCCL INFO Bootstrap"]]
+
+
+def test_status_without_nccl_module_or_files(env, capsys):
+    add_job("49")
+    env.add("49", "RUNNING")
+    code, out, _ = run(capsys, "status", "49")
+    assert code == 0 and "NCCL" not in out

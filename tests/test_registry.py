@@ -1,0 +1,195 @@
+"""Registry: records, names, permissions, atomicity and concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcserve.errors import UsageError
+from hpcserve.jobrecord import JobRecord
+from hpcserve.registry import Registry, default_root
+
+
+def rec(job_id: str, site: str = "local", name: str | None = None, at: float = 0.0) -> JobRecord:
+    return JobRecord(
+        job_id=job_id,
+        site=site,
+        model="m",
+        nodes=2,
+        tp=1,
+        pp=2,
+        job_dir=f"/jobs/{job_id}",
+        submitted_at=at or time.time(),
+        remote=False,
+        name=name,
+    )
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_default_root_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path / "a"))
+    assert default_root() == tmp_path / "a"
+    monkeypatch.delenv("HPCSERVE_STATE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "x"))
+    assert default_root() == tmp_path / "x" / "hpcserve"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    assert default_root() == tmp_path / "h" / ".local" / "state" / "hpcserve"
+
+
+def test_add_get_by_id_name_and_site(tmp_path):
+    reg = Registry(tmp_path)
+    reg.add(rec("101", name="qwen"))
+    reg.add(rec("102"))
+    assert reg.get("101").name == "qwen"
+    assert reg.get("qwen").job_id == "101"
+    assert reg.get("local:102").job_id == "102"
+    assert [r.job_id for r in reg.list()] == ["101", "102"]
+    with pytest.raises(UsageError, match="no job 'nope'"):
+        reg.get("nope")
+
+
+def test_permissions_are_private(tmp_path):
+    reg = Registry(tmp_path / "state")
+    reg.add(rec("7"))
+    path = tmp_path / "state" / "jobs" / "local" / "7.json"
+    assert mode(path) == 0o600
+    assert mode(tmp_path / "state") == 0o700
+    assert mode(path.parent) == 0o700
+    secret = reg.secret_path("7", "api_key")
+    assert mode(secret) == 0o600
+    assert mode(secret.parent) == 0o700
+    assert secret.parent.parent.name == "local"
+
+
+def test_names_are_unique_and_valid(tmp_path):
+    reg = Registry(tmp_path)
+    reg.add(rec("1", name="big"))
+    with pytest.raises(UsageError, match="already used by job local:1"):
+        reg.add(rec("2", name="big"))
+    with pytest.raises(UsageError, match="not valid"):
+        reg.add(rec("3", name="12"))  # would be confused with a job id
+    with pytest.raises(UsageError, match="already in the registry"):
+        reg.add(rec("1"))
+
+
+def test_same_job_id_on_two_sites_is_ambiguous(tmp_path):
+    reg = Registry(tmp_path)
+    reg.add(rec("5", site="local"))
+    reg.add(rec("5", site="meluxina"))
+    with pytest.raises(UsageError, match="several sites"):
+        reg.get("5")
+    assert reg.get("meluxina:5").site == "meluxina"
+
+
+def test_update_and_modify(tmp_path):
+    reg = Registry(tmp_path)
+    r = rec("9")
+    reg.add(r)
+    r.head_addr = "10.0.0.1"
+    reg.update(r)
+    assert reg.get("9").head_addr == "10.0.0.1"
+    reg.modify("9", lambda x: setattr(x, "api_port", 8001))
+    got = reg.get("9")
+    assert (got.head_addr, got.api_port) == ("10.0.0.1", 8001)
+    with pytest.raises(UsageError):
+        reg.update(rec("10"))
+
+
+def test_remove_forgets_record_and_secrets(tmp_path):
+    reg = Registry(tmp_path)
+    reg.add(rec("4", name="x"))
+    secret = reg.secret_path("4", "api_key")
+    secret.write_text("k")
+    removed = reg.remove("x")
+    assert removed.job_id == "4"
+    assert reg.list() == []
+    assert not secret.exists()
+
+
+def test_prune_spares_recent_and_kept(tmp_path):
+    reg = Registry(tmp_path)
+    now = time.time()
+    reg.add(rec("1", at=now - 10 * 86400))
+    reg.add(rec("2", at=now - 10 * 86400))
+    reg.add(rec("3", at=now - 60))
+    gone = reg.prune(7 * 86400, keep=lambda r: r.job_id == "2")
+    assert [r.job_id for r in gone] == ["1"]
+    assert [r.job_id for r in reg.list()] == ["2", "3"]
+
+
+def test_unreadable_record_is_skipped(tmp_path):
+    reg = Registry(tmp_path)
+    reg.add(rec("1"))
+    (tmp_path / "jobs" / "local" / "2.json").write_text("{half")
+    assert [r.job_id for r in reg.list()] == ["1"]
+
+
+def test_no_temporary_files_left(tmp_path):
+    reg = Registry(tmp_path)
+    for i in range(5):
+        reg.add(rec(str(i)))
+    names = os.listdir(tmp_path / "jobs" / "local")
+    assert sorted(names) == [f"{i}.json" for i in range(5)]
+    assert json.loads((tmp_path / "jobs" / "local" / "3.json").read_text())["job_id"] == "3"
+
+
+def test_bad_site_or_id_is_refused(tmp_path):
+    reg = Registry(tmp_path)
+    with pytest.raises(UsageError):
+        reg.add(rec("../x"))
+    with pytest.raises(UsageError):
+        reg.add(rec("1", site="a/b"))
+
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+from hpcserve.jobrecord import JobRecord
+from hpcserve.registry import Registry
+i = int(sys.argv[2])
+reg = Registry(Path(sys.argv[1]))
+reg.add(JobRecord(job_id=str(1000 + i), site="local", model="m", nodes=1, tp=1, pp=1,
+                  job_dir="/j", submitted_at=time.time(), remote=False, name=f"job{i}"))
+reg.modify(f"job{i}", lambda r: setattr(r, "api_port", 9000 + i))
+"""
+
+
+def test_twenty_parallel_submits_lose_nothing(tmp_path):
+    root = tmp_path / "state"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CHILD, str(root), str(i)], env=env)
+        for i in range(20)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 20
+    records = Registry(root).list()
+    assert sorted(r.name or "" for r in records) == sorted(f"job{i}" for i in range(20))
+    assert all(r.api_port == 9000 + int(r.job_id) - 1000 for r in records)
+
+
+def test_parallel_same_name_only_one_wins(tmp_path):
+    root = tmp_path / "state"
+    child = _CHILD.replace('name=f"job{i}"', 'name="same"').replace(
+        'reg.modify(f"job{i}"', "pass  # "
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", child, str(root), str(i)], env=env, stderr=subprocess.DEVNULL
+        )
+        for i in range(6)
+    ]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes.count(0) == 1
+    assert len(Registry(root).list()) == 1
