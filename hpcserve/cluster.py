@@ -30,7 +30,7 @@ def executor_for(site: Site) -> Executor:
         )
     from hpcserve.ssh import SshExecutor  # lazy: paramiko
 
-    executor: Executor = SshExecutor(site.login[0])
+    executor: Executor = SshExecutor(site)
     return executor
 
 

@@ -70,17 +70,20 @@ class NodeLog:
     failures: dict[str, Failure] = field(default_factory=dict)
 
 
-def health_url(rec: JobRecord, site: Any | None) -> str | None:
-    """The base URL hpcserve reaches the API at (tunnel helper when present, else direct)."""
+def reach_url(rec: JobRecord, site: Any | None, stack: contextlib.ExitStack) -> str | None:
+    """A base URL at which this machine reaches the job's API, kept open in ``stack``.
+
+    :func:`hpcserve.endpoint.api_base` gives the job's background tunnel, the head directly
+    when it answers, or a tunnel through the login node held until ``stack`` closes. None when
+    none can be opened yet (then the API counts as not ready from here).
+    """
+    from hpcserve.endpoint import api_base
+    from hpcserve.errors import HpcserveError
+
     try:
-        from hpcserve.endpoint import api_base  # the tunnel helper's; may not exist yet
-    except ImportError:
-        return default_url(rec)
-    try:
-        base = api_base(rec, site)
-    except Exception:  # a tunnel that cannot be opened yet: not ready from here
+        return str(stack.enter_context(api_base(rec, site, quiet=True)))
+    except (HpcserveError, OSError):
         return None
-    return str(base) if base else None
 
 
 class HealthProbe:
@@ -132,7 +135,9 @@ class JobWatch:
         self.batch = LogFollower(rec.batch_log())
         self.batch_failures: dict[str, Failure] = {}
         self.health: bool | None = None
-        self.url: str | None = None
+        self.url: str | None = None  # shown to the user: the head's own address
+        self._reach = contextlib.ExitStack()  # what keeps probe_url reachable (a tunnel)
+        self.probe_url: str | None = None  # where /health is asked from here
         self._endpoint_done = rec.head_addr is not None and rec.api_port is not None
 
     # -- pieces --------------------------------------------------------------------------------
@@ -176,12 +181,21 @@ class JobWatch:
 
     def poll_health(self) -> bool:
         if self.url is None:
-            self.url = health_url(self.rec, self.site)
-        if self.url is None:
+            self.url = default_url(self.rec)
+        if self.probe_url is None:
+            self.probe_url = reach_url(self.rec, self.site, self._reach)
+        if self.probe_url is None:
             self.health = False
             return False
-        self.health = self.probe(self.url)
+        self.health = self.probe(self.probe_url)
         return self.health
+
+    def close(self) -> None:
+        """Close what reaching the API opened (an ad-hoc tunnel, the HTTP session)."""
+        self._reach.close()
+        close = getattr(self.probe, "close", None)
+        if close is not None:
+            close()
 
     # -- views ---------------------------------------------------------------------------------
     def progress(self) -> PhaseInfo:

@@ -176,6 +176,16 @@ class Registry:
         _mkdir_private(path.parent)
         atomic_write(path, json.dumps(rec.to_dict(), indent=2, sort_keys=True) + "\n")
 
+    def check_free_name(self, name: str) -> None:
+        """UsageError unless ``name`` is a valid job name that no registered job uses."""
+        check_name(name)
+        for other in self.list():
+            if other.name == name:
+                raise UsageError(
+                    f"the name {name!r} is already used by job {other.site}:{other.job_id}; "
+                    f"choose another --name or `hpcserve cancel --forget {name}` first"
+                )
+
     def add(self, rec: JobRecord) -> None:
         """Register a new job; UsageError if its name is taken or the job is already known."""
         if rec.name is not None:
@@ -185,13 +195,7 @@ class Registry:
             if path.exists():
                 raise UsageError(f"job {rec.site}:{rec.job_id} is already in the registry")
             if rec.name is not None:
-                for other in self.list():
-                    if other.name == rec.name:
-                        raise UsageError(
-                            f"the name {rec.name!r} is already used by job "
-                            f"{other.site}:{other.job_id}; choose another --name or "
-                            f"`hpcserve cancel --forget {rec.name}` first"
-                        )
+                self.check_free_name(rec.name)
             self._write(rec)
 
     def update(self, rec: JobRecord) -> None:

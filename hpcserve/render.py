@@ -25,6 +25,7 @@ from hpcserve.siteschema import Site
 TEMPLATE = "launcher.sbatch.j2"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_JOB_NAME = "hpcserve"  # SLURM job name when the user gave no --name
 SRUN_WAIT_S = 30  # seconds srun waits after the first node's task ends before ending the rest
 PORT_SPREAD = 100  # API/master search starts at base + (job id % PORT_SPREAD)
 MASTER_PORT_GAP = 1000  # master ports are searched from engine.port + this
@@ -84,7 +85,7 @@ class LaunchRequest:
     model: str
     nodes: int
     job_dir: str  # absolute, or ~/... (then expanded by the script on the cluster)
-    job_name: str = "hpcserve"
+    job_name: str = DEFAULT_JOB_NAME
     tp: int | None = None
     pp: int | None = None
     vllm_options: dict[str, Any] = field(default_factory=dict)  # exposed flags, python names
@@ -136,6 +137,9 @@ def _env(site: Site) -> list[tuple[str, Word]]:
             env.append((name, value))
     env += [(k, str(v)) for k, v in net.nccl_env.items()]
     env.append(("NCCL_DEBUG", "INFO"))
+    # Line by line into node-K.log, so `status`/`wait` see the phases as they happen (Python
+    # buffers a redirected stdout: a worker killed after 25 s had written nothing).
+    env.append(("PYTHONUNBUFFERED", "1"))
     if site.storage.hf_cache:
         env.append(("HF_HOME", path_word(site.storage.hf_cache)))
     if site.storage.offline:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hpcserve import jobrecord
 from hpcserve.cluster import expand_home, home_dir
-from hpcserve.errors import RemoteError
+from hpcserve.errors import HpcserveError, RemoteError
 from hpcserve.remote import Executor
 from hpcserve.render import LaunchRequest, choose_layout, path_word, render, shell_word
 from hpcserve.siteschema import Site
@@ -125,8 +125,16 @@ def submit(
     dry_run: bool = False,
     api_key: bool = True,
     environ: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> Submission:
-    """Write the job directory and submit it. ``req.job_dir`` empty means a fresh default."""
+    """Write the job directory and submit it. ``req.job_dir`` empty means a fresh default.
+
+    ``name`` is the registry name the user chose (checked before anything is submitted).
+    """
+    if name is not None and not dry_run:
+        from hpcserve.registry import Registry
+
+        Registry().check_free_name(name)
     layout = choose_layout(site, req)
     home = home_dir(executor)
     job_dir = (
@@ -169,17 +177,17 @@ def submit(
         raise RemoteError(f"sbatch failed: {result.describe()}")
     sub.job_id = match.group(1)
     try:
-        sub.api_key_file = _record(sub, req, remote=remote, api_key=key)
-    except ImportError:  # registry not installed: the job still runs; say where the key is
-        sub.warnings.append(
-            f"job {sub.job_id} was not recorded (no hpcserve.registry); its API key is in "
-            f"{posixpath.join(job_dir, jobrecord.SECRETS)} on the cluster"
-        )
+        sub.api_key_file = _record(sub, req, remote=remote, api_key=key, name=name)
+    except (HpcserveError, OSError) as e:  # the job runs: say so, and where its key is
+        raise HpcserveError(
+            f"job {sub.job_id} was submitted ({job_dir}) but could not be recorded: {e}; its "
+            f"API key is in {posixpath.join(job_dir, jobrecord.SECRETS)} on the cluster"
+        ) from e
     return sub
 
 
 def _record(
-    sub: Submission, req: LaunchRequest, *, remote: bool, api_key: str | None
+    sub: Submission, req: LaunchRequest, *, remote: bool, api_key: str | None, name: str | None
 ) -> str | None:
     """Add the job to the local registry; store its API key in a 0600 file. Returns that path."""
     from hpcserve.registry import Registry  # lazy: written by the jobs helper
@@ -196,7 +204,7 @@ def _record(
         job_dir=sub.job_dir,
         submitted_at=time.time(),
         remote=remote,
-        name=req.job_name,
+        name=name,
         served_model_name=served if isinstance(served, str) else None,
     )
     registry = Registry()

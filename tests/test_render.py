@@ -186,6 +186,7 @@ def test_head_and_worker_flags(fake_path: Path, tmp_path: Path) -> None:
     env0, env1 = read_env(fake_path / "vllm-env.0"), read_env(fake_path / "vllm-env.1")
     assert env0["VLLM_API_KEY"] == "k-123" and env0["HF_TOKEN"] == "hf-abc"
     assert env0["NCCL_DEBUG"] == "INFO"
+    assert env0["PYTHONUNBUFFERED"] == env1["PYTHONUNBUFFERED"] == "1"  # live phases in logs
     assert env1["NCCL_DEBUG_FILE"] == f"{job}/nccl/node-1.%h.%p.log"
     assert env0["HF_HOME"] == os.path.expanduser("~/hf-cache")
     assert "HF_HUB_OFFLINE" not in env0

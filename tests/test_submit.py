@@ -200,7 +200,7 @@ def test_offline_site_warns_when_model_not_cached(
     assert "warning:" in err and "hpcserve download org/big" in err
     (cache / "hub" / "models--org--big").mkdir(parents=True)
     code, _, err = cli("submit", "--site", path, "--nodes", "2", "--model", "org/big")
-    assert code == 0 and "warning" not in err
+    assert code == 0 and "warning" not in err, err
 
 
 def test_download_passes_token_through_stdin(

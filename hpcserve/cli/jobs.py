@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 import click
@@ -154,8 +154,10 @@ def status(job: str | None, as_json: bool, watch: bool, interval: float) -> None
     rec = reg.get(job)
     from hpcserve.jobwatch import JobWatch
 
-    with _site_session(rec) as (site, ex):
-        w = JobWatch(rec, ex, site=site, on_record_change=_save(reg))
+    with (
+        _site_session(rec) as (site, ex),
+        closing(JobWatch(rec, ex, site=site, on_record_change=_save(reg))) as w,
+    ):
         last = None
         while True:
             st = w.refresh()
@@ -324,8 +326,10 @@ def wait(job: str, timeout: float | None, quiet: bool) -> None:
             elapsed = format_duration(time.monotonic() - t0)
             click.echo(f"[{elapsed}] {st.detail}", err=True)
 
-    with _site_session(rec) as (site, ex):
-        w = JobWatch(rec, ex, site=site, on_record_change=_save(reg))
+    with (
+        _site_session(rec) as (site, ex),
+        closing(JobWatch(rec, ex, site=site, on_record_change=_save(reg))) as w,
+    ):
         res = wait_ready(w, timeout, timing=WAIT_TIMING, on_change=show)
     st = res.status
     if st.ready:

@@ -15,7 +15,7 @@ import click
 from hpcserve import vllm_flags
 from hpcserve.errors import RemoteError, UsageError
 from hpcserve.modelinfo import local_model_info
-from hpcserve.render import LaunchRequest
+from hpcserve.render import DEFAULT_JOB_NAME, LaunchRequest
 from hpcserve.render import render as render_script
 from hpcserve.sbatch import parse_sbatch_args
 from hpcserve.siteschema import Site
@@ -68,7 +68,12 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Any other sbatch option, e.g. --sbatch-arg mem=0 (repeatable).",
         ),
         click.option("--job-dir", help="Job directory on the cluster (default: a new one)."),
-        click.option("--name", "job_name", default="hpcserve", show_default=True, help="Job name."),
+        click.option(
+            "--name",
+            "job_name",
+            help="A short name for the job (SLURM job name, and what other commands accept "
+            "instead of the id).",
+        ),
         click.option(
             "--no-api-key",
             is_flag=True,
@@ -90,7 +95,7 @@ def _request(opts: dict[str, Any], job_dir: str) -> LaunchRequest:
         model=opts["model"],
         nodes=opts["nodes"],
         job_dir=job_dir,
-        job_name=opts["job_name"],
+        job_name=opts["job_name"] or DEFAULT_JOB_NAME,
         tp=tp,
         pp=pp,
         vllm_options={k: v for k, v in vllm_options.items() if v is not None},
@@ -105,7 +110,8 @@ def _request(opts: dict[str, Any], job_dir: str) -> LaunchRequest:
 def render(**opts: Any) -> None:
     """Print the sbatch launcher for a model on a site."""
     site = load_site(opts["site_name"])
-    job_dir = opts["job_dir"] or f"{site.storage.workdir.rstrip('/')}/{opts['job_name']}"
+    name = opts["job_name"] or DEFAULT_JOB_NAME
+    job_dir = opts["job_dir"] or f"{site.storage.workdir.rstrip('/')}/{name}"
     click.echo(render_script(site, _request(opts, job_dir)), nl=False)
 
 
@@ -129,6 +135,7 @@ def submit(**opts: Any) -> None:
             remote=not submits_locally(site),
             dry_run=opts["dry_run"],
             api_key=not opts["no_api_key"],
+            name=opts["job_name"],
         )
     finally:
         executor.close()
