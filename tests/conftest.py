@@ -217,3 +217,77 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int,
         return code, out, err
 
     yield run
+
+
+# -- the local lab (real SLURM + sshd + vLLM), for the tests marked `cluster` --------------------
+
+
+def _lab_status() -> dict[str, Any]:
+    import subprocess
+
+    p = subprocess.run(
+        [sys.executable, "-m", "hpcserve", "lab", "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    if p.returncode != 0:
+        return {"up": False, "error": (p.stderr or p.stdout).strip()}
+    data: dict[str, Any] = json.loads(p.stdout)
+    return data
+
+
+def _cluster_unavailable(reason: str) -> None:
+    if os.environ.get("HPCSERVE_REQUIRE_CLUSTER"):
+        pytest.fail(f"the local lab is required here (HPCSERVE_REQUIRE_CLUSTER): {reason}")
+    pytest.skip(f"local lab not available: {reason}")
+
+
+@pytest.fixture(scope="session")
+def lab_cluster() -> Iterator[dict[str, Any]]:
+    """The local lab with vLLM and the tiny model, up for the whole session.
+
+    Brought up here when it is down (and taken down again at the end); needs root.
+    """
+    import subprocess
+
+    if os.geteuid() != 0:
+        _cluster_unavailable("needs root")
+    st = _lab_status()
+    brought_up = False
+    if not st.get("up") or not st.get("model"):
+        p = subprocess.run(
+            [sys.executable, "-m", "hpcserve", "lab", "up", "--nodes", "2"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        if p.returncode != 0:
+            _cluster_unavailable(f"`hpcserve lab up` failed: {(p.stderr or p.stdout)[-2000:]}")
+        brought_up = True
+        st = _lab_status()
+    yield st
+    if brought_up:
+        subprocess.run(
+            [sys.executable, "-m", "hpcserve", "lab", "down"], cwd=REPO, timeout=300, check=False
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With HPCSERVE_REQUIRE_CLUSTER set (scripts/test.sh), a skipped cluster test fails."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if (
+        rep.skipped
+        and item.get_closest_marker("cluster") is not None
+        and os.environ.get("HPCSERVE_REQUIRE_CLUSTER")
+        and not hasattr(rep, "wasxfail")
+    ):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"cluster test skipped although the lab is required: {reason}"
