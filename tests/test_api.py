@@ -1,10 +1,10 @@
-"""The OpenAI-compatible client and the query/tunnel CLI against a stand-in HTTP server
-(plus, when HPCSERVE_TEST_VLLM_URL and HPCSERVE_TEST_VLLM_KEY_FILE are set, a real vLLM)."""
+"""The OpenAI-compatible client and the query/tunnel CLI against a stand-in HTTP server.
+
+The same sentences against a real vLLM: tests/test_e2e.py::test_api_errors_read_as_sentences."""
 
 from __future__ import annotations
 
 import base64
-import os
 import socket
 from pathlib import Path
 
@@ -127,23 +127,6 @@ def test_api_base_without_endpoint_is_a_sentence() -> None:
         api_base(rec, site=None),
     ):
         pass
-
-
-REAL = os.environ.get("HPCSERVE_TEST_VLLM_URL")
-REAL_KEY = os.environ.get("HPCSERVE_TEST_VLLM_KEY_FILE")
-
-
-@pytest.mark.skipif(not (REAL and REAL_KEY), reason="no real vLLM given")
-def test_real_vllm_enforces_key() -> None:
-    assert REAL and REAL_KEY
-    key = Path(REAL_KEY).read_text().strip()
-    with pytest.raises(ApiError, match="refused the API key"):
-        Client(REAL, api_key="wrong").models()
-    c = Client(REAL, api_key=key)
-    text = "".join(c.chat_stream([{"role": "user", "content": "hi"}], max_tokens=4))
-    assert isinstance(text, str)
-    with pytest.raises(ApiError, match="context is"):
-        c.chat([{"role": "user", "content": "word " * 5000}], max_tokens=4)
 
 
 def test_query_job_uses_registry_endpoint_and_key(

@@ -154,6 +154,19 @@ def test_api_key_is_enforced(job: dict[str, Any]) -> None:
         assert key.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
+def test_api_errors_read_as_sentences_against_real_vllm(job: dict[str, Any]) -> None:
+    from hpcserve.api import ApiError, Client
+
+    rec = status(job["job_id"])["record"]
+    url = f"http://{rec['head_addr']}:{rec['api_port']}"
+    with pytest.raises(ApiError, match="refused the API key"):
+        Client(url, api_key="wrong").models()
+    c = Client(url, api_key=Path(rec["api_key_file"]).read_text().strip())
+    assert "".join(c.chat_stream([{"role": "user", "content": "hi"}], max_tokens=4))
+    with pytest.raises(ApiError, match="context is"):  # the lab serves 2048 tokens
+        c.chat([{"role": "user", "content": "word " * 5000}], max_tokens=4)
+
+
 def test_planner_predicts_the_kv_cache_that_vllm_printed(job: dict[str, Any]) -> None:
     seen = parse_vllm_kv_log(node_log(job["job_dir"], 0))
     assert {"available_bytes", "tokens"} <= set(seen), seen
