@@ -105,14 +105,23 @@ def _divisors(n: int) -> list[int]:
 
 
 def alternatives(info: ModelInfo, nodes: int, gpus_per_node: int) -> list[Layout]:
-    """Layouts over all ``nodes × gpus_per_node`` GPUs that vLLM accepts, TP largest first."""
-    world = nodes * gpus_per_node
+    """Layouts that vLLM accepts on these nodes: all GPUs first, then fewer per node; TP largest
+    first within each."""
     out = []
-    for tp in sorted(_divisors(world), reverse=True):
-        pp = world // tp
-        if not layout_problems(info, tp, pp):
-            out.append(Layout(tp, pp, nodes, gpus_per_node))
+    for per_node in range(gpus_per_node, 0, -1):
+        world = nodes * per_node
+        for tp in sorted(_divisors(world), reverse=True):
+            pp = world // tp
+            if not layout_problems(info, tp, pp):
+                out.append(Layout(tp, pp, nodes, gpus_per_node))
     return out
+
+
+def _describe(lay: Layout) -> str:
+    flags = f"--tp {lay.tp} --pp {lay.pp}"
+    if lay.ranks_per_node < lay.gpus_per_node:
+        return f"{flags} ({lay.ranks_per_node} of {lay.gpus_per_node} GPUs per node)"
+    return flags
 
 
 def shape_problems(nodes: int, gpus_per_node: int, tp: int, pp: int) -> list[str]:
@@ -166,9 +175,10 @@ def choose_layout(
         if info is not None:
             alts = alternatives(info, nodes, gpus_per_node)
             hint = (
-                "a layout that works: " + ", ".join(f"--tp {a.tp} --pp {a.pp}" for a in alts[:3])
+                "a layout that works: " + ", ".join(_describe(a) for a in alts[:3])
                 if alts
-                else f"no TP×PP over {world} GPUs works; try another --nodes"
+                else f"no TP×PP on {nodes} node(s) of {gpus_per_node} GPUs works; "
+                "try another --nodes"
             )
         else:
             dtp, dpp = default_layout(nodes, gpus_per_node, mode)

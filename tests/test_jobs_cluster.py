@@ -293,7 +293,7 @@ def test_layout_tp_not_dividing_heads_is_refused_before_queueing(cluster, capsys
         del os.environ["HPCSERVE_SITES"]
     assert code == 2
     assert "attention heads (4) are not divisible by TP=3" in err
-    assert "--tp 1 --pp 3" in err or "a layout that works" in err
+    assert "a layout that works: --tp 2 --pp 1 (2 of 3 GPUs per node)" in err
 
 
 @pytest.mark.slow

@@ -101,4 +101,7 @@ def test_linear_attention_heads_divide_by_tp() -> None:
 def test_alternatives_only_list_accepted_layouts() -> None:
     info = model("qwen2.5-7b-instruct")
     alts = alternatives(info, nodes=1, gpus_per_node=8)
-    assert [(a.tp, a.pp) for a in alts] == [(4, 2), (2, 4), (1, 8)]
+    # All 8 GPUs first, TP largest first; then layouts on fewer GPUs of the node.
+    assert [(a.tp, a.pp) for a in alts[:3]] == [(4, 2), (2, 4), (1, 8)]
+    assert (4, 1) in [(a.tp, a.pp) for a in alts[3:]]
+    assert all(not layout_problems(info, a.tp, a.pp) for a in alts)
