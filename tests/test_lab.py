@@ -164,6 +164,13 @@ def lab() -> dict:
     assert p.returncode == 0, p.stdout + p.stderr
     st = json.loads(_hpcserve("lab", "status", "--json").stdout)
     st["was_up"] = before
+    # Nodes still finishing an earlier test's job (`completing`) become idle again.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        nodes = cluster.parse_sinfo_nodes(_slurm("sinfo", "-h", "-N", "-o", "%N %T").stdout)
+        if set(nodes.values()) == {"idle"}:
+            break
+        time.sleep(1)
     return st
 
 
@@ -358,7 +365,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.cluster
 @needs_root
-def test_down_leaves_nothing_behind(lab: dict) -> None:
+def test_down_leaves_nothing_behind(lab: dict, tmp_path: Path) -> None:
     lay = LabLayout()
     # a running job's processes must go too
     job = _slurm("sbatch", "--parsable", "-N2", "-o", "/dev/null", "--wrap", "srun sleep 300")
@@ -385,15 +392,15 @@ def test_down_leaves_nothing_behind(lab: dict) -> None:
         assert again.returncode == 0, again.stderr
         st = json.loads(_hpcserve("lab", "status", "--json").stdout)
         assert st["up"] is False and st["nodes"] == []
+        _check_down_purge_removes_the_cache(tmp_path)
     finally:
         if lab["was_up"]:
             _hpcserve("lab", "up", "--nodes", "2")
 
 
-@needs_root
-def test_down_purge_removes_the_cache(tmp_path: Path) -> None:
-    if cluster.is_up(LabLayout()):
-        pytest.skip("the lab is up: down (even of another state dir) would stop its namespaces")
+def _check_down_purge_removes_the_cache(tmp_path: Path) -> None:
+    """`down` keeps the cache, `down --purge` removes it (run while the lab is down: a down of
+    another state dir would still stop the lab's namespaces)."""
     cache = tmp_path / "cache"
     (cache / "models" / "tiny-llama").mkdir(parents=True)
     env = {
