@@ -7,10 +7,12 @@
 #   bash .gpu/scripts/run_vllm_gpu.sh setup                reassemble, install, wrapper, model
 #   bash .gpu/scripts/run_vllm_gpu.sh case NAME [VAR=VAL...]   head + headless worker, measure
 #
-# `case` runs THE rendered launcher (.gpu/scripts/launcher.sbatch) as srun would on each node:
-# `bash launcher.sbatch node` with SLURM_NODEID=0 (head) on the first half of the GPUs and
-# SLURM_NODEID=1 (--headless worker) on the second half. Without a rendered launcher it starts
-# the same `vllm serve` commands directly (DIRECT=1 in the results).
+# `case` renders THE launcher with the carried hpcserve (.gpu/scripts/pkg: hpcserve/,
+# templates/, site_configs/) and runs it as srun would on each node: `bash launcher.sbatch node`
+# with SLURM_NODEID=0 (head) on the first half of the GPUs and SLURM_NODEID=1 (--headless
+# worker) on the second half; waits with hpcserve's own wait loop (wait_ready.py), sends a chat
+# (vllm_client.py) and runs `hpcserve bench --url`. Without pkg/ it uses a launcher.sbatch put
+# next to this script, or else starts the same `vllm serve` commands directly (DIRECT=1).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=${ROOT:-/opt/hpcserve-gpu}
@@ -99,12 +101,30 @@ stop_nodes() {
     sleep 1
 }
 
+# The carried hpcserve checkout (hpcserve/, templates/, site_configs/): run from inside it, so
+# that the repo root's own package (whatever /work/main held) never shadows it.
+PKG=$HERE/pkg
+hpcserve_pkg() { (cd "$PKG" && python3 -m hpcserve "$@"); }
+
+# THE launcher, rendered there by the carried (current) hpcserve for site.yaml.
+render_launcher() {
+    [[ -d $PKG/hpcserve ]] || return 0
+    local n half
+    n=$(ngpu); half=$((n / 2))
+    sed "s/^  gpus: [0-9]*/  gpus: $half/" "$HERE/site.yaml" >/tmp/gpu-site.yaml
+    hpcserve_pkg render --site /tmp/gpu-site.yaml --nodes 2 --model "$MODEL" \
+        --job-dir /tmp/hpcserve-jobs/gpu-test --name gpu-test --no-api-key \
+        >"$HERE/launcher.sbatch" || return 1
+    log "rendered launcher.sbatch with the carried hpcserve (node.gpus $half)"
+}
+
 run_case() {
     local name=$1; shift
     local n half g0 g1
     n=$(ngpu); half=$((n / 2))
     TP=$half
     g0=$(seq -s, 0 $((half - 1))); g1=$(seq -s, "$half" $((n - 1)))
+    render_launcher || { log "hpcserve render failed"; return 1; }
     if [[ -f $HERE/launcher.sbatch ]]; then
         JOBDIR=$(sed -n 's/^JOBDIR=//p' "$HERE/launcher.sbatch" | head -1)
         JOBDIR=$(eval "printf '%s' $JOBDIR")
@@ -114,6 +134,7 @@ run_case() {
         DIRECT=1
     fi
     rm -rf "$JOBDIR" && mkdir -p "$JOBDIR"
+    [[ -f $HERE/launcher.sbatch ]] && cp "$HERE/launcher.sbatch" "$JOBDIR/"
     log "case $name: $n GPUs, TP=$TP PP=2, head GPUs $g0, worker GPUs $g1, direct=$DIRECT, env: $*"
     # Cold caches for every case, so that time to ready compares like with like.
     export VLLM_CACHE_ROOT=/tmp/cache-$name/vllm TRITON_CACHE_DIR=/tmp/cache-$name/triton
@@ -121,31 +142,55 @@ run_case() {
     t0=$(date +%s.%N)
     p0=$(start_node 0 "$g0" "$OUT/$name-node-0" "$@")
     p1=$(start_node 1 "$g1" "$OUT/$name-node-1" "$@")
-    python3 "$HERE/vllm_client.py" --url "http://127.0.0.1:$API_PORT" --since "$t0" \
-        --pids "$p0,$p1" --timeout "${READY_TIMEOUT:-300}" --out "$OUT/$name-result.json"
-    rc=$?
-    if ((rc == 0)) && [[ -d $HERE/hpcserve-net/hpcserve ]]; then
-        log "case $name: hpcserve bench (net helper's CLI)"
-        # from inside that tree: run from the repo root, `-m hpcserve` would find the
-        # checkout's own (older) package first
-        (cd "$HERE/hpcserve-net" && timeout 240 python3 -m hpcserve bench \
+    if [[ -d $PKG/hpcserve ]]; then
+        # readiness as `hpcserve wait` does it: hpcserve's own loop, phases, /health every 0.25 s
+        PYTHONPATH=$PKG python3 "$HERE/wait_ready.py" --job-dir "$JOBDIR" \
+            --url "http://127.0.0.1:$API_PORT" --since "$t0" --pids "$p0,$p1" --model "$MODEL" \
+            --tp "$TP" --timeout "${READY_TIMEOUT:-300}" --out "$JOBDIR/wait.json"
+        rc=$?
+        log "case $name: wait rc=$rc"
+    else
+        rc=0
+    fi
+    if ((rc == 0)); then
+        # one chat + idle first-token latency (stdlib client); throughput is hpcserve bench's
+        python3 "$HERE/vllm_client.py" --url "http://127.0.0.1:$API_PORT" --since "$t0" \
+            --pids "$p0,$p1" --timeout "${READY_TIMEOUT:-300}" --requests "${CLIENT_REQUESTS:-0}" \
+            --out "$JOBDIR/client.json"
+        rc=$?
+    fi
+    if ((rc == 0)) && [[ -d $PKG/hpcserve ]]; then
+        log "case $name: hpcserve bench --url"
+        # a bench that hangs must not eat the call (timeout, not a background sleep: a
+        # leftover sleep would hold the caller's output pipe open until it ends)
+        local brc
+        (cd "$PKG" && timeout "${BENCH_TIMEOUT:-180}" python3 -m hpcserve bench \
             --url "http://127.0.0.1:$API_PORT" --concurrency 1 --concurrency 16 \
             --num-prompts 64 --input-len 128 --output-len 128 --json \
-            >"$OUT/$name-hpcserve-bench.json" 2>"$JOBDIR/hpcserve-bench.err")
-        log "case $name: hpcserve bench rc=$?"
-        cp "$OUT/$name-hpcserve-bench.json" "$JOBDIR/"
+            >"$JOBDIR/bench.json" 2>"$JOBDIR/bench.err")
+        brc=$?
+        log "case $name: hpcserve bench rc=$brc"
+        tr '\r' '\n' <"$JOBDIR/bench.err" | grep -v '^c=[0-9]* \[' | tail -n 20
+        python3 - "$JOBDIR/bench.json" <<'PY' || true
+import json, sys
+data = json.load(open(sys.argv[1]))
+for r in data if isinstance(data, list) else [data]:
+    keys = ("max_concurrency", "completed", "output_throughput", "request_throughput",
+            "median_ttft_ms", "median_tpot_ms", "median_itl_ms")
+    print("bench:", {k: r.get(k) for k in keys})
+PY
     fi
     nvidia-smi --query-gpu=index,memory.used --format=csv >"$JOBDIR/nvidia-smi-at-end.csv" 2>&1
     stop_nodes "$p0" "$p1"
     cp "$OUT/$name-node-"*.launcher "$JOBDIR/" 2>/dev/null
     rm -f "$OUT/$name-node-"*.launcher
-    printf '{"case": "%s", "env": "%s", "direct": %d, "tp": %d, "pp": 2, "gpus": %d}\n' \
-        "$name" "$*" "$DIRECT" "$TP" "$n" >"$JOBDIR/case.json"
+    printf '{"case": "%s", "env": "%s", "direct": %d, "tp": %d, "pp": 2, "gpus": %d, "started": %s}\n' \
+        "$name" "$*" "$DIRECT" "$TP" "$n" "$t0" >"$JOBDIR/case.json"
     tar -czf "$OUT/$name-jobdir.tar.gz" -C "$(dirname "$JOBDIR")" "$(basename "$JOBDIR")"
-    log "case $name: client rc=$rc; node logs:"
+    log "case $name: rc=$rc; node logs:"
     grep -hE 'KV cache|Available KV|ERROR|Error|Traceback' "$JOBDIR"/node-*.log | head -20
-    tail -n 5 "$JOBDIR"/node-*.log
-    cat "$OUT/$name-result.json"
+    tail -n 3 "$JOBDIR"/node-*.log
+    cat "$JOBDIR/client.json" 2>/dev/null
     return $rc
 }
 

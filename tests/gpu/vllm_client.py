@@ -1,14 +1,15 @@
 """Small OpenAI-API client for the GPU test: readiness, one chat, first-token latency, throughput.
 
-Standard library only (runs under the GPU image's python3 and here). Used because
-`hpcserve bench` does not exist on this branch yet; it measures:
+Standard library only (runs under the GPU image's python3 and here). Readiness proper is
+`wait_ready.py` (hpcserve's own wait loop) and throughput is `hpcserve bench`; this client adds
+the one chat and an idle first-token latency. It measures:
 - ready_s: from --since (unix time both nodes were started) until GET /health answers 200,
-  polled every 0.5 s (as `hpcserve wait` does);
+  polled every 0.5 s (immediate when wait_ready.py ran first);
 - ttft_ms: time to the first streamed content chunk of a short chat completion
   (median / min / max of --ttft-n sequential requests after one warm-up);
 - throughput: --requests streaming chat completions, --concurrency at a time, each
   --max-tokens tokens with ignore_eos; output tokens per second over the wall time
-  (tokens counted from the server's usage figures).
+  (tokens counted from the server's usage figures); --requests 0 skips it.
 
     python3 vllm_client.py --url http://127.0.0.1:8000 --since 1700000000.0 --out result.json
 """
@@ -174,8 +175,11 @@ def main() -> None:
             "n": len(ttfts),
         }
         print(f"client: first-token latency {result['ttft_ms']}", flush=True)
-        result["bench"] = bench(args.url, model, args.requests, args.concurrency, args.max_tokens)
-        print(f"client: bench {result['bench']}", flush=True)
+        if args.requests > 0:
+            result["bench"] = bench(
+                args.url, model, args.requests, args.concurrency, args.max_tokens
+            )
+            print(f"client: bench {result['bench']}", flush=True)
     except Exception as exc:  # report what failed, keep what was measured
         result["error"] = f"{type(exc).__name__}: {exc}"
         print(f"client: FAILED {result['error']}", flush=True)
