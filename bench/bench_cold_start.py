@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SITE_YAML = """\
 name: bench
+login: [{host: login.example.org, port: 8822}]
 node: {gpus: 4, gpu_model: A100-40GB, gpu_memory_gb: 40}
 scheduler: {account: p200, partition: gpu, qos: default, extra_sbatch: [--hint=nomultithread]}
 modules: [Apptainer]
