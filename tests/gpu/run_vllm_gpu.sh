@@ -15,6 +15,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=${ROOT:-/opt/hpcserve-gpu}
 MODEL=${MODEL:-/tmp/tiny-llama}
+MAKE_MODEL=${MAKE_MODEL:-$PWD/hpcserve/lab/scripts/make_model.py}
 API_PORT=${API_PORT:-8000}
 MASTER_PORT=${MASTER_PORT:-29500}
 # NVLink multicast stays off on the device machines; flashinfer is not carried.
@@ -56,7 +57,10 @@ WRAP
     PYTHONPATH=$ROOT/site:$ROOT/deps python3 -c \
         'import importlib.metadata as m, torch, vllm; print("vllm", m.version("vllm"), "torch", torch.__version__, "nccl", torch.cuda.nccl.version())' \
         || return 1
-    python3 "$HERE/make_tiny_model.py" "$MODEL" || return 1
+    # the lab's tiny-model maker (carried with the checkout's hpcserve/), TP=2 x PP=2 shape
+    python3 "$MAKE_MODEL" "$MODEL" --hidden-size 512 --intermediate-size 1408 --layers 4 \
+        --heads 8 --kv-heads 4 --max-positions 4096 --dtype bfloat16 --vocab-multiple 64 \
+        --seed 0 || return 1
     cp "$MODEL/config.json" "$OUT/tiny-model-config.json"
     log "setup done in $((SECONDS - t0)) s"
 }
