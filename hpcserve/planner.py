@@ -7,6 +7,7 @@ out, whose ``lines()`` print the arithmetic and whose ``to_dict()`` is the ``--j
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from hpcserve.errors import HpcserveError, UsageError
@@ -146,21 +147,14 @@ def make_plan(
     count = count_parameters(info)
     weights = weight_bytes(info, count)
     args = (length, utilization, kv_cache_dtype, overhead_gb, count)
+    # A Plan of these inputs for a given fit (both branches below build one).
+    plan = partial(
+        Plan, info, node, length, utilization, kv_cache_dtype, overhead_gb, count, weights
+    )
     if nodes is not None:
         layout = choose_layout(info, nodes, node.gpus, tp, pp)
         fit = evaluate(info, node, layout, *args)
-        return Plan(
-            info,
-            node,
-            length,
-            utilization,
-            kv_cache_dtype,
-            overhead_gb,
-            count,
-            weights,
-            fit,
-            auto_nodes=False,
-        )
+        return plan(fit, auto_nodes=False)
     tried: list[str] = []
     for n in range(1, MAX_AUTO_NODES + 1):
         world = n * node.gpus
@@ -172,19 +166,7 @@ def make_plan(
         layout = Layout(want_tp, want_pp, n, node.gpus)
         fit = evaluate(info, node, layout, *args)
         if fit.fits:
-            return Plan(
-                info,
-                node,
-                length,
-                utilization,
-                kv_cache_dtype,
-                overhead_gb,
-                count,
-                weights,
-                fit,
-                auto_nodes=True,
-                tried=tried,
-            )
+            return plan(fit, auto_nodes=True, tried=tried)
         usable = n * node.gpus * node.gpu_memory_gb * GB * utilization
         tried.append(
             f"{n} node(s): {_gb(usable)} usable < {_gb(weights.total)} weights + "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,17 +193,7 @@ def _convert_dataclass(node: yaml.Node, cls: type, dotted: str, rep: _Report) ->
     hints = type_hints(cls)
     seen: dict[str, int] = {}
     values: dict[str, Any] = {}
-    for key_node, value_node in node.value:
-        line = _line(key_node)
-        if not isinstance(key_node, ScalarNode) or key_node.tag not in (_STR, _INT, _FLOAT):
-            rep.add(line, dotted, f"keys must be text, found {_found(key_node)}")
-            continue
-        key = str(key_node.value)
-        sub = _join(dotted, key)
-        if key in seen:
-            rep.add(line, sub, f"duplicate key (first given on line {seen[key]})")
-            continue
-        seen[key] = line
+    for key, sub, line, value_node in _entries(node, dotted, rep, (_STR, _INT, _FLOAT), seen):
         if key not in fields:
             rep.add(line, sub, "unknown key " + _suggest(key, list(fields)))
             continue
@@ -224,6 +215,30 @@ def _convert_dataclass(node: yaml.Node, cls: type, dotted: str, rep: _Report) ->
             rep.invalid.add(sub)
             values[name] = None
     return cls(**values)
+
+
+def _entries(
+    node: MappingNode,
+    dotted: str,
+    rep: _Report,
+    key_tags: tuple[str, ...],
+    seen: dict[str, int],
+) -> Iterator[tuple[str, str, int, yaml.Node]]:
+    """(key, dotted path, line, value node) of each entry of a mapping; keys that are not
+    text (a tag in ``key_tags``) or repeat an earlier one are reported and skipped. ``seen``
+    collects the line of each key given."""
+    for key_node, value_node in node.value:
+        line = _line(key_node)
+        if not isinstance(key_node, ScalarNode) or key_node.tag not in key_tags:
+            rep.add(line, dotted, f"keys must be text, found {_found(key_node)}")
+            continue
+        key = str(key_node.value)
+        sub = _join(dotted, key)
+        if key in seen:
+            rep.add(line, sub, f"duplicate key (first given on line {seen[key]})")
+            continue
+        seen[key] = line
+        yield key, sub, line, value_node
 
 
 def _expectation(f: dataclasses.Field[Any], hint: Any) -> str:
@@ -267,18 +282,7 @@ def _convert_dict(node: yaml.Node, value_hint: Any, dotted: str, rep: _Report) -
         return _expected(node, dict[str, value_hint], dotted, rep)
     _CTOR.flatten_mapping(node)
     out: dict[str, Any] = {}
-    seen: dict[str, int] = {}
-    for key_node, value_node in node.value:
-        line = _line(key_node)
-        if not isinstance(key_node, ScalarNode) or key_node.tag not in (_STR, _INT):
-            rep.add(line, dotted, f"keys must be text, found {_found(key_node)}")
-            continue
-        key = str(key_node.value)
-        sub = _join(dotted, key)
-        if key in seen:
-            rep.add(line, sub, f"duplicate key (first given on line {seen[key]})")
-            continue
-        seen[key] = line
+    for key, sub, line, value_node in _entries(node, dotted, rep, (_STR, _INT), {}):
         rep.lines[sub] = line
         value = _convert(value_node, value_hint, sub, rep)
         if value is _INVALID:

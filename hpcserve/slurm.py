@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -162,14 +162,19 @@ def _int(text: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _pipe_rows(text: str, width: int) -> Iterator[list[str]]:
+    """The first ``width`` fields of each ``|``-separated row that has them and a job id."""
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= width and parts[0]:
+            yield parts[:width]
+
+
 def parse_squeue(text: str) -> dict[str, SchedJob]:
     """Rows of ``squeue -h -o SQUEUE_FORMAT`` by job id (array/het steps kept as printed)."""
     out: dict[str, SchedJob] = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) < 9 or not parts[0]:
-            continue
-        jid, state, reason, nodes, nodelist, left, limit, start, used = parts[:9]
+    for parts in _pipe_rows(text, 9):
+        jid, state, reason, nodes, nodelist, left, limit, start, used = parts
         out[jid] = SchedJob(
             job_id=jid,
             state=_state(state),
@@ -219,11 +224,8 @@ def parse_scontrol(text: str) -> SchedJob | None:
 def parse_sacct(text: str) -> dict[str, SchedJob]:
     """``sacct -n -P -X -o SACCT_FIELDS`` rows by job id."""
     out: dict[str, SchedJob] = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) < 10 or not parts[0]:
-            continue
-        jid, state, exit_code, nodelist, start, _end, elapsed, limit, nnodes, reason = parts[:10]
+    for parts in _pipe_rows(text, 10):
+        jid, state, exit_code, nodelist, start, _end, elapsed, limit, nnodes, reason = parts
         out[jid] = SchedJob(
             job_id=jid,
             state=_state(state),

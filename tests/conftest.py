@@ -223,16 +223,9 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int,
 
 
 def _lab_status() -> dict[str, Any]:
-    import subprocess
+    from cliutil import run_hpcserve
 
-    p = subprocess.run(
-        [sys.executable, "-m", "hpcserve", "lab", "status", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    p = run_hpcserve("lab", "status", "--json", timeout=120)
     if p.returncode != 0:
         return {"up": False, "error": (p.stderr or p.stdout).strip()}
     data: dict[str, Any] = json.loads(p.stdout)
@@ -253,19 +246,14 @@ def lab_cluster() -> Iterator[dict[str, Any]]:
     """
     import subprocess
 
+    from cliutil import run_hpcserve
+
     if os.geteuid() != 0:
         _cluster_unavailable("needs root")
     st = _lab_status()
     brought_up = False
     if not st.get("up") or not st.get("model"):
-        p = subprocess.run(
-            [sys.executable, "-m", "hpcserve", "lab", "up", "--nodes", "2"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
-        )
+        p = run_hpcserve("lab", "up", "--nodes", "2", timeout=1800)
         if p.returncode != 0:
             _cluster_unavailable(f"`hpcserve lab up` failed: {(p.stderr or p.stdout)[-2000:]}")
         brought_up = True

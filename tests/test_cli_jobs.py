@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cliutil import run_main as run
 from fakes import FakeExecutor, data, result
 
 import hpcserve.cli.jobs as jobs_cli
-from hpcserve.cli import main
 from hpcserve.jobrecord import JobRecord
 from hpcserve.jobwatch import WaitTiming
 from hpcserve.registry import Registry
@@ -113,16 +113,6 @@ def add_job(job_id: str, name: str | None = None, nodes: int = 2, age_days: floa
     )
     Registry().add(rec)
     return rec
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 class Health(http.server.BaseHTTPRequestHandler):

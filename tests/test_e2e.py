@@ -14,32 +14,24 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cliutil import run_hpcserve
 
 from hpcserve.modelinfo import load_model_info
 from hpcserve.sizing import parse_vllm_kv_log, predict_kv_cache_tokens
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def hpcserve(
     *args: str, timeout: float = 120, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(
-        [sys.executable, "-m", "hpcserve", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        check=False,
-    )
+    p = run_hpcserve(*args, timeout=timeout)
     if check:
         assert p.returncode == 0, f"hpcserve {' '.join(args)}: {p.returncode}\n{p.stdout}{p.stderr}"
     return p

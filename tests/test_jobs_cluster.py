@@ -14,16 +14,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from cliutil import run_hpcserve
+from cliutil import run_main as cli
 from labjobs import sleep_script, vllm_launcher
 
 import hpcserve.cli.jobs as jobs_cli
-from hpcserve.cli import main
 from hpcserve.errors import RemoteError
 from hpcserve.jobrecord import LAUNCHER, JobRecord
 from hpcserve.registry import Registry
@@ -39,14 +39,7 @@ def lab_status() -> tuple[dict | None, str]:
     if saved:
         return json.loads(Path(saved).read_text()), ""
     try:
-        p = subprocess.run(
-            [sys.executable, "-m", "hpcserve", "lab", "status", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-            check=False,
-        )
+        p = run_hpcserve("lab", "status", "--json", timeout=60)
     except subprocess.TimeoutExpired:
         return None, "`hpcserve lab status --json` did not answer in 60 s"
     if p.returncode != 0:
@@ -146,16 +139,6 @@ def cluster(lab, tmp_path, monkeypatch):
     for job_id in lab_jobs.submitted:  # only the jobs this test started, by id
         subprocess.run(["scancel", job_id], capture_output=True, check=False)
     shutil.rmtree(base, ignore_errors=True)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def status_json(capsys, ref: str) -> dict:

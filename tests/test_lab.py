@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cliutil import run_hpcserve
 
 from hpcserve.lab import cluster
 from hpcserve.lab.config import (
@@ -133,14 +134,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 
 def _hpcserve(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hpcserve", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_hpcserve(*args, timeout=timeout)
 
 
 def _slurm(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

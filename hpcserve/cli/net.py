@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,26 +220,18 @@ def _run_paramiko(
     from hpcserve import tunnel as tn
 
     fwd = tn.Forwarder(lambda: ssh.connect(login), remote, port, explicit_port=explicit)
-    with tn.sigterm_as_interrupt():
-        try:
-            fwd.start()
-            click.echo(
-                f"tunnel up: 127.0.0.1:{fwd.local_port} -> {remote[0]}:{remote[1]} via "
-                f"{login.host}",
-                err=True,
-            )
-            _check_api(fwd.url, key, t.phase)
-            _announce(t, t.key, fwd.url, remote, "paramiko", child)
-            if not child:
-                click.echo("Ctrl-C closes the tunnel.", err=True)
-            fwd.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            fwd.stop()
-            if child:
-                tn.clear_state(t.key)
-    click.echo("tunnel closed", err=True)
+    _hold_tunnel(
+        t,
+        fwd,
+        lambda: (
+            f"tunnel up: 127.0.0.1:{fwd.local_port} -> {remote[0]}:{remote[1]} via {login.host}"
+        ),
+        remote,
+        "paramiko",
+        key,
+        child,
+        ctrl_c_hint=True,
+    )
 
 
 def _run_openssh(
@@ -263,17 +255,46 @@ def _run_openssh(
     route, extra = ssh.route_for(login)
     known = ssh.known_hosts_files(route.target, extra)
     proc = tn.OpensshTunnel(tn.openssh_argv(route, port, remote, known), port)
+    _hold_tunnel(
+        t,
+        proc,
+        lambda: f"tunnel up (openssh): {proc.url} -> {remote[0]}:{remote[1]}",
+        remote,
+        "openssh",
+        key,
+        child,
+        ctrl_c_hint=False,
+    )
+
+
+def _hold_tunnel(
+    t: Target,
+    tunnel: Any,
+    up_line: Callable[[], str],
+    remote: tuple[str, int],
+    via: str,
+    key: str | None,
+    child: bool,
+    ctrl_c_hint: bool,
+) -> None:
+    """Start ``tunnel`` (a paramiko Forwarder or an OpensshTunnel), say so (``up_line`` once it
+    is up), check the API, announce it, and hold it until Ctrl-C/SIGTERM or its end; then stop
+    it and, in a background child, clear its state file."""
+    from hpcserve import tunnel as tn
+
     with tn.sigterm_as_interrupt():
         try:
-            proc.start()
-            click.echo(f"tunnel up (openssh): {proc.url} -> {remote[0]}:{remote[1]}", err=True)
-            _check_api(proc.url, key, t.phase)
-            _announce(t, t.key, proc.url, remote, "openssh", child)
-            proc.wait()
+            tunnel.start()
+            click.echo(up_line(), err=True)
+            _check_api(tunnel.url, key, t.phase)
+            _announce(t, t.key, tunnel.url, remote, via, child)
+            if ctrl_c_hint and not child:
+                click.echo("Ctrl-C closes the tunnel.", err=True)
+            tunnel.wait()
         except KeyboardInterrupt:
             pass
         finally:
-            proc.stop()
+            tunnel.stop()
             if child:
                 tn.clear_state(t.key)
     click.echo("tunnel closed", err=True)
