@@ -156,8 +156,6 @@ def lab() -> dict:
     before = cluster.is_up(LabLayout())
     p = _hpcserve("lab", "up", "--nodes", "2", "--no-vllm")
     assert p.returncode == 0, p.stdout + p.stderr
-    st = json.loads(_hpcserve("lab", "status", "--json").stdout)
-    st["was_up"] = before
     # Nodes still finishing an earlier test's job (`completing`) become idle again.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -165,6 +163,8 @@ def lab() -> dict:
         if set(nodes.values()) == {"idle"}:
             break
         time.sleep(1)
+    st = json.loads(_hpcserve("lab", "status", "--json").stdout)
+    st["was_up"] = before
     return st
 
 
