@@ -293,6 +293,8 @@ def test_batch_step_writes_endpoint_and_runs_every_node(fake_path: Path, tmp_pat
         assert argv[argv.index("--master-port") + 1] == str(endpoint["master_port"])
     srun = read_nul(fake_path / "srun-argv")
     assert srun[-3:] == ["bash", str(job / "launcher.sbatch"), "node"]
+    # the site's environment is already set for srun itself (e.g. MeluXina's PMIX_MCA_psec)
+    assert read_env(fake_path / "srun-env")["VLLM_LOGGING_LEVEL"] == "DEBUG"
     # the claimed ports are released when the batch step exits
     assert not any((tmp_path / f"hpcserve-ports-{os.getuid()}").iterdir())
 
