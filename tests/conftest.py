@@ -203,18 +203,12 @@ def read_env(path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int, str, str]]]:
-    """Run ``hpcserve ARGS`` in-process: (exit code, stdout, stderr)."""
-    from hpcserve.cli import main
+    """Run ``hpcserve ARGS`` in-process: (exit code, stdout, stderr) of this call only."""
+    from cliutil import run_main
 
     def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
+        capsys.readouterr()  # drop what earlier calls printed
+        return run_main(capsys, *args)
 
     yield run
 

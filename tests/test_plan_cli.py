@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cliutil import run_main
 
 import hpcserve.cli.plan as plan_cli
-from hpcserve.cli import main
 from hpcserve.errors import UsageError
 from hpcserve.siteschema import Node, Site
 
@@ -36,11 +36,7 @@ def sites(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(["plan", *args])
-        sys.exit(0)
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
+    return run_main(capsys, "plan", *args)
 
 
 def test_worked_example_prints_the_arithmetic(capsys: pytest.CaptureFixture[str]) -> None:
