@@ -7,7 +7,8 @@ of them alike; the table shows median and p90 wall time and the ratio to the bar
 Target (issue 2): render < 3x ``python -c pass``.
 
 ``hpcserve render`` is started the way the console script starts it
-(``from hpcserve.cli import main; main()``) with a site YAML file. Until ``hpcserve.sites`` exists
+(``from hpcserve.cli import main; main()``) with a site YAML file. Until ``hpcserve.sites.loader``
+exists
 in the checkout, a stand-in loader is injected that does what a loader must (import yaml, parse
 the file, build the Site dataclasses); the table says which one ran.
 """
@@ -37,7 +38,7 @@ storage: {hf_cache: /project/hf, offline: true, workdir: /project/jobs}
 
 STANDIN = """\
 import sys, types, yaml
-from hpcserve import siteschema as s
+from hpcserve.sites import schema as s
 def load_site_file(path):
     d = yaml.safe_load(open(path))
     sub = {"node": s.Node, "scheduler": s.Scheduler, "container": s.Container,
@@ -45,10 +46,10 @@ def load_site_file(path):
     kw = {k: (sub[k](**v) if k in sub else v) for k, v in d.items()}
     kw["login"] = [s.LoginHost(**h) for h in kw.get("login", [])]
     return s.Site(**kw)
-m = types.ModuleType("hpcserve.sites")
+m = types.ModuleType("hpcserve.sites.loader")
 m.load_site_file = load_site_file
 m.load_site = None
-sys.modules["hpcserve.sites"] = m
+sys.modules["hpcserve.sites.loader"] = m
 """
 
 ENTRY = "import sys; from hpcserve.cli import main; sys.exit(main())"
@@ -67,7 +68,7 @@ def commands(site: Path, python: str) -> tuple[dict[str, list[str]], str]:
         ],
         "hpcserve --help": [python, "-c", ENTRY, "--help"],
         "hpcserve render": [python, "-c", code, *args],
-    }, ("hpcserve.sites" if real else "stand-in loader (yaml + dataclasses)")
+    }, ("hpcserve.sites.loader" if real else "stand-in loader (yaml + dataclasses)")
 
 
 def measure(cmds: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, list[float]]:

@@ -3,7 +3,7 @@
 Run from the repository root:  python bench/bench_sites.py [--runs N]
 
 Prints one table: process start times (median wall time of N fresh interpreters) for a bare
-`python -c pass`, `import hpcserve.sites`, and `hpcserve sites list --json`; then in-process
+`python -c pass`, `import hpcserve.sites.loader`, and `hpcserve sites list --json`; then in-process
 `load_site("meluxina")` (which scans every site file) with PyYAML's C loader, which hpcserve
 uses when available, side by side with the pure-Python loader.
 """
@@ -45,13 +45,13 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import yaml
 
-    from hpcserve import sites
+    from hpcserve.sites import loader as sites
 
     rows: list[tuple[str, float]] = [
         ("python -c pass", median_ms(process(["-c", "pass"]), runs)),
         (
-            "python -c 'import hpcserve.sites'",
-            median_ms(process(["-c", "import hpcserve.sites"]), runs),
+            "python -c 'import hpcserve.sites.loader'",
+            median_ms(process(["-c", "import hpcserve.sites.loader"]), runs),
         ),
         (
             "hpcserve sites list --json",
@@ -65,7 +65,7 @@ def main() -> None:
     ):
         if loader is None:
             continue
-        sites._Loader = loader  # the loader hpcserve.sites composes with
+        sites._Loader = loader  # the loader hpcserve.sites.loader composes with
         rows.append(
             (
                 f"load_site('meluxina'), {label}",

@@ -1,4 +1,5 @@
-"""The paramiko tunnel (hpcserve.tunnel.Forwarder) against OpenSSH's ``ssh -N -L``, side by side.
+"""The paramiko tunnel (hpcserve.net.tunnel.Forwarder) against OpenSSH's ``ssh -N -L``, side by
+side.
 
 Both forward through the same real sshd (started here, 127.0.0.1, key auth) to the same HTTP
 server: a real vLLM given with ``--url`` (e.g. the CPU vLLM of the local lab), or else a stand-in
@@ -6,7 +7,7 @@ streaming server started here (named as such in the output). Measured in one run
 
 * added latency per request, p50/p99, against going direct: ``GET /v1/models`` on a kept-alive
   connection (one SSH channel round trip) and on a new connection each time (channel open too);
-* streamed-token throughput with 1 and 64 concurrent streams (chat completions, hpcserve.bench);
+* streamed-token throughput with 1 and 64 concurrent streams (chat completions, hpcserve.net.bench);
 * raw bytes throughput (a large response; the stand-in's /blob, or vLLM's /openapi.json).
 
 Usage: python bench/bench_tunnel.py [--url http://127.0.0.1:PORT --api-key-file F]
@@ -32,9 +33,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from net_fixtures import SshLab, StandInHTTP  # noqa: E402
 
-from hpcserve import bench as hb  # noqa: E402
-from hpcserve.ssh import route_for  # noqa: E402
-from hpcserve.tunnel import OpensshTunnel, free_port, openssh_argv  # noqa: E402
+from hpcserve.cluster.ssh import route_for  # noqa: E402
+from hpcserve.net import bench as hb  # noqa: E402
+from hpcserve.net.tunnel import OpensshTunnel, free_port, openssh_argv  # noqa: E402
 
 
 def pct(xs: list[float], p: float) -> float:

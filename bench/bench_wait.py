@@ -2,7 +2,7 @@
 
 The server is a stand-in (a small HTTP server, NOT vLLM) that binds its port at a recorded
 instant, like uvicorn does once vLLM is ready; before that, connections are refused. The
-waiter is the real polling loop of `hpcserve wait` (hpcserve.jobwatch.wait_ready with its
+waiter is the real polling loop of `hpcserve wait` (hpcserve.jobs.watch.wait_ready with its
 default WaitTiming and the real requests-based /health probe), with a fake scheduler that says
 RUNNING (named FakeSqueue here). Side by side: the same loop with a 5 s health interval, which
 is what a hand-written `until curl -sf $URL/health; do sleep 5; done` does.
@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpcserve.jobrecord import JobRecord  # noqa: E402
-from hpcserve.jobwatch import JobWatch, WaitTiming, wait_ready  # noqa: E402
-from hpcserve.remote import CommandResult  # noqa: E402
+from hpcserve.cluster.executor import CommandResult  # noqa: E402
+from hpcserve.jobs.record import JobRecord  # noqa: E402
+from hpcserve.jobs.watch import JobWatch, WaitTiming, wait_ready  # noqa: E402
 
 
 class FakeSqueue:

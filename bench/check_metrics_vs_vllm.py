@@ -1,8 +1,8 @@
-"""Recompute `vllm bench serve`'s aggregates from its own per-request data with hpcserve.bench.
+"""Recompute `vllm bench serve`'s aggregates from its own per-request data with hpcserve.net.bench.
 
 Reads a result file written by `vllm bench serve --save-result --save-detailed` (per request:
 ttfts, itls, latencies, start_times, output_lens, input_lens, errors), feeds the same requests to
-hpcserve.bench.compute_metrics, and prints both side by side. Equal numbers show that the
+hpcserve.net.bench.compute_metrics, and prints both side by side. Equal numbers show that the
 metric definitions are the same, apart from the measurement noise of two separate runs.
 
 Usage: python bench/check_metrics_vs_vllm.py RESULT.json [RESULT.json ...]
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpcserve.bench import RequestOutput, compute_metrics  # noqa: E402
+from hpcserve.net.bench import RequestOutput, compute_metrics  # noqa: E402
 
 KEYS = [
     "request_throughput", "output_throughput", "total_token_throughput", "mean_ttft_ms",
@@ -52,7 +52,7 @@ def main() -> None:
         ]
         m = compute_metrics(outs, r["duration"]).to_dict()
         print(
-            f"\n{Path(path).name}\n| metric | vllm | hpcserve.bench | rel. diff |\n"
+            f"\n{Path(path).name}\n| metric | vllm | hpcserve.net.bench | rel. diff |\n"
             "|---|---|---|---|"
         )
         for k in KEYS:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hpcserve.siteschema import (
+from hpcserve.sites.schema import (
     Container,
     Engine,
     LoginHost,
@@ -80,9 +80,9 @@ def singularity_site() -> Site:
 
 def _real_sites() -> list[Site]:
     configs = sorted((REPO / "site_configs").glob("*.yaml"))
-    if not configs or importlib.util.find_spec("hpcserve.sites") is None:
+    if not configs or importlib.util.find_spec("hpcserve.sites.loader") is None:
         return []
-    from hpcserve.sites import load_site_file
+    from hpcserve.sites.loader import load_site_file
 
     return [load_site_file(str(p)) for p in configs]
 
@@ -122,10 +122,11 @@ def _site_from_dict(cls: Any, data: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def site_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Provide ``hpcserve.sites.load_site_file`` (a stand-in until the sites helper lands)."""
-    if importlib.util.find_spec("hpcserve.sites") is not None:
+    """Provide ``hpcserve.sites.loader.load_site_file`` (a stand-in until the sites helper
+    lands)."""
+    if importlib.util.find_spec("hpcserve.sites.loader") is not None:
         return
-    mod = types.ModuleType("hpcserve.sites")
+    mod = types.ModuleType("hpcserve.sites.loader")
 
     def load_site_file(path: str) -> Site:
         site: Site = _site_from_dict(Site, yaml.safe_load(Path(path).read_text()))
@@ -136,11 +137,12 @@ def site_module(monkeypatch: pytest.MonkeyPatch) -> None:
 
     mod.load_site_file = load_site_file  # type: ignore[attr-defined]
     mod.load_site = load_site  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "hpcserve.sites", mod)
+    monkeypatch.setitem(sys.modules, "hpcserve.sites.loader", mod)
 
 
 class FakeRegistry:
-    """Stand-in for hpcserve.registry.Registry (same contract), used until the real one lands."""
+    """Stand-in for hpcserve.jobs.registry.Registry (same contract), used until the real one
+    lands."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root or os.environ["HPCSERVE_STATE_DIR"])
@@ -155,7 +157,7 @@ class FakeRegistry:
     update = add
 
     def get(self, ref: str) -> Any:
-        from hpcserve.jobrecord import JobRecord
+        from hpcserve.jobs.record import JobRecord
 
         return JobRecord.from_dict(json.loads(self._file(ref).read_text()))
 
@@ -174,11 +176,11 @@ def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[], An
     """A registry rooted in tmp_path (the real one when it exists)."""
     state = tmp_path / "state"
     monkeypatch.setenv("HPCSERVE_STATE_DIR", str(state))
-    if importlib.util.find_spec("hpcserve.registry") is None:
-        mod = types.ModuleType("hpcserve.registry")
+    if importlib.util.find_spec("hpcserve.jobs.registry") is None:
+        mod = types.ModuleType("hpcserve.jobs.registry")
         mod.Registry = FakeRegistry  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "hpcserve.registry", mod)
-    from hpcserve.registry import Registry
+        monkeypatch.setitem(sys.modules, "hpcserve.jobs.registry", mod)
+    from hpcserve.jobs.registry import Registry
 
     return lambda: Registry()
 

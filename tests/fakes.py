@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from hpcserve.cluster.executor import CommandResult
 from hpcserve.errors import RemoteError
-from hpcserve.remote import CommandResult
 
 Responder = Callable[[list[str]], CommandResult | None]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from net_fixtures import StandInHTTP, stand_in_http  # noqa: F401
 
-from hpcserve.api import ApiError, Client, StreamResult, context_limit, explain, image_url
+from hpcserve.net.api import ApiError, Client, StreamResult, context_limit, explain, image_url
 
 
 @pytest.fixture
@@ -102,8 +102,8 @@ def test_query_cli_wrong_key_one_line(
 
 
 def test_api_base_direct_when_reachable(stand_in_http: StandInHTTP) -> None:  # noqa: F811
-    from hpcserve.endpoint import api_base
-    from hpcserve.jobrecord import JobRecord
+    from hpcserve.jobs.record import JobRecord
+    from hpcserve.net.endpoint import api_base
 
     rec = JobRecord(
         job_id="no-such-tunnel-1", site="x", model="m", nodes=1, tp=1, pp=1, job_dir="/tmp",
@@ -114,9 +114,9 @@ def test_api_base_direct_when_reachable(stand_in_http: StandInHTTP) -> None:  # 
 
 
 def test_api_base_without_endpoint_is_a_sentence() -> None:
-    from hpcserve.endpoint import api_base
     from hpcserve.errors import HpcserveError
-    from hpcserve.jobrecord import JobRecord
+    from hpcserve.jobs.record import JobRecord
+    from hpcserve.net.endpoint import api_base
 
     rec = JobRecord(
         job_id="j2", site="x", model="m", nodes=1, tp=1, pp=1, job_dir="/tmp", submitted_at=0,
@@ -135,13 +135,13 @@ def test_query_job_uses_registry_endpoint_and_key(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """JOB resolves through hpcserve.registry (a stand-in module here: the registry is another
+    """JOB resolves through hpcserve.jobs.registry (a stand-in module here: the registry is another
     helper's), the head answers directly, and the job's 0600 key file is used."""
     import sys
     import types
 
     from hpcserve.cli import main
-    from hpcserve.jobrecord import JobRecord
+    from hpcserve.jobs.record import JobRecord
 
     keyfile = tmp_path / "api_key"
     keyfile.write_text("sekret-key\n")
@@ -160,12 +160,12 @@ def test_query_job_uses_registry_endpoint_and_key(
             assert ref == "myjob"
             return rec
 
-    reg = types.ModuleType("hpcserve.registry")
+    reg = types.ModuleType("hpcserve.jobs.registry")
     reg.Registry = Registry  # type: ignore[attr-defined]
-    sites = types.ModuleType("hpcserve.sites")
+    sites = types.ModuleType("hpcserve.sites.loader")
     sites.load_site = lambda name: types.SimpleNamespace(name=name, login=[])  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "hpcserve.registry", reg)
-    monkeypatch.setitem(sys.modules, "hpcserve.sites", sites)
+    monkeypatch.setitem(sys.modules, "hpcserve.jobs.registry", reg)
+    monkeypatch.setitem(sys.modules, "hpcserve.sites.loader", sites)
     monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path))
     main(["query", "myjob", "hello"])
     assert "Hello from the stand-in" in capsys.readouterr().out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from net_fixtures import StandInHTTP, stand_in_http  # noqa: F401
 
-from hpcserve.bench import (
+from hpcserve.net.bench import (
     RequestOutput,
     compute_metrics,
     file_prompts,

@@ -15,9 +15,9 @@ from cliutil import run_main as run
 from fakes import FakeExecutor, data, result
 
 import hpcserve.cli.jobs as jobs_cli
-from hpcserve.jobrecord import JobRecord
-from hpcserve.jobwatch import WaitTiming
-from hpcserve.registry import Registry
+from hpcserve.jobs.record import JobRecord
+from hpcserve.jobs.registry import Registry
+from hpcserve.jobs.watch import WaitTiming
 
 STARTUP = data("vllm-lines", "startup-gpu.log")
 
@@ -320,7 +320,7 @@ def test_no_heavy_imports_at_module_level():
     import sys
 
     code = (
-        "import sys, hpcserve.cli.jobs, hpcserve.jobwatch, hpcserve.slurm; "
+        "import sys, hpcserve.cli.jobs, hpcserve.jobs.watch, hpcserve.cluster.slurm; "
         "print('requests' in sys.modules, 'paramiko' in sys.modules)"
     )
     out = subprocess.run(
@@ -337,7 +337,9 @@ def test_status_shows_the_nccl_verdict_when_the_module_exists(env, capsys, monke
     import sys
     import types
 
-    fake_nccl = types.ModuleType("hpcserve.nccl")  # a stand-in for the NCCL helper's module
+    fake_nccl = types.ModuleType(
+        "hpcserve.nccl.analysis"
+    )  # a stand-in for the NCCL helper's module
     seen: list[list[str]] = []
 
     def nccl_summary_for_status(lines):
@@ -345,7 +347,7 @@ def test_status_shows_the_nccl_verdict_when_the_module_exists(env, capsys, monke
         return "NCCL: 2 nodes over NET/IB (GPUDirect RDMA)"
 
     fake_nccl.nccl_summary_for_status = nccl_summary_for_status
-    monkeypatch.setitem(sys.modules, "hpcserve.nccl", fake_nccl)
+    monkeypatch.setitem(sys.modules, "hpcserve.nccl.analysis", fake_nccl)
     add_job("48")
     env.add("48", "RUNNING")
     env.ex.files["/jobs/48/nccl/node-0.n1.123.log"] = "n1:123:123 [0] NCCL INFO Bootstrap\n"

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from cliutil import run_hpcserve
 
-from hpcserve.modelinfo import load_model_info
-from hpcserve.sizing import parse_vllm_kv_log, predict_kv_cache_tokens
+from hpcserve.plan.modelinfo import load_model_info
+from hpcserve.plan.sizing import parse_vllm_kv_log, predict_kv_cache_tokens
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -147,7 +147,7 @@ def test_api_key_is_enforced(job: dict[str, Any]) -> None:
 
 
 def test_api_errors_read_as_sentences_against_real_vllm(job: dict[str, Any]) -> None:
-    from hpcserve.api import ApiError, Client
+    from hpcserve.net.api import ApiError, Client
 
     rec = status(job["job_id"])["record"]
     url = f"http://{rec['head_addr']}:{rec['api_port']}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcserve.failures import RULES, diagnose, scan, strip_prefix
+from hpcserve.jobs.failures import RULES, diagnose, scan, strip_prefix
 
 DATA = Path(__file__).parent / "data" / "vllm-lines"
 CASES = json.loads((DATA / "failure-lines.json").read_text())

@@ -24,11 +24,11 @@ from cliutil import run_main as cli
 from labjobs import sleep_script, vllm_launcher
 
 import hpcserve.cli.jobs as jobs_cli
+from hpcserve.cluster.executor import LocalExecutor
+from hpcserve.cluster.slurm import Slurm
 from hpcserve.errors import RemoteError
-from hpcserve.jobrecord import LAUNCHER, JobRecord
-from hpcserve.registry import Registry
-from hpcserve.remote import LocalExecutor
-from hpcserve.slurm import Slurm
+from hpcserve.jobs.record import LAUNCHER, JobRecord
+from hpcserve.jobs.registry import Registry
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[1]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from hpcserve.failures import diagnose
-from hpcserve.jobrecord import JobRecord
-from hpcserve.jobstate import apply_endpoint, combine, explain_reason, parse_endpoint
-from hpcserve.phases import read_phase
-from hpcserve.slurm import SchedJob
+from hpcserve.cluster.slurm import SchedJob
+from hpcserve.jobs.failures import diagnose
+from hpcserve.jobs.phases import read_phase
+from hpcserve.jobs.record import JobRecord
+from hpcserve.jobs.state import apply_endpoint, combine, explain_reason, parse_endpoint
 
 
 def rec() -> JobRecord:
@@ -124,7 +124,7 @@ def test_explain_reason_unknown_code_passes_through():
 def test_real_lab_partition_node_limit_is_unschedulable():
     from fakes import data
 
-    from hpcserve.slurm import parse_squeue
+    from hpcserve.cluster.slurm import parse_squeue
 
     job = parse_squeue(data("slurm", "lab-squeue-pending.txt"))["4"]
     st = combine(rec(), job)

@@ -7,9 +7,9 @@ from itertools import pairwise
 
 from fakes import FakeExecutor, result
 
-from hpcserve.jobrecord import JobRecord
-from hpcserve.jobwatch import JobWatch, LogFollower, WaitTiming, wait_ready
-from hpcserve.remote import LocalExecutor
+from hpcserve.cluster.executor import LocalExecutor
+from hpcserve.jobs.record import JobRecord
+from hpcserve.jobs.watch import JobWatch, LogFollower, WaitTiming, wait_ready
 
 
 def test_local_follower_reads_only_new_complete_lines(tmp_path):

@@ -105,7 +105,7 @@ def test_lab_needs_root_message(
 
 def _check_keys(obj: dict, cls: type) -> None:
     """Every key of ``obj`` is a field of the dataclass ``cls`` (recursively)."""
-    from hpcserve import siteschema
+    from hpcserve.sites import schema as siteschema
 
     known = {f.name: str(f.type) for f in fields(cls)}
     for key, value in obj.items():
@@ -117,7 +117,7 @@ def _check_keys(obj: dict, cls: type) -> None:
 
 
 def test_local_site_uses_only_schema_fields() -> None:
-    from hpcserve import siteschema
+    from hpcserve.sites import schema as siteschema
 
     data = yaml.safe_load((REPO / "site_configs" / "local.yaml").read_text())
     _check_keys(data, siteschema.Site)

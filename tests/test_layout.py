@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from hpcserve.errors import UsageError
-from hpcserve.layout import alternatives, choose_layout, layout_problems
-from hpcserve.modelinfo import ModelInfo, parse_config
+from hpcserve.plan.layout import alternatives, choose_layout, layout_problems
+from hpcserve.plan.modelinfo import ModelInfo, parse_config
 
 DATA = Path(__file__).parent / "data" / "models"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpcserve.errors import UsageError
-from hpcserve.modelinfo import (
+from hpcserve.plan.modelinfo import (
     FULL_ATTENTION,
     LINEAR_ATTENTION,
     find_config,

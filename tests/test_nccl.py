@@ -1,4 +1,4 @@
-"""hpcserve.nccl: parsing NCCL_DEBUG=INFO output and judging how GPUs and nodes talk."""
+"""hpcserve.nccl.analysis: parsing NCCL_DEBUG=INFO output and judging how GPUs and nodes talk."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcserve.nccl import (
+from hpcserve.nccl.analysis import (
     NcclScanner,
     nccl_summary_for_status,
     parse_connection,
@@ -466,8 +466,8 @@ def test_job_reference_reads_the_job_s_logs_through_its_executor(
     import types
 
     from hpcserve.cli import main
-    from hpcserve.jobrecord import JobRecord
-    from hpcserve.remote import LocalExecutor
+    from hpcserve.cluster.executor import LocalExecutor
+    from hpcserve.jobs.record import JobRecord
 
     jobdir = tmp_path / "job dir 'quoted'"
     (jobdir / "nccl").mkdir(parents=True)
@@ -485,9 +485,9 @@ def test_job_reference_reads_the_job_s_logs_through_its_executor(
             return rec
 
     fakes = {
-        "hpcserve.registry": {"Registry": Registry},
-        "hpcserve.sites": {"load_site": lambda name: object()},
-        "hpcserve.cluster": {"executor_for": lambda site: LocalExecutor()},
+        "hpcserve.jobs.registry": {"Registry": Registry},
+        "hpcserve.sites.loader": {"load_site": lambda name: object()},
+        "hpcserve.cluster.connect": {"executor_for": lambda site: LocalExecutor()},
     }
     for name, attrs in fakes.items():
         mod = types.ModuleType(name)
@@ -612,7 +612,7 @@ def test_sieve_memory_stays_bounded_and_forgetting_changes_nothing(
     big_log: tuple[bytes, dict],  # type: ignore[type-arg]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import hpcserve.nccl as nccl
+    import hpcserve.nccl.analysis as nccl
 
     raw, by_lines = big_log
     monkeypatch.setattr(nccl, "_MAX_BLOCK_BYTES", 8192)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcserve.phases import PhaseInfo, merge, read_phase, split_lines
+from hpcserve.jobs.phases import PhaseInfo, merge, read_phase, split_lines
 
 DATA = Path(__file__).parent / "data" / "vllm-lines"
 LOG = (DATA / "startup-gpu.log").read_text().splitlines()

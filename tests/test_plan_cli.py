@@ -12,7 +12,7 @@ from cliutil import run_main
 
 import hpcserve.cli.plan as plan_cli
 from hpcserve.errors import UsageError
-from hpcserve.siteschema import Node, Site
+from hpcserve.sites.schema import Node, Site
 
 DATA = Path(__file__).parent / "data" / "models"
 QWEN35 = str(DATA / "qwen3.5-397b-a17b-gptq-int4.json")
@@ -122,7 +122,7 @@ def test_unknown_site_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_plan_does_not_import_ssh_or_http() -> None:
     code = (
-        "import sys, hpcserve.cli.plan, hpcserve.planner, hpcserve.modelinfo;"
+        "import sys, hpcserve.cli.plan, hpcserve.plan.planner, hpcserve.plan.modelinfo;"
         "bad = {'paramiko', 'requests'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

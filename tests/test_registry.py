@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from hpcserve.errors import UsageError
-from hpcserve.jobrecord import JobRecord
-from hpcserve.registry import Registry, default_root
+from hpcserve.jobs.record import JobRecord
+from hpcserve.jobs.registry import Registry, default_root
 
 
 def rec(job_id: str, site: str = "local", name: str | None = None, at: float = 0.0) -> JobRecord:
@@ -155,8 +155,8 @@ def test_bad_site_or_id_is_refused(tmp_path):
 _CHILD = """
 import sys, time
 from pathlib import Path
-from hpcserve.jobrecord import JobRecord
-from hpcserve.registry import Registry
+from hpcserve.jobs.record import JobRecord
+from hpcserve.jobs.registry import Registry
 i = int(sys.argv[2])
 reg = Registry(Path(sys.argv[1]))
 reg.add(JobRecord(job_id=str(1000 + i), site="local", model="m", nodes=1, tp=1, pp=1,

@@ -14,9 +14,9 @@ import pytest
 from conftest import all_test_sites, apptainer_site, read_env, read_nul, venv_site
 
 from hpcserve.errors import UsageError
-from hpcserve.modelinfo import parse_config
-from hpcserve.render import LaunchRequest, Var, choose_layout, render, shell_word
-from hpcserve.siteschema import Engine, Network, Site
+from hpcserve.launch.render import LaunchRequest, Var, choose_layout, render, shell_word
+from hpcserve.plan.modelinfo import parse_config
+from hpcserve.sites.schema import Engine, Network, Site
 
 SITES = all_test_sites()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from hpcserve.cluster.sbatch import parse_sbatch_args, sbatch_directives, valid_keys
 from hpcserve.errors import UsageError
-from hpcserve.sbatch import parse_sbatch_args, sbatch_directives, valid_keys
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def test_render_imports_neither_paramiko_nor_requests() -> None:
         "import sys; sys.path.insert(0, 'tests')\n"
         "from conftest import apptainer_site\n"
         "import hpcserve.cli.launch\n"
-        "from hpcserve.render import render, LaunchRequest\n"
+        "from hpcserve.launch.render import render, LaunchRequest\n"
         "render(apptainer_site(), LaunchRequest(model='m', nodes=2, job_dir='/j'))\n"
         "heavy = [m for m in ('paramiko', 'requests') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

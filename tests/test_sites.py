@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from hpcserve import sitedocs, sites
 from hpcserve.cli import main
 from hpcserve.errors import ConfigError, UsageError
-from hpcserve.schemawalk import dotted_names
-from hpcserve.siteschema import Site
+from hpcserve.sites import docs as sitedocs
+from hpcserve.sites import loader as sites
+from hpcserve.sites.schema import Site
+from hpcserve.sites.walk import dotted_names
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path("tests/data/sites")  # relative: messages name files as the user typed them

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcserve.modelinfo import ModelInfo, load_model_info
-from hpcserve.planner import NodeShape, make_plan
-from hpcserve.sizing import (
+from hpcserve.plan.modelinfo import ModelInfo, load_model_info
+from hpcserve.plan.planner import NodeShape, make_plan
+from hpcserve.plan.sizing import (
     GB,
     GIB,
     attention_bytes_per_token,
@@ -184,7 +184,7 @@ def test_gptq_scales_follow_group_size_and_16bit_parts_stay() -> None:
 def test_modules_to_not_convert_stay_16bit() -> None:
     data = json.loads((DATA / "qwen3.5-397b-a17b-gptq-int4.json").read_text())
     data["quantization_config"]["modules_to_not_convert"] = ["linear_attn", "shared_expert"]
-    from hpcserve.modelinfo import parse_config
+    from hpcserve.plan.modelinfo import parse_config
 
     info = parse_config(data, "q")
     w = weight_bytes(info)
@@ -206,7 +206,7 @@ def test_pp_partition_like_vllm() -> None:
 
 
 def test_parse_vllm_kv_log_current_and_older_formats() -> None:
-    from hpcserve.sizing import parse_vllm_kv_log
+    from hpcserve.plan.sizing import parse_vllm_kv_log
 
     new = (
         "INFO [gpu_worker.py:760] Available KV cache memory: 6.43 GiB\n"
@@ -255,7 +255,7 @@ LOGS = Path(__file__).parent / "data" / "vllm-logs"
 )
 def test_prediction_equals_real_vllm_cpu_log(config: str, log: str) -> None:
     """Real vLLM 0.32 (CPU build, VLLM_CPU_KVCACHE_SPACE=1) printed these lines; see README."""
-    from hpcserve.sizing import parse_vllm_kv_log
+    from hpcserve.plan.sizing import parse_vllm_kv_log
 
     seen = parse_vllm_kv_log((LOGS / log).read_text())
     pred = predict_kv_cache_tokens(

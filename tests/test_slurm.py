@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from fakes import FakeExecutor, data, result
 
-from hpcserve.errors import RemoteError
-from hpcserve.slurm import (
+from hpcserve.cluster.slurm import (
     Slurm,
     format_duration,
     parse_duration,
@@ -15,6 +14,7 @@ from hpcserve.slurm import (
     parse_scontrol,
     parse_squeue,
 )
+from hpcserve.errors import RemoteError
 
 SQUEUE = (
     "101|RUNNING|None|2|lab-n[1-2]|4:31|5:00|2026-11-22T19:01:02|0:29\n"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from net_fixtures import SshLab, keygen, ssh_lab  # noqa: F401
 
+from hpcserve.cluster.sshconfig import Overrides, parse_hop_spec, resolve
 from hpcserve.errors import HpcserveError, UsageError
-from hpcserve.sshconfig import Overrides, parse_hop_spec, resolve
 
 CONFIG = """
 Host login
@@ -82,7 +82,7 @@ def test_hop_spec_errors() -> None:
 
 
 def test_connect_run_and_sftp(ssh_lab: SshLab) -> None:  # noqa: F811
-    from hpcserve.ssh import SshExecutor
+    from hpcserve.cluster.ssh import SshExecutor
 
     ssh_lab.add("login")
     ssh_lab.write_known_hosts("login")
@@ -106,7 +106,7 @@ def test_connect_run_and_sftp(ssh_lab: SshLab) -> None:  # noqa: F811
 
 
 def test_proxyjump_through_second_sshd(ssh_lab: SshLab) -> None:  # noqa: F811
-    from hpcserve.ssh import connect
+    from hpcserve.cluster.ssh import connect
 
     login = ssh_lab.add("login")
     jump = ssh_lab.add("jump")
@@ -126,7 +126,7 @@ def test_proxyjump_through_second_sshd(ssh_lab: SshLab) -> None:  # noqa: F811
 
 
 def test_unknown_host_key_refused(ssh_lab: SshLab) -> None:  # noqa: F811
-    from hpcserve.ssh import HostKeyError, connect, fingerprint
+    from hpcserve.cluster.ssh import HostKeyError, connect, fingerprint
 
     s = ssh_lab.add("login")
     ssh_lab.known_hosts.write_text("")
@@ -143,7 +143,7 @@ def test_unknown_host_key_refused(ssh_lab: SshLab) -> None:  # noqa: F811
 
 
 def test_changed_host_key_refused(ssh_lab: SshLab) -> None:  # noqa: F811
-    from hpcserve.ssh import HostKeyError, connect
+    from hpcserve.cluster.ssh import HostKeyError, connect
 
     s = ssh_lab.add("login")
     other = ssh_lab.dir / "other_key"
@@ -162,7 +162,7 @@ def test_hashed_known_hosts_and_env_file(
     ssh_lab: SshLab,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hpcserve.ssh import connect
+    from hpcserve.cluster.ssh import connect
 
     ssh_lab.add("login")
     ssh_lab.write_known_hosts("login")
@@ -178,7 +178,7 @@ def test_hashed_known_hosts_and_env_file(
 
 
 def test_refused_key_is_a_sentence(ssh_lab: SshLab) -> None:  # noqa: F811
-    from hpcserve.ssh import connect
+    from hpcserve.cluster.ssh import connect
 
     ssh_lab.add("login")
     ssh_lab.write_known_hosts("login")
@@ -216,8 +216,8 @@ class FakeTransport:
 
 
 def test_keyboard_interactive_prompts_for_one_time_code(tmp_path: Path) -> None:
-    from hpcserve.ssh import _authenticate
-    from hpcserve.sshconfig import Hop
+    from hpcserve.cluster.ssh import _authenticate
+    from hpcserve.cluster.sshconfig import Hop
 
     key = tmp_path / "k"
     keygen(key)
@@ -234,8 +234,8 @@ def test_keyboard_interactive_prompts_for_one_time_code(tmp_path: Path) -> None:
 
 
 def test_keyboard_interactive_without_terminal_is_a_sentence(tmp_path: Path) -> None:
-    from hpcserve.ssh import _authenticate, terminal_prompter
-    from hpcserve.sshconfig import Hop
+    from hpcserve.cluster.ssh import _authenticate, terminal_prompter
+    from hpcserve.cluster.sshconfig import Hop
 
     hop = Hop("login", "h", 22, "u", identity_files=(), identities_only=True)
     with pytest.raises(UsageError, match="no terminal"):

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from conftest import apptainer_site, read_nul, site_to_yaml, venv_site
 
-from hpcserve.cluster import executor_for
+from hpcserve.cluster.connect import executor_for
 from hpcserve.errors import UsageError
-from hpcserve.siteschema import Scheduler, Site
+from hpcserve.sites.schema import Scheduler, Site
 
 Cli = Callable[..., tuple[int, str, str]]
 
@@ -217,7 +217,7 @@ def test_download_passes_token_through_stdin(
 
 
 def test_download_argv_never_holds_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpcserve.submit import download_argv
+    from hpcserve.launch.submit import download_argv
 
     monkeypatch.setenv("HF_TOKEN", "hf_DLTOKEN")
     argv = download_argv(venv_site(), "org/m; rm -rf ~")
@@ -232,6 +232,6 @@ def test_executor_for_remote_site_without_login_host() -> None:
 
 
 def test_local_executor_for_local_site() -> None:
-    from hpcserve.remote import LocalExecutor
+    from hpcserve.cluster.executor import LocalExecutor
 
     assert isinstance(executor_for(venv_site()), LocalExecutor)

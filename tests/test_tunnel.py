@@ -12,7 +12,7 @@ import pytest
 from net_fixtures import SshLab, StandInHTTP, ssh_lab, stand_in_http  # noqa: F401
 
 from hpcserve.errors import UsageError
-from hpcserve.tunnel import Forwarder, bind_local
+from hpcserve.net.tunnel import Forwarder, bind_local
 
 
 def get(url: str, timeout: float = 30) -> bytes:
@@ -22,7 +22,7 @@ def get(url: str, timeout: float = 30) -> bytes:
 
 
 def forwarder(lab: SshLab, http: StandInHTTP, host: str = "login", **kw: object) -> Forwarder:
-    from hpcserve.ssh import connect
+    from hpcserve.cluster.ssh import connect
 
     msgs: list[str] = []
     fwd = Forwarder(
@@ -102,7 +102,7 @@ def test_reconnects_after_sshd_restart(lab1: SshLab, stand_in_http: StandInHTTP)
 
 
 def test_default_port_in_use_picks_another(lab1: SshLab, stand_in_http: StandInHTTP) -> None:  # noqa: F811
-    from hpcserve.ssh import connect
+    from hpcserve.cluster.ssh import connect
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -130,7 +130,7 @@ def test_explicit_port_in_use_is_an_error() -> None:
 
 
 def test_unreachable_remote_closes_client(lab1: SshLab) -> None:  # noqa: F811
-    from hpcserve.ssh import connect
+    from hpcserve.cluster.ssh import connect
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -197,9 +197,9 @@ def test_api_base_opens_a_tunnel_when_head_unreachable(
 ) -> None:
     from types import SimpleNamespace
 
-    from hpcserve import endpoint
-    from hpcserve.jobrecord import JobRecord
-    from hpcserve.siteschema import LoginHost
+    from hpcserve.jobs.record import JobRecord
+    from hpcserve.net import endpoint
+    from hpcserve.sites.schema import LoginHost
 
     monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path))
     monkeypatch.setattr(endpoint, "reachable", lambda host, port, timeout=1.0: False)
@@ -219,8 +219,8 @@ def test_via_openssh_uses_same_resolution(
     lab1: SshLab,
     stand_in_http: StandInHTTP,  # noqa: F811
 ) -> None:
-    from hpcserve.ssh import known_hosts_files, route_for
-    from hpcserve.tunnel import OpensshTunnel, free_port, openssh_argv
+    from hpcserve.cluster.ssh import known_hosts_files, route_for
+    from hpcserve.net.tunnel import OpensshTunnel, free_port, openssh_argv
 
     route, extra = route_for("login")
     port = free_port()

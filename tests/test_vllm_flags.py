@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 import pytest
 
-from hpcserve import vllm_flags
-from hpcserve.vllm_flags import BY_NAME, FLAGS, flag, flag_argv
+from hpcserve.launch import vllm_flags
+from hpcserve.launch.vllm_flags import BY_NAME, FLAGS, flag, flag_argv
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,5 +118,5 @@ def test_click_options_generated_from_table() -> None:
 def test_docs_are_generated_from_the_table() -> None:
     doc = (REPO / "docs" / "vllm-flags.md").read_text()
     assert doc == vllm_flags.markdown(), (
-        "docs/vllm-flags.md is stale: python -m hpcserve.vllm_flags > docs/vllm-flags.md"
+        "docs/vllm-flags.md is stale: python -m hpcserve.launch.vllm_flags > docs/vllm-flags.md"
     )

@@ -1,7 +1,7 @@
 """`hpcserve status | logs | wait | cancel | list`: the life of a submitted job.
 
 Each command opens one executor per site (one SSH connection for the whole command on remote
-sites) and talks to SLURM through :class:`hpcserve.slurm.Slurm`.
+sites) and talks to SLURM through :class:`hpcserve.cluster.slurm.Slurm`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 
 import click
 
+from hpcserve.cluster.executor import Executor, LocalExecutor
+from hpcserve.cluster.slurm import SchedJob, Slurm, format_duration
 from hpcserve.errors import HpcserveError, RemoteError, UsageError
-from hpcserve.jobrecord import JobRecord, node_log_name
-from hpcserve.jobstate import JobStatus
-from hpcserve.registry import Registry
-from hpcserve.remote import Executor, LocalExecutor
-from hpcserve.slurm import SchedJob, Slurm, format_duration
+from hpcserve.jobs.record import JobRecord, node_log_name
+from hpcserve.jobs.registry import Registry
+from hpcserve.jobs.state import JobStatus
 
 # Tests replace this with a fake (site name -> (site or None, executor)).
 SiteOpener = Callable[[JobRecord], tuple[Any, Executor]]
@@ -49,9 +49,9 @@ def _open_site(rec: JobRecord) -> tuple[Any, Executor]:
     """The site config (None if the sites module is absent) and an executor for it."""
     if OPEN_SITE is not None:
         return OPEN_SITE(rec)
-    sites_mod = _optional_module("hpcserve.sites")
+    sites_mod = _optional_module("hpcserve.sites.loader")
     site = sites_mod.load_site(rec.site) if sites_mod is not None else None
-    cluster_mod = _optional_module("hpcserve.cluster")
+    cluster_mod = _optional_module("hpcserve.cluster.connect")
     if site is not None and cluster_mod is not None:
         return site, cluster_mod.executor_for(site)
     if rec.remote:
@@ -85,7 +85,7 @@ def _save(reg: Registry) -> Callable[[JobRecord], None]:
 
 def _nccl_summary(watch: Any) -> str | None:
     try:
-        from hpcserve.nccl import nccl_summary_for_status
+        from hpcserve.nccl.analysis import nccl_summary_for_status
     except ImportError:
         return None
     try:
@@ -152,7 +152,7 @@ def status(job: str | None, as_json: bool, watch: bool, interval: float) -> None
         _status_table(reg, as_json)
         return
     rec = reg.get(job)
-    from hpcserve.jobwatch import JobWatch
+    from hpcserve.jobs.watch import JobWatch
 
     with (
         _site_session(rec) as (site, ex),
@@ -185,7 +185,7 @@ def _status_table(reg: Registry, as_json: bool) -> None:
         else:
             click.echo("no jobs in the registry (`hpcserve submit` adds them)")
         return
-    from hpcserve.jobwatch import JobWatch
+    from hpcserve.jobs.watch import JobWatch
 
     rows: list[tuple[JobRecord, JobStatus | None, str | None]] = []
     by_site: dict[str, list[JobRecord]] = {}
@@ -253,7 +253,7 @@ def logs(job: str, node: int | None, batch: bool, follow: bool, tail: int | None
     rec = reg.get(job)
     if node is not None and not 0 <= node < max(rec.nodes, 1):
         raise UsageError(f"--node must be between 0 and {max(rec.nodes, 1) - 1} for job {job}")
-    from hpcserve.jobwatch import LogFollower
+    from hpcserve.jobs.watch import LogFollower
 
     paths: list[tuple[str, str]] = []
     if batch:
@@ -317,7 +317,7 @@ def wait(job: str, timeout: float | None, quiet: bool) -> None:
         raise UsageError("--timeout must be a positive number of seconds")
     reg = _registry()
     rec = reg.get(job)
-    from hpcserve.jobwatch import JobWatch, wait_ready
+    from hpcserve.jobs.watch import JobWatch, wait_ready
 
     t0 = time.monotonic()
 

@@ -1,7 +1,8 @@
 """``hpcserve render``, ``submit`` and ``download``: thin click adapters over render/submit.
 
-The vLLM options come from the table in :mod:`hpcserve.vllm_flags`; the sbatch keys from the
-signature of :func:`hpcserve.sbatch.sbatch_directives`. Nothing heavy is imported for ``render``.
+The vLLM options come from the table in :mod:`hpcserve.launch.vllm_flags`; the sbatch keys from the
+signature of :func:`hpcserve.cluster.sbatch.sbatch_directives`. Nothing heavy is imported for
+``render``.
 """
 
 from __future__ import annotations
@@ -12,19 +13,19 @@ from typing import Any
 
 import click
 
-from hpcserve import vllm_flags
+from hpcserve.cluster.sbatch import parse_sbatch_args
 from hpcserve.errors import RemoteError, UsageError
-from hpcserve.modelinfo import local_model_info
-from hpcserve.render import DEFAULT_JOB_NAME, LaunchRequest
-from hpcserve.render import render as render_script
-from hpcserve.sbatch import parse_sbatch_args
-from hpcserve.siteschema import Site
+from hpcserve.launch import vllm_flags
+from hpcserve.launch.render import DEFAULT_JOB_NAME, LaunchRequest
+from hpcserve.launch.render import render as render_script
+from hpcserve.plan.modelinfo import local_model_info
+from hpcserve.sites.schema import Site
 
 
 def load_site(value: str) -> Site:
     """A site by name, or from a YAML file when ``value`` looks like a path."""
-    from hpcserve.sites import load_site as by_name
-    from hpcserve.sites import load_site_file
+    from hpcserve.sites.loader import load_site as by_name
+    from hpcserve.sites.loader import load_site_file
 
     site: Site
     if value.endswith((".yaml", ".yml")) or os.sep in value:
@@ -121,8 +122,8 @@ def render(**opts: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def submit(**opts: Any) -> None:
     """Render the launcher, write it into a new job directory and submit it with sbatch."""
-    from hpcserve import submit as submitting
-    from hpcserve.cluster import executor_for, submits_locally
+    from hpcserve.cluster.connect import executor_for, submits_locally
+    from hpcserve.launch import submit as submitting
 
     site = load_site(opts["site_name"])
     req = _request(opts, opts["job_dir"] or "")
@@ -157,8 +158,8 @@ def submit(**opts: Any) -> None:
 @click.option("--revision", help="Branch, tag or commit of the model.")
 def download(model: str, site_name: str, revision: str | None) -> None:
     """Fetch MODEL into the site's shared HF cache, from the login node (token via stdin)."""
-    from hpcserve.cluster import executor_for
-    from hpcserve.submit import download_argv, read_hf_token
+    from hpcserve.cluster.connect import executor_for
+    from hpcserve.launch.submit import download_argv, read_hf_token
 
     site = load_site(site_name)
     if not site.storage.hf_cache:

@@ -41,8 +41,8 @@ def _resolve(job: str | None, url: str | None) -> Target:
         return Target(key="url", url=url.rstrip("/").removesuffix("/v1"))
     if not job:
         raise UsageError("name a job (id or name from `hpcserve list`) or give --url")
-    from hpcserve.registry import Registry
-    from hpcserve.sites import load_site
+    from hpcserve.jobs.registry import Registry
+    from hpcserve.sites.loader import load_site
 
     rec = Registry().get(job)
     return Target(key=rec.job_id, record=rec, site=load_site(rec.site))
@@ -56,7 +56,7 @@ def _key_for(t: Target, api_key_file: str | None) -> str | None:
         except OSError as e:
             raise UsageError(f"cannot read --api-key-file {api_key_file}: {e.strerror}") from e
     if t.record is not None:
-        from hpcserve.endpoint import api_key
+        from hpcserve.net.endpoint import api_key
 
         return api_key(t.record)
     return os.environ.get("HPCSERVE_API_KEY") or None
@@ -67,7 +67,7 @@ def _base_url(t: Target) -> Iterator[str]:
     if t.url:
         yield t.url
         return
-    from hpcserve.endpoint import api_base
+    from hpcserve.net.endpoint import api_base
 
     with api_base(t.record, t.site) as base:
         yield base
@@ -81,8 +81,8 @@ def _parse_remote(text: str) -> tuple[str, int]:
 
 
 def _login(t: Target, login: str | None) -> Any:
-    from hpcserve import ssh
-    from hpcserve.sshconfig import parse_hop_spec
+    from hpcserve.cluster import ssh
+    from hpcserve.cluster.sshconfig import parse_hop_spec
 
     if login:
         user, host, port = parse_hop_spec(login)
@@ -93,7 +93,7 @@ def _login(t: Target, login: str | None) -> Any:
 
 
 def _check_api(url: str, key: str | None, phase: str | None) -> None:
-    from hpcserve.api import ApiError, Client
+    from hpcserve.net.api import ApiError, Client
 
     c = Client(url, key, timeout=30, phase=phase)
     try:
@@ -147,7 +147,7 @@ def tunnel(
     child: bool,
 ) -> None:
     """Forward 127.0.0.1:LOCAL to JOB's API through the login node (Ctrl-C ends it)."""
-    from hpcserve import tunnel as tn
+    from hpcserve.net import tunnel as tn
 
     if stop:
         _stop(job)
@@ -158,7 +158,7 @@ def tunnel(
     if remote:
         addr, port = _parse_remote(remote)
     else:
-        from hpcserve.endpoint import remote_of
+        from hpcserve.net.endpoint import remote_of
 
         addr, port = remote_of(t.record)
     if not t.key:
@@ -183,7 +183,7 @@ def tunnel(
 
 
 def _announce(t: Any, tkey: str, url: str, remote: tuple[str, int], via: str, child: bool) -> None:
-    from hpcserve import tunnel as tn
+    from hpcserve.net import tunnel as tn
 
     if child:
         tn.write_state(tn.TunnelState(
@@ -216,8 +216,8 @@ def _run_paramiko(
     key: str | None,
     child: bool,
 ) -> None:
-    from hpcserve import ssh
-    from hpcserve import tunnel as tn
+    from hpcserve.cluster import ssh
+    from hpcserve.net import tunnel as tn
 
     fwd = tn.Forwarder(lambda: ssh.connect(login), remote, port, explicit_port=explicit)
     _hold_tunnel(
@@ -243,8 +243,8 @@ def _run_openssh(
     key: str | None,
     child: bool,
 ) -> None:
-    from hpcserve import ssh
-    from hpcserve import tunnel as tn
+    from hpcserve.cluster import ssh
+    from hpcserve.net import tunnel as tn
 
     if not tn.port_is_free(port):
         if explicit:
@@ -280,7 +280,7 @@ def _hold_tunnel(
     """Start ``tunnel`` (a paramiko Forwarder or an OpensshTunnel), say so (``up_line`` once it
     is up), check the API, announce it, and hold it until Ctrl-C/SIGTERM or its end; then stop
     it and, in a background child, clear its state file."""
-    from hpcserve import tunnel as tn
+    from hpcserve.net import tunnel as tn
 
     with tn.sigterm_as_interrupt():
         try:
@@ -301,7 +301,7 @@ def _hold_tunnel(
 
 
 def _spawn_background(tkey: str) -> None:
-    from hpcserve import tunnel as tn
+    from hpcserve.net import tunnel as tn
 
     argv = [
         sys.executable,
@@ -328,7 +328,7 @@ def _spawn_background(tkey: str) -> None:
 
 
 def _stop(job: str | None) -> None:
-    from hpcserve import tunnel as tn
+    from hpcserve.net import tunnel as tn
 
     if job is None:
         running = tn.running_tunnels()
@@ -346,7 +346,7 @@ def _stop(job: str | None) -> None:
 
 
 def _client(t: Target, base: str, api_key_file: str | None) -> Any:
-    from hpcserve.api import Client
+    from hpcserve.net.api import Client
 
     return Client(base, _key_for(t, api_key_file), phase=t.phase)
 
@@ -373,7 +373,7 @@ def query(
     api_key_file: str | None,
 ) -> None:
     """Send PROMPT to JOB as a chat completion and stream the answer."""
-    from hpcserve.api import user_message
+    from hpcserve.net.api import user_message
 
     if len(args) > 2 or (len(args) == 2 and url):
         raise UsageError("give JOB and one PROMPT (quote the prompt), or --url and PROMPT")
@@ -414,7 +414,7 @@ def chat(
     api_key_file: str | None,
 ) -> None:
     """Interactive multi-turn chat with JOB (/exit or Ctrl-D ends it, /reset forgets)."""
-    from hpcserve.api import ApiError, StreamResult
+    from hpcserve.net.api import ApiError, StreamResult
 
     t = _resolve(job, url)
     base_msgs: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
@@ -514,7 +514,7 @@ def bench(
     api_key_file: str | None,
 ) -> None:
     """Benchmark JOB's server with `vllm bench serve`'s metrics (TTFT, TPOT, ITL, throughput)."""
-    from hpcserve import bench as b
+    from hpcserve.net import bench as b
 
     if request_rate <= 0:
         raise UsageError("--request-rate must be positive")

@@ -14,8 +14,8 @@ from hpcserve.errors import UsageError
 def _load_site(name: str) -> Any:
     """The site named ``name`` (imported lazily: the sites module is its own helper's)."""
     try:
-        from hpcserve.sites import load_site
-    except ImportError:  # pragma: no cover - until hpcserve.sites lands
+        from hpcserve.sites.loader import load_site
+    except ImportError:  # pragma: no cover - until hpcserve.sites.loader lands
         raise UsageError("site configs are not available in this build") from None
     return load_site(name)
 
@@ -72,8 +72,8 @@ def plan(
     as_json: bool,
 ) -> None:
     """Size MODEL for SITE: weights, usable memory, nodes, layout, KV cache, concurrency."""
-    from hpcserve.modelinfo import load_model_info
-    from hpcserve.planner import NodeShape, make_plan
+    from hpcserve.plan.modelinfo import load_model_info
+    from hpcserve.plan.planner import NodeShape, make_plan
 
     info = load_model_info(model, config_json)
     info.served_dtype = dtype

@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from hpcserve import sites as sitelib
 from hpcserve.errors import ConfigError, UsageError
-from hpcserve.siteschema import Site
+from hpcserve.sites import loader as sitelib
+from hpcserve.sites.schema import Site
 
 
 @click.group("sites")
@@ -142,6 +142,6 @@ def schema(markdown: bool) -> None:
 
     Generated from the schema's dataclass metadata; --markdown gives docs/site-config.md.
     """
-    from hpcserve import sitedocs
+    from hpcserve.sites import docs as sitedocs
 
     click.echo(sitedocs.markdown() if markdown else sitedocs.text(), nl=False)

@@ -1,8 +1,9 @@
 """Wait for the GPU test's server exactly as `hpcserve wait` does, without SLURM.
 
-Runs hpcserve's own loop (:func:`hpcserve.jobwatch.wait_ready` over a
-:class:`hpcserve.jobwatch.JobWatch`): it follows ``JOBDIR/node-K.log`` with hpcserve's log
-follower, folds new lines into :mod:`hpcserve.phases` (``read_phase`` per node, ``merge`` for the
+Runs hpcserve's own loop (:func:`hpcserve.jobs.watch.wait_ready` over a
+:class:`hpcserve.jobs.watch.JobWatch`): it follows ``JOBDIR/node-K.log`` with hpcserve's log
+follower, folds new lines into :mod:`hpcserve.jobs.phases` (``read_phase`` per node, ``merge`` for
+the
 job), probes ``/health`` every ``WaitTiming.health_every`` (0.25 s) and stops when the API
 answers or the job fails. The only stand-in is the scheduler: there is no SLURM on the GPU
 machine, so "the job" is RUNNING while both node processes live and FAILED when one has exited.
@@ -24,11 +25,11 @@ from contextlib import closing
 from dataclasses import asdict
 from typing import Any
 
-from hpcserve.jobrecord import JobRecord
-from hpcserve.jobstate import JobStatus
-from hpcserve.jobwatch import HealthProbe, JobWatch, WaitTiming, wait_ready
-from hpcserve.remote import LocalExecutor
-from hpcserve.slurm import SchedJob
+from hpcserve.cluster.executor import LocalExecutor
+from hpcserve.cluster.slurm import SchedJob
+from hpcserve.jobs.record import JobRecord
+from hpcserve.jobs.state import JobStatus
+from hpcserve.jobs.watch import HealthProbe, JobWatch, WaitTiming, wait_ready
 
 
 def _alive(pid: int) -> bool:
@@ -41,7 +42,8 @@ def _alive(pid: int) -> bool:
 
 
 class ProcessScheduler:
-    """Stands in for :class:`hpcserve.slurm.Slurm`: the job runs while its node processes do."""
+    """Stands in for :class:`hpcserve.cluster.slurm.Slurm`: the job runs while its node processes
+    do."""
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids

@@ -1,10 +1,10 @@
 """SSH to a login node with paramiko (the only module that imports paramiko).
 
-:func:`connect` follows the route from :mod:`hpcserve.sshconfig` (ProxyJump hops as
+:func:`connect` follows the route from :mod:`hpcserve.cluster.sshconfig` (ProxyJump hops as
 ``direct-tcpip`` channels, or a ``ProxyCommand``), verifies every host key against known_hosts
 and refuses unknown or changed keys, then authenticates with the ssh-agent and IdentityFile keys
 and, when the server asks for it, keyboard-interactive (one-time codes) on the terminal.
-:class:`SshExecutor` is :class:`hpcserve.remote.Executor` over one such connection.
+:class:`SshExecutor` is :class:`hpcserve.cluster.executor.Executor` over one such connection.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 
 import paramiko
 
+from hpcserve.cluster.executor import CommandResult
+from hpcserve.cluster.sshconfig import Hop, Overrides, Route, resolve
 from hpcserve.errors import HpcserveError, RemoteError, UsageError
-from hpcserve.remote import CommandResult
-from hpcserve.sshconfig import Hop, Overrides, Route, resolve
 
 # paramiko logs dropped connections as tracebacks; hpcserve reports them as sentences instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -369,7 +369,8 @@ def connect(
 
 
 class SshExecutor:
-    """:class:`hpcserve.remote.Executor` on a site's login host over one reused connection."""
+    """:class:`hpcserve.cluster.executor.Executor` on a site's login host over one reused
+    connection."""
 
     def __init__(
         self,

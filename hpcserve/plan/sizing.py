@@ -1,6 +1,6 @@
 """Memory arithmetic for serving a model with vLLM: parameters, weight bytes, KV cache.
 
-Everything here is a pure function of a :class:`~hpcserve.modelinfo.ModelInfo` and numbers.
+Everything here is a pure function of a :class:`~hpcserve.plan.modelinfo.ModelInfo` and numbers.
 
 KV-cache accounting follows vLLM's v1 KV-cache manager (read from its source, not copied):
 
@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from hpcserve.modelinfo import DTYPE_BYTES, LINEAR_ATTENTION, ModelInfo, QuantInfo
+from hpcserve.plan.modelinfo import DTYPE_BYTES, LINEAR_ATTENTION, ModelInfo, QuantInfo
 
 GB = 1e9
 GIB = 1024**3

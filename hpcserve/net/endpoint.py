@@ -54,7 +54,7 @@ def api_key(record: Any) -> str | None:
 @contextlib.contextmanager
 def api_base(record: Any, site: Any, *, quiet: bool = False) -> Iterator[str]:
     """Yield a base URL (``http://host:port``) for ``record``'s API reachable from here."""
-    from hpcserve import tunnel
+    from hpcserve.net import tunnel
 
     state = tunnel.read_state(record.job_id)
     if state is not None and state.status == "up":
@@ -64,7 +64,7 @@ def api_base(record: Any, site: Any, *, quiet: bool = False) -> Iterator[str]:
     if reachable(addr, port):
         yield f"http://{addr}:{port}"
         return
-    from hpcserve import ssh
+    from hpcserve.cluster import ssh
 
     login = ssh.login_from_site(site)
 

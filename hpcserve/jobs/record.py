@@ -31,7 +31,7 @@ def node_log_name(node_rank: int) -> str:
 
 @dataclass
 class JobRecord:
-    """One job in the local registry (see :mod:`hpcserve.registry`)."""
+    """One job in the local registry (see :mod:`hpcserve.jobs.registry`)."""
 
     job_id: str
     site: str

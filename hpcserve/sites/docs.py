@@ -12,7 +12,8 @@ import json
 import textwrap
 from typing import Any
 
-from hpcserve.schemawalk import (
+from hpcserve.sites.schema import Site
+from hpcserve.sites.walk import (
     default_of,
     describe,
     is_dataclass_type,
@@ -21,11 +22,10 @@ from hpcserve.schemawalk import (
     unwrap_optional,
     walk,
 )
-from hpcserve.siteschema import Site
 
 _INTRO = """\
 A site file is one YAML file per cluster. Its keys mirror the dataclasses in
-`hpcserve/siteschema.py`; this page is generated from them by `hpcserve sites schema --markdown`
+`hpcserve/sites/schema.py`; this page is generated from them by `hpcserve sites schema --markdown`
 (do not edit it by hand). Check a file with `hpcserve sites validate FILE...`.
 
 Sites are looked up in the shipped `site_configs/`, then `~/.config/hpcserve/sites/`, then each

@@ -107,7 +107,7 @@ class Forwarder:
     """Forward 127.0.0.1:``local_port`` to ``remote`` through an SSH client from ``connect``.
 
     ``connect`` returns an object with ``get_transport()`` and ``close()`` (a
-    :class:`hpcserve.ssh.ChainClient`); it is called again after a drop.
+    :class:`hpcserve.cluster.ssh.ChainClient`); it is called again after a drop.
     """
 
     def __init__(
@@ -270,7 +270,8 @@ class Forwarder:
 def openssh_argv(
     route: Any, local_port: int, remote: tuple[str, int], known_hosts: list[str] | None = None
 ) -> list[str]:
-    """``ssh -N -L 127.0.0.1:LOCAL:ADDR:PORT`` for a resolved :class:`~hpcserve.sshconfig.Route`
+    """``ssh -N -L 127.0.0.1:LOCAL:ADDR:PORT`` for a resolved
+    :class:`~hpcserve.cluster.sshconfig.Route`
     (same host, user, port, identities, jump hosts and known_hosts files as the paramiko path;
     ``$HPCSERVE_SSH_CONFIG``, when set, is passed with ``-F`` so jump hosts resolve alike)."""
     t = route.target
@@ -376,7 +377,7 @@ class TunnelState:
 def tunnels_dir() -> Path:
     """``Registry().root / "tunnels"`` (created 0700)."""
     try:
-        from hpcserve.registry import Registry
+        from hpcserve.jobs.registry import Registry
 
         root = Path(Registry().root)
     except ImportError:  # the registry module is not there yet: same default root

@@ -2,7 +2,7 @@
 
 The phases, in order: ``starting`` -> ``loading`` (weights) -> ``kv_cache`` (memory profiling,
 KV cache sizing) -> ``cuda_graphs`` -> ``api`` (engine up, API server starting) -> ``ready``.
-Failure is not decided here: :mod:`hpcserve.failures` reads the same lines for causes.
+Failure is not decided here: :mod:`hpcserve.jobs.failures` reads the same lines for causes.
 
 The patterns match the format strings of vLLM's v1 engine (checked against vllm-project/vllm
 main, 2025/2026, and log excerpts of 0.10-0.11 runs), with older spellings kept where they

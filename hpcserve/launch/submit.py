@@ -1,6 +1,7 @@
 """Submit a rendered launcher: job directory, secrets file, ``sbatch``, registry record.
 
-The cluster is reached only through an :class:`~hpcserve.remote.Executor`, so this runs the same
+The cluster is reached only through an :class:`~hpcserve.cluster.executor.Executor`, so this runs
+the same
 on a login node and on a laptop that submits over SSH. Secrets go into ``JOBDIR/secrets.env``
 (0600) and the local registry's 0600 secret file, never into the script or onto a command line.
 """
@@ -17,12 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hpcserve import jobrecord
-from hpcserve.cluster import expand_home, home_dir
+from hpcserve.cluster.connect import expand_home, home_dir
+from hpcserve.cluster.executor import Executor
 from hpcserve.errors import HpcserveError, RemoteError
-from hpcserve.remote import Executor
-from hpcserve.render import LaunchRequest, choose_layout, path_word, render, shell_word
-from hpcserve.siteschema import Site
+from hpcserve.jobs import record as jobrecord
+from hpcserve.launch.render import LaunchRequest, choose_layout, path_word, render, shell_word
+from hpcserve.sites.schema import Site
 
 _JOB_ID = re.compile(r"^(\d+)(;\S+)?$")
 
@@ -132,7 +133,7 @@ def submit(
     ``name`` is the registry name the user chose (checked before anything is submitted).
     """
     if name is not None and not dry_run:
-        from hpcserve.registry import Registry
+        from hpcserve.jobs.registry import Registry
 
         Registry().check_free_name(name)
     layout = choose_layout(site, req)
@@ -190,7 +191,7 @@ def _record(
     sub: Submission, req: LaunchRequest, *, remote: bool, api_key: str | None, name: str | None
 ) -> str | None:
     """Add the job to the local registry; store its API key in a 0600 file. Returns that path."""
-    from hpcserve.registry import Registry  # lazy: written by the jobs helper
+    from hpcserve.jobs.registry import Registry  # lazy: written by the jobs helper
 
     assert sub.job_id is not None
     served = req.vllm_options.get("served_model_name")

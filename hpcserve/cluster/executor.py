@@ -2,7 +2,7 @@
 
 Everything that talks to SLURM goes through an :class:`Executor`, so the logic above it is the
 same for a laptop that submits over SSH and for a login node that runs ``sbatch`` itself.
-The SSH implementation lives in :mod:`hpcserve.ssh` (imported only when needed).
+The SSH implementation lives in :mod:`hpcserve.cluster.ssh` (imported only when needed).
 """
 
 from __future__ import annotations

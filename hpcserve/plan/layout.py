@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpcserve.errors import UsageError
-from hpcserve.modelinfo import ModelInfo
+from hpcserve.plan.modelinfo import ModelInfo
 
 PP_ACROSS_NODES = "pp-across-nodes"
 TP_ACROSS_NODES = "tp-across-nodes"

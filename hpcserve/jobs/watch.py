@@ -1,6 +1,6 @@
 """Watching one job: scheduler polls, growing logs, endpoint.json and /health (thin adapter).
 
-A :class:`JobWatch` gathers the inputs of :func:`hpcserve.jobstate.combine` through one
+A :class:`JobWatch` gathers the inputs of :func:`hpcserve.jobs.state.combine` through one
 executor (so over SSH it is one connection for the command's lifetime) and keeps what it read
 (log offsets, phase, failures) between polls. :func:`wait_ready` is the loop behind
 ``hpcserve wait``: /health every ``health_every`` seconds once the job runs, squeue every few
@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpcserve.cluster.executor import Executor, LocalExecutor
+from hpcserve.cluster.slurm import SchedJob, Slurm
 from hpcserve.errors import RemoteError
-from hpcserve.failures import Failure, diagnose, rank, scan
-from hpcserve.jobrecord import ENDPOINT, NCCL_DIR, JobRecord, node_log_name
-from hpcserve.jobstate import JobStatus, apply_endpoint, combine, default_url, parse_endpoint
-from hpcserve.phases import PhaseInfo, merge, read_phase
-from hpcserve.remote import Executor, LocalExecutor
-from hpcserve.slurm import SchedJob, Slurm
+from hpcserve.jobs.failures import Failure, diagnose, rank, scan
+from hpcserve.jobs.phases import PhaseInfo, merge, read_phase
+from hpcserve.jobs.record import ENDPOINT, NCCL_DIR, JobRecord, node_log_name
+from hpcserve.jobs.state import JobStatus, apply_endpoint, combine, default_url, parse_endpoint
 
 
 @dataclass
@@ -73,12 +73,12 @@ class NodeLog:
 def reach_url(rec: JobRecord, site: Any | None, stack: contextlib.ExitStack) -> str | None:
     """A base URL at which this machine reaches the job's API, kept open in ``stack``.
 
-    :func:`hpcserve.endpoint.api_base` gives the job's background tunnel, the head directly
+    :func:`hpcserve.net.endpoint.api_base` gives the job's background tunnel, the head directly
     when it answers, or a tunnel through the login node held until ``stack`` closes. None when
     none can be opened yet (then the API counts as not ready from here).
     """
-    from hpcserve.endpoint import api_base
     from hpcserve.errors import HpcserveError
+    from hpcserve.net.endpoint import api_base
 
     try:
         return str(stack.enter_context(api_base(rec, site, quiet=True)))
@@ -249,7 +249,7 @@ def _keep_first(into: dict[str, Failure], found: list[Failure]) -> None:
 
 
 def diagnose_logs(texts: dict[str, str]) -> Failure | None:
-    """:func:`hpcserve.failures.diagnose` over whole log texts (name -> text)."""
+    """:func:`hpcserve.jobs.failures.diagnose` over whole log texts (name -> text)."""
     return diagnose({k: v.splitlines() for k, v in texts.items()})
 
 

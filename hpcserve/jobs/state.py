@@ -9,10 +9,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hpcserve.failures import RULES, Failure, rule
-from hpcserve.jobrecord import JobRecord
-from hpcserve.phases import PHASE_LABELS, PhaseInfo
-from hpcserve.slurm import END_STATES, SchedJob, format_duration
+from hpcserve.cluster.slurm import END_STATES, SchedJob, format_duration
+from hpcserve.jobs.failures import RULES, Failure, rule
+from hpcserve.jobs.phases import PHASE_LABELS, PhaseInfo
+from hpcserve.jobs.record import JobRecord
 
 # Why a job waits, in words (squeue/scontrol reason codes; the common ones).
 PENDING_REASONS: dict[str, str] = {
@@ -152,7 +152,7 @@ def combine(
 ) -> JobStatus:
     """The job's status from what the scheduler, logs and /health say.
 
-    ``failure`` is the log diagnosis (:func:`hpcserve.failures.diagnose`); ``health`` is True
+    ``failure`` is the log diagnosis (:func:`hpcserve.jobs.failures.diagnose`); ``health`` is True
     when /health answered 200, False when it was tried and failed, None when not tried.
     """
     state = sched.state

@@ -1,6 +1,7 @@
 """The scheduler adapter: every SLURM command hpcserve runs goes through here.
 
-Commands run through an :class:`hpcserve.remote.Executor` (locally, or over one SSH connection
+Commands run through an :class:`hpcserve.cluster.executor.Executor` (locally, or over one SSH
+connection
 kept for the command's lifetime). The parsers are pure functions of the commands' text output.
 
 Where a job's state comes from, in order:
@@ -25,8 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hpcserve.cluster.executor import CommandResult, Executor
 from hpcserve.errors import RemoteError
-from hpcserve.remote import CommandResult, Executor
 
 # id | state (long) | reason | nodes | nodelist | time left | time limit | start | used | exit
 SQUEUE_FORMAT = "%i|%T|%r|%D|%N|%L|%l|%S|%M"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 
+from hpcserve.cluster.executor import Executor, LocalExecutor
 from hpcserve.errors import RemoteError, UsageError
-from hpcserve.remote import Executor, LocalExecutor
-from hpcserve.siteschema import Site
+from hpcserve.sites.schema import Site
 
 
 def submits_locally(site: Site) -> bool:
@@ -28,7 +28,7 @@ def executor_for(site: Site) -> Executor:
             f"site {site.name}: sbatch is not on PATH here and the site has no login host "
             f"(scheduler.submit is {site.scheduler.submit!r})"
         )
-    from hpcserve.ssh import SshExecutor  # lazy: paramiko
+    from hpcserve.cluster.ssh import SshExecutor  # lazy: paramiko
 
     executor: Executor = SshExecutor(site)
     return executor

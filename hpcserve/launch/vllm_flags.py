@@ -208,7 +208,7 @@ def markdown() -> str:
     lines = [
         "# vLLM flags known to hpcserve",
         "",
-        "Generated from `hpcserve/vllm_flags.py` by `python -m hpcserve.vllm_flags > "
+        "Generated from `hpcserve/launch/vllm_flags.py` by `python -m hpcserve.launch.vllm_flags > "
         "docs/vllm-flags.md`; do not edit by hand.",
         "",
         "Options marked *yes* are options of `hpcserve render` and `hpcserve submit` and pass "

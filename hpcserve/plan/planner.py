@@ -11,9 +11,9 @@ from functools import partial
 from typing import Any
 
 from hpcserve.errors import HpcserveError, UsageError
-from hpcserve.layout import Layout, choose_layout, layout_problems
-from hpcserve.modelinfo import ModelInfo
-from hpcserve.sizing import (
+from hpcserve.plan.layout import Layout, choose_layout, layout_problems
+from hpcserve.plan.modelinfo import ModelInfo
+from hpcserve.plan.sizing import (
     ACTIVATION_OVERHEAD_GB,
     GB,
     KvPrediction,

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hpcserve.errors import UsageError
-from hpcserve.jobrecord import JobRecord
+from hpcserve.jobs.record import JobRecord
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _SAFE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpcserve import jobrecord, vllm_flags
-from hpcserve import layout as layout_mod
+from hpcserve.cluster.sbatch import merged, sbatch_directives
 from hpcserve.errors import UsageError
-from hpcserve.layout import Layout
-from hpcserve.modelinfo import ModelInfo
-from hpcserve.sbatch import merged, sbatch_directives
-from hpcserve.siteschema import Site
+from hpcserve.jobs import record as jobrecord
+from hpcserve.launch import vllm_flags
+from hpcserve.plan import layout as layout_mod
+from hpcserve.plan.layout import Layout
+from hpcserve.plan.modelinfo import ModelInfo
+from hpcserve.sites.schema import Site
 
 TEMPLATE = "launcher.sbatch.j2"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -72,7 +73,7 @@ def join_word(base: Word, tail: str) -> Word:
 
 
 def choose_layout(site: Site, req: LaunchRequest) -> Layout:
-    """The layout for ``req`` on ``site``: :func:`hpcserve.layout.choose_layout` decides."""
+    """The layout for ``req`` on ``site``: :func:`hpcserve.plan.layout.choose_layout` decides."""
     return layout_mod.choose_layout(
         req.model_info, req.nodes, site.node.gpus, req.tp, req.pp, site.engine.layout
     )

@@ -1,4 +1,4 @@
-"""Load and validate site YAML files against :mod:`hpcserve.siteschema`, and find sites by name.
+"""Load and validate site YAML files against :mod:`hpcserve.sites.schema`, and find sites by name.
 
 A file is composed (not constructed) with PyYAML so every node keeps its line. The node tree is
 then checked against the dataclasses' fields and type hints generically: unknown keys (with a
@@ -28,7 +28,8 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from hpcserve.errors import ConfigError, UsageError
 from hpcserve.resources import site_configs_dir
-from hpcserve.schemawalk import (
+from hpcserve.sites.schema import Site
+from hpcserve.sites.walk import (
     describe,
     dict_types,
     dotted_names,
@@ -39,7 +40,6 @@ from hpcserve.schemawalk import (
     type_hints,
     unwrap_optional,
 )
-from hpcserve.siteschema import Site
 
 ENV_VAR = "HPCSERVE_SITES"
 SUFFIXES = (".yaml", ".yml")

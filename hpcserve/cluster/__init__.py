@@ -1,0 +1,1 @@
+"""Where cluster commands run (here or over SSH) and the one module that speaks SLURM."""

@@ -1,0 +1,1 @@
+"""A submitted job: record, registry, phases, failure causes, state, watching."""

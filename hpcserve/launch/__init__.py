@@ -1,0 +1,1 @@
+"""The sbatch launcher: vLLM flags, rendering, submitting, downloading weights."""

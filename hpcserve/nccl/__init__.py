@@ -1,0 +1,1 @@
+"""How NCCL traffic flows, read from NCCL_DEBUG=INFO logs."""

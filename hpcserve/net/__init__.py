@@ -1,0 +1,1 @@
+"""Reaching a job's API from here: endpoint, tunnel, OpenAI client, benchmark."""

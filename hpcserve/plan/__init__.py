@@ -1,0 +1,1 @@
+"""Sizing a model for a site: config, weights, KV cache, parallel layout."""

@@ -1,0 +1,1 @@
+"""Cluster descriptions: schema, loading and validation of site files, their docs."""
