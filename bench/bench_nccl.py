@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hpcserve.nccl.analysis import NcclScanner  # noqa: E402
+from hpcserve.nccl import NcclScanner  # noqa: E402
 
 DATA = REPO / "tests" / "data" / "nccl"
 

@@ -338,7 +338,7 @@ def test_status_shows_the_nccl_verdict_when_the_module_exists(env, capsys, monke
     import types
 
     fake_nccl = types.ModuleType(
-        "hpcserve.nccl.analysis"
+        "hpcserve.nccl.status"
     )  # a stand-in for the NCCL helper's module
     seen: list[list[str]] = []
 
@@ -347,7 +347,7 @@ def test_status_shows_the_nccl_verdict_when_the_module_exists(env, capsys, monke
         return "NCCL: 2 nodes over NET/IB (GPUDirect RDMA)"
 
     fake_nccl.nccl_summary_for_status = nccl_summary_for_status
-    monkeypatch.setitem(sys.modules, "hpcserve.nccl.analysis", fake_nccl)
+    monkeypatch.setitem(sys.modules, "hpcserve.nccl.status", fake_nccl)
     add_job("48")
     env.add("48", "RUNNING")
     env.ex.files["/jobs/48/nccl/node-0.n1.123.log"] = "n1:123:123 [0] NCCL INFO Bootstrap\n"

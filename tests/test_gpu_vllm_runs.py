@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from hpcserve.jobs.phases import PHASES, PhaseInfo, merge, read_phase, split_lines
-from hpcserve.nccl.analysis import scan_paths
+from hpcserve.nccl import scan_paths
 from hpcserve.plan.modelinfo import load_model_info
 from hpcserve.plan.sizing import parse_vllm_kv_log, predict_kv_cache_tokens
 

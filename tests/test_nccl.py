@@ -1,4 +1,4 @@
-"""hpcserve.nccl.analysis: parsing NCCL_DEBUG=INFO output and judging how GPUs and nodes talk."""
+"""hpcserve.nccl: parsing NCCL_DEBUG=INFO output and judging how GPUs and nodes talk."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcserve.nccl.analysis import (
+from hpcserve.nccl import (
     NcclScanner,
     nccl_summary_for_status,
     parse_connection,
@@ -612,7 +612,7 @@ def test_sieve_memory_stays_bounded_and_forgetting_changes_nothing(
     big_log: tuple[bytes, dict],  # type: ignore[type-arg]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import hpcserve.nccl.analysis as nccl
+    import hpcserve.nccl.scanner as nccl
 
     raw, by_lines = big_log
     monkeypatch.setattr(nccl, "_MAX_BLOCK_BYTES", 8192)

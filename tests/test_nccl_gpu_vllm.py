@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcserve.nccl.analysis import scan_paths
+from hpcserve.nccl import scan_paths
 
 DATA = Path(__file__).parent / "data" / "gpu-vllm"
 

@@ -85,7 +85,7 @@ def _save(reg: Registry) -> Callable[[JobRecord], None]:
 
 def _nccl_summary(watch: Any) -> str | None:
     try:
-        from hpcserve.nccl.analysis import nccl_summary_for_status
+        from hpcserve.nccl.status import nccl_summary_for_status
     except ImportError:
         return None
     try:

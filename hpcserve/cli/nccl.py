@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from hpcserve.errors import HpcserveError, UsageError
-from hpcserve.nccl.analysis import NcclReport, NcclScanner, one_line, open_log, wrap_stream
+from hpcserve.nccl import NcclReport, NcclScanner, one_line, open_log, wrap_stream
 
 _NODE_FILE_RE = re.compile(r"node-(\d+)")
 
