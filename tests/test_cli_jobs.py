@@ -337,9 +337,7 @@ def test_status_shows_the_nccl_verdict_when_the_module_exists(env, capsys, monke
     import sys
     import types
 
-    fake_nccl = types.ModuleType(
-        "hpcserve.nccl.status"
-    )  # a stand-in for the NCCL helper's module
+    fake_nccl = types.ModuleType("hpcserve.nccl.status")  # a stand-in for the NCCL helper's module
     seen: list[list[str]] = []
 
     def nccl_summary_for_status(lines):
