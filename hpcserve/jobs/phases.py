@@ -28,7 +28,7 @@ differ; see ``tests/data/vllm-lines/README.md`` for where each line comes from:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,45 +150,66 @@ def read_phase(lines: Iterable[str], info: PhaseInfo | None = None) -> PhaseInfo
 
 
 def _fold(info: PhaseInfo, line: str) -> None:
+    """Fold one log line into ``info``: every phase rule below looks at it."""
+    for rule in _PHASE_RULES:
+        rule(info, line)
+
+
+def _fold_version(info: PhaseInfo, line: str) -> None:
     if "vLLM" in line or "version" in line:
         m = _VERSION.search(line)
         if m:
             info.vllm_version = next(g for g in m.groups() if g)
-    if "load" in line or "Load" in line:
-        if m := _LOAD_START.search(line):
-            info.model = m.group(1)
-            info.advance("loading")
-        elif m := _SHARDS.search(line):
-            info.weights_percent = int(m.group(1))
-            info.shards_done, info.shards_total = int(m.group(2)), int(m.group(3))
-            info.advance("loading")
-        elif _WEIGHTS_TOOK.search(line):
-            info.weights_percent = 100
-            info.advance("loading")
-        elif m := _MODEL_TOOK.search(line):
-            info.model_memory_gib = float(m.group(1))
-            info.weights_percent = 100
-            info.advance("loading")
-    if "KV cache" in line or "concurrency" in line:
-        if m := _KV_MEM.search(line):
-            info.kv_cache_memory_gib = float(m.group(1) or m.group(2))
-            info.advance("kv_cache")
-        if m := _KV_TOKENS.search(line):
-            info.kv_cache_tokens = _int(m.group(1))
-            info.advance("kv_cache")
-        if m := _CONCURRENCY.search(line):
-            info.max_model_len = _int(m.group(1))
-            info.max_concurrency = float(m.group(2))
-            info.advance("kv_cache")
-    if "raph" in line:
-        if m := _GRAPHS.search(line):
-            mode = m.group(1) or ""
-            pct = f" {m.group(2)}%" if m.group(2) else ""
-            info.graphs = (mode + pct).strip() or None
-            info.advance("cuda_graphs")
-        elif _GRAPHS_DONE.search(line):
-            info.graphs = "done"
-            info.advance("cuda_graphs")
+
+
+def _fold_loading(info: PhaseInfo, line: str) -> None:
+    if "load" not in line and "Load" not in line:
+        return
+    if m := _LOAD_START.search(line):
+        info.model = m.group(1)
+        info.advance("loading")
+    elif m := _SHARDS.search(line):
+        info.weights_percent = int(m.group(1))
+        info.shards_done, info.shards_total = int(m.group(2)), int(m.group(3))
+        info.advance("loading")
+    elif _WEIGHTS_TOOK.search(line):
+        info.weights_percent = 100
+        info.advance("loading")
+    elif m := _MODEL_TOOK.search(line):
+        info.model_memory_gib = float(m.group(1))
+        info.weights_percent = 100
+        info.advance("loading")
+
+
+def _fold_kv_cache(info: PhaseInfo, line: str) -> None:
+    if "KV cache" not in line and "concurrency" not in line:
+        return
+    if m := _KV_MEM.search(line):
+        info.kv_cache_memory_gib = float(m.group(1) or m.group(2))
+        info.advance("kv_cache")
+    if m := _KV_TOKENS.search(line):
+        info.kv_cache_tokens = _int(m.group(1))
+        info.advance("kv_cache")
+    if m := _CONCURRENCY.search(line):
+        info.max_model_len = _int(m.group(1))
+        info.max_concurrency = float(m.group(2))
+        info.advance("kv_cache")
+
+
+def _fold_graphs(info: PhaseInfo, line: str) -> None:
+    if "raph" not in line:
+        return
+    if m := _GRAPHS.search(line):
+        mode = m.group(1) or ""
+        pct = f" {m.group(2)}%" if m.group(2) else ""
+        info.graphs = (mode + pct).strip() or None
+        info.advance("cuda_graphs")
+    elif _GRAPHS_DONE.search(line):
+        info.graphs = "done"
+        info.advance("cuda_graphs")
+
+
+def _fold_api(info: PhaseInfo, line: str) -> None:
     if _ENGINE_UP.search(line):
         info.advance("api")
     if m := _API_START.search(line):
@@ -198,6 +219,17 @@ def _fold(info: PhaseInfo, line: str) -> None:
         if m.group(1):
             info.url = info.url or m.group(1)
         info.advance("ready")
+
+
+# Each rule sets the fields it recognises; PhaseInfo.advance never goes back, so the furthest
+# phase a line shows wins.
+_PHASE_RULES: tuple[Callable[[PhaseInfo, str], None], ...] = (
+    _fold_version,
+    _fold_loading,
+    _fold_kv_cache,
+    _fold_graphs,
+    _fold_api,
+)
 
 
 def _done_loading(info: PhaseInfo) -> bool:

@@ -43,6 +43,7 @@ STATE_CAUSES: dict[str, str] = {
     "DEADLINE": "time_limit",
 }
 _ORDER = {r.cause: i for i, r in enumerate(RULES)}
+_WAITING_STATES = ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED")
 
 
 @dataclass
@@ -175,70 +176,84 @@ def combine(
         url=url or default_url(rec),
         nccl=nccl,
     )
-    if state in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED"):
-        st.phase = "pending"
-        why = explain_reason(sched.reason) or state.lower()
-        start = f"; expected start {sched.start_time}" if sched.start_time else ""
-        st.detail = f"{PHASE_LABELS['pending']} ({why}{start})"
-        if sched.reason and sched.reason.strip("()").split(",")[0] in HOPELESS_REASONS:
-            st.phase = "failed"
-            st.failure = Failure(
-                "unschedulable",
-                "the scheduler cannot ever start this job",
-                f"PENDING, reason {sched.reason}",
-                "cancel it and resubmit with options the partition allows "
-                "(nodes, --time, constraint, account)",
-            )
-        return st
-    if state in ("RUNNING", "COMPLETING") or (state == "UNKNOWN" and health):
-        if health:
-            st.phase, st.ready = "ready", True
-            st.detail = f"ready at {st.url}" if st.url else "ready"
-            return st
-        if failure is not None:
-            st.phase, st.failure = "failed", failure
-            st.detail = f"failed: {failure.title}"
-            return st
-        info = progress or PhaseInfo()
-        st.phase = info.phase
-        st.detail = info.detail()
-        if info.phase == "ready":  # the log says so, /health not (yet) reached
-            st.detail = "server says ready; API not reached yet" + (
-                f" at {st.url}" if st.url else ""
-            )
-        if st.time_left_s is not None:
-            st.detail += f"; {format_duration(st.time_left_s)} left"
-        return st
-    if state == "CANCELLED":
-        st.phase = "ended"
-        st.detail = "cancelled" + (f" ({sched.reason})" if sched.reason else "")
-        if failure is not None and _ORDER[failure.cause] < _ORDER["time_limit"]:
-            st.failure = failure  # it had failed before someone cancelled it
-            st.phase = "failed"
-            st.detail = f"cancelled after failing: {failure.title}"
-        return st
-    if state in END_STATES or state == "UNKNOWN":
-        cause = _better(failure, _state_failure(state, sched))
-        if cause is None and state not in ("COMPLETED", "UNKNOWN"):
-            cause = Failure(
-                "job_failed",
-                f"the job ended {state}",
-                f"SLURM state {state}"
-                + (f", exit code {sched.exit_code}" if sched.exit_code else ""),
-                "read the logs (`hpcserve logs JOB`) for the first error",
-            )
-        if cause is not None:
-            st.phase, st.failure = "failed", cause
-            st.detail = f"failed: {cause.title}"
-        elif state == "UNKNOWN":
-            st.phase = "ended"
-            st.detail = (
-                "the scheduler no longer knows this job (it ended a while ago and there is no "
-                "accounting); the logs show no failure"
-            )
-        else:
-            st.phase = "ended"
-            st.detail = "the server exited (job COMPLETED)"
-        return st
-    st.detail = state.lower()
+    if state in _WAITING_STATES:
+        _pending(st, sched)
+    elif state in ("RUNNING", "COMPLETING") or (state == "UNKNOWN" and health):
+        _running(st, progress, failure)
+    elif state == "CANCELLED":
+        _cancelled(st, sched, failure)
+    elif state in END_STATES or state == "UNKNOWN":
+        _ended(st, sched, failure)
+    else:
+        st.detail = state.lower()
     return st
+
+
+def _pending(st: JobStatus, sched: SchedJob) -> None:
+    """Waiting in the queue; failed when the reason says it can never start."""
+    st.phase = "pending"
+    why = explain_reason(sched.reason) or sched.state.lower()
+    start = f"; expected start {sched.start_time}" if sched.start_time else ""
+    st.detail = f"{PHASE_LABELS['pending']} ({why}{start})"
+    if sched.reason and sched.reason.strip("()").split(",")[0] in HOPELESS_REASONS:
+        st.phase = "failed"
+        st.failure = Failure(
+            "unschedulable",
+            "the scheduler cannot ever start this job",
+            f"PENDING, reason {sched.reason}",
+            "cancel it and resubmit with options the partition allows "
+            "(nodes, --time, constraint, account)",
+        )
+
+
+def _running(st: JobStatus, progress: PhaseInfo | None, failure: Failure | None) -> None:
+    """Running: ready once /health answers, failed once the logs say so, else the log phase."""
+    if st.health:
+        st.phase, st.ready = "ready", True
+        st.detail = f"ready at {st.url}" if st.url else "ready"
+        return
+    if failure is not None:
+        st.phase, st.failure = "failed", failure
+        st.detail = f"failed: {failure.title}"
+        return
+    info = progress or PhaseInfo()
+    st.phase = info.phase
+    st.detail = info.detail()
+    if info.phase == "ready":  # the log says so, /health not (yet) reached
+        st.detail = "server says ready; API not reached yet" + (f" at {st.url}" if st.url else "")
+    if st.time_left_s is not None:
+        st.detail += f"; {format_duration(st.time_left_s)} left"
+
+
+def _cancelled(st: JobStatus, sched: SchedJob, failure: Failure | None) -> None:
+    st.phase = "ended"
+    st.detail = "cancelled" + (f" ({sched.reason})" if sched.reason else "")
+    if failure is not None and _ORDER[failure.cause] < _ORDER["time_limit"]:
+        st.failure = failure  # it had failed before someone cancelled it
+        st.phase = "failed"
+        st.detail = f"cancelled after failing: {failure.title}"
+
+
+def _ended(st: JobStatus, sched: SchedJob, failure: Failure | None) -> None:
+    """Ended (or forgotten by the scheduler): failed if the logs or the end state say so."""
+    state = sched.state
+    cause = _better(failure, _state_failure(state, sched))
+    if cause is None and state not in ("COMPLETED", "UNKNOWN"):
+        cause = Failure(
+            "job_failed",
+            f"the job ended {state}",
+            f"SLURM state {state}" + (f", exit code {sched.exit_code}" if sched.exit_code else ""),
+            "read the logs (`hpcserve logs JOB`) for the first error",
+        )
+    if cause is not None:
+        st.phase, st.failure = "failed", cause
+        st.detail = f"failed: {cause.title}"
+    elif state == "UNKNOWN":
+        st.phase = "ended"
+        st.detail = (
+            "the scheduler no longer knows this job (it ended a while ago and there is no "
+            "accounting); the logs show no failure"
+        )
+    else:
+        st.phase = "ended"
+        st.detail = "the server exited (job COMPLETED)"
