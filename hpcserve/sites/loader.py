@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,28 +295,46 @@ def _convert_dict(node: yaml.Node, value_hint: Any, dotted: str, rep: _Report) -
 def _convert_scalar(node: yaml.Node, hint: Any, dotted: str, rep: _Report) -> Any:
     if not isinstance(node, ScalarNode):
         return _expected(node, hint, dotted, rep)
-    tag = node.tag
-    if hint is str:
-        # Numbers are read as their text, as written: `time: 01:00:00` stays "01:00:00"
-        # (YAML 1.1 would make it the integer 3600), `account: 12345` becomes "12345".
-        if tag in (_BOOL, _NULL):
-            return _expected(node, hint, dotted, rep, "quote it if you mean the text")
-        return str(node.value)
-    if hint is bool:
-        if tag == _BOOL:
-            return bool(_CTOR.construct_yaml_bool(node))
-        return _expected(node, hint, dotted, rep)
-    if hint is int:
-        if tag == _INT:
-            return int(_CTOR.construct_yaml_int(node))
-        return _expected(node, hint, dotted, rep)
-    if hint is float:
-        if tag == _INT:
-            return float(_CTOR.construct_yaml_int(node))
-        if tag == _FLOAT:
-            return float(_CTOR.construct_yaml_float(node))
-        return _expected(node, hint, dotted, rep)
-    raise TypeError(f"schema: unsupported scalar type {hint!r}")
+    convert = next((fn for t, fn in _SCALARS if hint is t), None)
+    if convert is None:
+        raise TypeError(f"schema: unsupported scalar type {hint!r}")
+    return convert(node, hint, dotted, rep)
+
+
+def _scalar_str(node: ScalarNode, hint: Any, dotted: str, rep: _Report) -> Any:
+    # Numbers are read as their text, as written: `time: 01:00:00` stays "01:00:00"
+    # (YAML 1.1 would make it the integer 3600), `account: 12345` becomes "12345".
+    if node.tag in (_BOOL, _NULL):
+        return _expected(node, hint, dotted, rep, "quote it if you mean the text")
+    return str(node.value)
+
+
+def _scalar_bool(node: ScalarNode, hint: Any, dotted: str, rep: _Report) -> Any:
+    if node.tag == _BOOL:
+        return bool(_CTOR.construct_yaml_bool(node))
+    return _expected(node, hint, dotted, rep)
+
+
+def _scalar_int(node: ScalarNode, hint: Any, dotted: str, rep: _Report) -> Any:
+    if node.tag == _INT:
+        return int(_CTOR.construct_yaml_int(node))
+    return _expected(node, hint, dotted, rep)
+
+
+def _scalar_float(node: ScalarNode, hint: Any, dotted: str, rep: _Report) -> Any:
+    if node.tag == _INT:
+        return float(_CTOR.construct_yaml_int(node))
+    if node.tag == _FLOAT:
+        return float(_CTOR.construct_yaml_float(node))
+    return _expected(node, hint, dotted, rep)
+
+
+_SCALARS: tuple[tuple[type, Callable[[ScalarNode, Any, str, _Report], Any]], ...] = (
+    (str, _scalar_str),
+    (bool, _scalar_bool),
+    (int, _scalar_int),
+    (float, _scalar_float),
+)
 
 
 def _check_metadata(
@@ -347,64 +365,94 @@ def _check_site(site: Site, rep: _Report) -> None:
 
     A rule is skipped when a field it reads was already rejected (its problem is reported).
     """
-    at, broken = rep.line_of, rep.broken
-    if not broken("name") and not _NAME_RE.match(site.name):
+    for check in _SITE_RULES:
+        check(site, rep)
+
+
+def _check_name(site: Site, rep: _Report) -> None:
+    if not rep.broken("name") and not _NAME_RE.match(site.name):
         rep.add(
-            at("name"), "name", f"expected letters, digits, '.', '_' or '-', found {site.name!r}"
+            rep.line_of("name"),
+            "name",
+            f"expected letters, digits, '.', '_' or '-', found {site.name!r}",
         )
-    c = site.container
-    if not broken("container"):
-        if c.runtime in ("apptainer", "singularity") and not c.image:
-            rep.add(
-                at("container.image"),
-                "container.image",
-                f"required when container.runtime is {c.runtime!r} (the .sif image on the cluster)",
-            )
-        if c.runtime == "none" and c.image:
-            rep.add(
-                at("container.image"),
-                "container.image",
-                "not used when container.runtime is 'none' (remove it, or set a runtime)",
-            )
-        if c.runtime != "none" and c.venv:
-            rep.add(
-                at("container.venv"),
-                "container.venv",
-                f"only used when container.runtime is 'none', not {c.runtime!r}",
-            )
-    if not (broken("login") or broken("scheduler.submit")):
-        if not site.login and site.scheduler.submit != "local":
-            rep.add(
-                at("login"),
-                "login",
-                "at least one login host is needed unless scheduler.submit is 'local'",
-            )
-        for i, host in enumerate(site.login):
-            key = f"login[{i}]" if f"login[{i}]" in rep.lines else "login"
-            if host.port > 65535:
-                msg = f"expected a port <= 65535, found {host.port}"
-                rep.add(at(f"{key}.port"), f"{key}.port", msg)
-            if not host.host.strip() or any(ch.isspace() for ch in host.host):
-                msg = f"expected a host name, found {host.host!r}"
-                rep.add(at(f"{key}.host"), f"{key}.host", msg)
-    if not broken("engine.port") and site.engine.port > 65535:
+
+
+def _check_container(site: Site, rep: _Report) -> None:
+    if rep.broken("container"):
+        return
+    c, at = site.container, rep.line_of
+    if c.runtime in ("apptainer", "singularity") and not c.image:
+        rep.add(
+            at("container.image"),
+            "container.image",
+            f"required when container.runtime is {c.runtime!r} (the .sif image on the cluster)",
+        )
+    if c.runtime == "none" and c.image:
+        rep.add(
+            at("container.image"),
+            "container.image",
+            "not used when container.runtime is 'none' (remove it, or set a runtime)",
+        )
+    if c.runtime != "none" and c.venv:
+        rep.add(
+            at("container.venv"),
+            "container.venv",
+            f"only used when container.runtime is 'none', not {c.runtime!r}",
+        )
+
+
+def _check_login(site: Site, rep: _Report) -> None:
+    if rep.broken("login") or rep.broken("scheduler.submit"):
+        return
+    at = rep.line_of
+    if not site.login and site.scheduler.submit != "local":
+        rep.add(
+            at("login"),
+            "login",
+            "at least one login host is needed unless scheduler.submit is 'local'",
+        )
+    for i, host in enumerate(site.login):
+        key = f"login[{i}]" if f"login[{i}]" in rep.lines else "login"
+        if host.port > 65535:
+            msg = f"expected a port <= 65535, found {host.port}"
+            rep.add(at(f"{key}.port"), f"{key}.port", msg)
+        if not host.host.strip() or any(ch.isspace() for ch in host.host):
+            msg = f"expected a host name, found {host.host!r}"
+            rep.add(at(f"{key}.host"), f"{key}.host", msg)
+
+
+def _check_engine_port(site: Site, rep: _Report) -> None:
+    if not rep.broken("engine.port") and site.engine.port > 65535:
         msg = f"expected a port <= 65535, found {site.engine.port}"
-        rep.add(at("engine.port"), "engine.port", msg)
+        rep.add(rep.line_of("engine.port"), "engine.port", msg)
+
+
+def _check_time(site: Site, rep: _Report) -> None:
+    at, broken = rep.line_of, rep.broken
     if not broken("scheduler.time") and not _TIME_RE.match(site.scheduler.time):
         rep.add(
             at("scheduler.time"),
             "scheduler.time",
             f"expected a Slurm time such as 01:00:00 or 2-00:00:00, found {site.scheduler.time!r}",
         )
-    if not broken("scheduler.extra_sbatch"):
-        for i, opt in enumerate(site.scheduler.extra_sbatch):
-            if not opt.startswith("-"):
-                rep.add(
-                    at(f"scheduler.extra_sbatch[{i}]"),
-                    f"scheduler.extra_sbatch[{i}]",
-                    f"expected an sbatch option such as '--hint=nomultithread' "
-                    f"(without '#SBATCH'), found {opt!r}",
-                )
+
+
+def _check_extra_sbatch(site: Site, rep: _Report) -> None:
+    if rep.broken("scheduler.extra_sbatch"):
+        return
+    for i, opt in enumerate(site.scheduler.extra_sbatch):
+        if not opt.startswith("-"):
+            rep.add(
+                rep.line_of(f"scheduler.extra_sbatch[{i}]"),
+                f"scheduler.extra_sbatch[{i}]",
+                f"expected an sbatch option such as '--hint=nomultithread' "
+                f"(without '#SBATCH'), found {opt!r}",
+            )
+
+
+def _check_env_names(site: Site, rep: _Report) -> None:
+    at = rep.line_of
     for name in site.network.nccl_env:
         if not name.startswith("NCCL_") or not _ENV_NAME_RE.match(name):
             rep.add(
@@ -419,16 +467,33 @@ def _check_site(site: Site, rep: _Report) -> None:
                 f"engine.env.{name}",
                 "expected an environment variable name (letters, digits, '_')",
             )
-    if not broken("unconfirmed"):
-        known = dotted_names(Site)
-        for i, name in enumerate(site.unconfirmed):
-            plain = re.sub(r"\[\d+\]", "", name)
-            if plain not in known:
-                rep.add(
-                    at(f"unconfirmed[{i}]"),
-                    f"unconfirmed[{i}]",
-                    f"{name!r} is not a site field {_suggest_field(plain, known)}",
-                )
+
+
+def _check_unconfirmed(site: Site, rep: _Report) -> None:
+    if rep.broken("unconfirmed"):
+        return
+    known = dotted_names(Site)
+    for i, name in enumerate(site.unconfirmed):
+        plain = re.sub(r"\[\d+\]", "", name)
+        if plain not in known:
+            rep.add(
+                rep.line_of(f"unconfirmed[{i}]"),
+                f"unconfirmed[{i}]",
+                f"{name!r} is not a site field {_suggest_field(plain, known)}",
+            )
+
+
+# In this order: problems on one line are listed as the rules find them.
+_SITE_RULES: tuple[Callable[[Site, _Report], None], ...] = (
+    _check_name,
+    _check_container,
+    _check_login,
+    _check_engine_port,
+    _check_time,
+    _check_extra_sbatch,
+    _check_env_names,
+    _check_unconfirmed,
+)
 
 
 def _suggest_field(name: str, known: list[str]) -> str:
@@ -480,7 +545,7 @@ def parse_site(text: str, file: str) -> Site:
                 f"at the top level, found {_found(root)}"
             ]
         )
-    site = _convert(root, Site, "", rep)  # a Site: the root is a mapping
+    site: Site = _convert(root, Site, "", rep)  # a Site: the root is a mapping
     _check_site(site, rep)
     if rep.problems:
         name = None if rep.broken("name") else site.name
