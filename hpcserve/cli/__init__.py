@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -65,9 +66,20 @@ def cli() -> None:
     """Serve a vLLM model across SLURM nodes and reach it from your laptop."""
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(code)
+
+
+def _fail_known(e: BaseException) -> NoReturn:
+    """One line and the exit code for an error hpcserve expects (HpcserveError's own code)."""
+    if isinstance(e, ConfigError):
+        _fail("\n".join(f"error: {p}" for p in e.problems), e.exit_code)
+    if isinstance(e, HpcserveError):
+        _fail(f"error: {e}", e.exit_code)
+    if isinstance(e, BrokenPipeError):
+        sys.exit(1)
+    _fail("aborted" if isinstance(e, click.Abort) else "interrupted", 130)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,24 +89,14 @@ def main(argv: list[str] | None = None) -> None:
         # Under standalone_mode=False click returns ctx.exit(n)'s code instead of exiting.
         if isinstance(rv, int) and rv != 0:
             sys.exit(rv)
-        return None
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.Abort:
-        _fail("aborted", 130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except ConfigError as e:
-        _fail("\n".join(f"error: {p}" for p in e.problems), e.exit_code)
-    except HpcserveError as e:
-        _fail(f"error: {e}", e.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    except BrokenPipeError:
-        sys.exit(1)
+    except (click.Abort, HpcserveError, KeyboardInterrupt, BrokenPipeError) as e:
+        _fail_known(e)
     except Exception as e:  # a bug: still no traceback unless asked for
         if os.environ.get("HPCSERVE_DEBUG"):
             raise
         _fail(f"internal error: {type(e).__name__}: {e} (HPCSERVE_DEBUG=1 shows the traceback)", 70)
-    return None

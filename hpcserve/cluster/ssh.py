@@ -153,52 +153,93 @@ def _candidate_keys(hop: Hop, prompter: Prompter | None) -> list[tuple[str, para
 
 
 def _authenticate(t: paramiko.Transport, hop: Hop, prompter: Prompter | None) -> None:
-    tried: list[str] = []
-    allowed: list[str] = []
-    try:
-        t.auth_none(hop.user)
+    """Log in as OpenSSH does: "none", then public keys (agent, IdentityFile), then
+    keyboard-interactive or a password, among the methods the server allows (RFC 4252)."""
+    allowed = _auth_none(t, hop)
+    if allowed is None:
         return
-    except paramiko.BadAuthenticationType as e:
-        allowed = list(e.allowed_types)
-    except paramiko.AuthenticationException:
-        allowed = ["publickey", "keyboard-interactive", "password"]
+    tried: list[str] = []
     if "publickey" in allowed:
-        for label, key in _candidate_keys(hop, prompter):
-            try:
-                rest = t.auth_publickey(hop.user, key)
-            except paramiko.AuthenticationException:
-                tried.append(label)
-                continue
-            if t.is_authenticated():
-                return
-            allowed = list(rest)  # partial success: the server wants a second factor
-            break
-    if "keyboard-interactive" in allowed and prompter is not None:
-
-        def handler(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
-            if (title or instructions) and prompts:
-                print(" ".join(x for x in (title, instructions) if x).strip(), file=sys.stderr)
-            return [prompter(text, echo) for text, echo in prompts]
-
-        try:
-            t.auth_interactive(hop.user, handler)
-            if t.is_authenticated():
-                return
-        except paramiko.AuthenticationException:
-            tried.append("keyboard-interactive")
-    elif "password" in allowed and prompter is not None and sys.stdin and sys.stdin.isatty():
-        try:
-            t.auth_password(hop.user, prompter(f"{hop.describe()} password: ", False))
-            if t.is_authenticated():
-                return
-        except paramiko.AuthenticationException:
-            tried.append("password")
+        allowed = _auth_keys(t, hop, prompter, allowed, tried)
+        if allowed is None:
+            return
+    if _auth_prompted(t, hop, prompter, allowed, tried):
+        return
     raise RemoteError(
         f"SSH login to {hop.describe()} was refused (server allows {', '.join(allowed) or '?'}; "
         f"tried {', '.join(tried) or 'no usable key'}). Check that `ssh -p {hop.port} "
         f"{hop.user}@{hop.hostname}` works, that your key is in the ssh-agent or named by "
         "IdentityFile in ~/.ssh/config"
     )
+
+
+def _auth_none(t: paramiko.Transport, hop: Hop) -> list[str] | None:
+    """None when the server lets us in as we are, else the methods it allows."""
+    try:
+        t.auth_none(hop.user)
+        return None
+    except paramiko.BadAuthenticationType as e:
+        return list(e.allowed_types)
+    except paramiko.AuthenticationException:
+        return ["publickey", "keyboard-interactive", "password"]
+
+
+def _auth_keys(
+    t: paramiko.Transport,
+    hop: Hop,
+    prompter: Prompter | None,
+    allowed: list[str],
+    tried: list[str],
+) -> list[str] | None:
+    """Offer each key; None once logged in, else the methods still allowed (after a partial
+    success, the second factor the server wants)."""
+    for label, key in _candidate_keys(hop, prompter):
+        try:
+            rest = t.auth_publickey(hop.user, key)
+        except paramiko.AuthenticationException:
+            tried.append(label)
+            continue
+        if t.is_authenticated():
+            return None
+        return list(rest)  # partial success: the server wants a second factor
+    return allowed
+
+
+def _auth_prompted(
+    t: paramiko.Transport,
+    hop: Hop,
+    prompter: Prompter | None,
+    allowed: list[str],
+    tried: list[str],
+) -> bool:
+    """Keyboard-interactive, else a password (only on a terminal); True once logged in."""
+    if prompter is None:
+        return False
+    if "keyboard-interactive" in allowed:
+        return _auth_interactive(t, hop, prompter, tried)
+    if "password" in allowed and sys.stdin and sys.stdin.isatty():
+        try:
+            t.auth_password(hop.user, prompter(f"{hop.describe()} password: ", False))
+            return t.is_authenticated()
+        except paramiko.AuthenticationException:
+            tried.append("password")
+    return False
+
+
+def _auth_interactive(
+    t: paramiko.Transport, hop: Hop, prompter: Prompter, tried: list[str]
+) -> bool:
+    def handler(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
+        if (title or instructions) and prompts:
+            print(" ".join(x for x in (title, instructions) if x).strip(), file=sys.stderr)
+        return [prompter(text, echo) for text, echo in prompts]
+
+    try:
+        t.auth_interactive(hop.user, handler)
+        return t.is_authenticated()
+    except paramiko.AuthenticationException:
+        tried.append("keyboard-interactive")
+    return False
 
 
 @dataclass

@@ -124,25 +124,31 @@ def parse_config(text: str, base_dir: Path | None = None, _depth: int = 0) -> li
             # `Match all` is the only Match form honoured; others are skipped.
             blocks.append(_Block(patterns=["*"] if args == ["all"] else None))
         elif key == "include":
-            if _depth > 8:
-                raise UsageError("ssh config: Include nested too deeply")
-            cur = blocks[-1].patterns
-            for pat in args:
-                p = os.path.expanduser(pat)
-                if not os.path.isabs(p):
-                    p = str(base / p)
-                for f in sorted(glob.glob(p)):
-                    sub = parse_config(Path(f).read_text(errors="replace"), base, _depth + 1)
-                    # included options belong to the block that includes them, then its blocks
-                    head, *rest = sub
-                    blocks[-1].options.extend(head.options)
-                    if rest:
-                        blocks.extend(rest)
-                        blocks.append(_Block(patterns=cur))  # back to the including block
+            _include(blocks, args, base, _depth)
         elif args:
             value = _rest_raw(raw) if key == "proxycommand" else " ".join(args)
             blocks[-1].options.append((key, value))
     return blocks
+
+
+def _include(blocks: list[_Block], patterns: list[str], base: Path, depth: int) -> None:
+    """Expand an ``Include`` into ``blocks``: its options join the including block, its Host
+    blocks follow, then the including block resumes (ssh_config(5), Include)."""
+    if depth > 8:
+        raise UsageError("ssh config: Include nested too deeply")
+    cur = blocks[-1].patterns
+    for pat in patterns:
+        p = os.path.expanduser(pat)
+        if not os.path.isabs(p):
+            p = str(base / p)
+        for f in sorted(glob.glob(p)):
+            sub = parse_config(Path(f).read_text(errors="replace"), base, depth + 1)
+            # included options belong to the block that includes them, then its blocks
+            head, *rest = sub
+            blocks[-1].options.extend(head.options)
+            if rest:
+                blocks.extend(rest)
+                blocks.append(_Block(patterns=cur))  # back to the including block
 
 
 def _rest_raw(raw: str) -> str:

@@ -200,7 +200,8 @@ def _click_option(click: Any, f: VllmFlag) -> Callable[[Any], Any]:
         opt: Callable[[Any], Any] = click.option(decl, f.name, default=None, help=f.help)
         return opt
     click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[f.type]
-    return click.option(*names, f.name, type=click_type, default=None, help=f.help)
+    opt = click.option(*names, f.name, type=click_type, default=None, help=f.help)
+    return opt
 
 
 def markdown() -> str:
