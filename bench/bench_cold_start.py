@@ -7,10 +7,7 @@ of them alike; the table shows median and p90 wall time and the ratio to the bar
 Target (issue 2): render < 3x ``python -c pass``.
 
 ``hpcserve render`` is started the way the console script starts it
-(``from hpcserve.cli import main; main()``) with a site YAML file. Until ``hpcserve.sites.loader``
-exists
-in the checkout, a stand-in loader is injected that does what a loader must (import yaml, parse
-the file, build the Site dataclasses); the table says which one ran.
+(``from hpcserve.cli import main; main()``) with a site YAML file, read by the real site loader.
 """
 
 from __future__ import annotations
@@ -36,28 +33,10 @@ network: {head_interface: ib0, nccl_socket_ifname: ib0, nccl_ib_hca: mlx5}
 storage: {hf_cache: /project/hf, offline: true, workdir: /project/jobs}
 """
 
-STANDIN = """\
-import sys, types, yaml
-from hpcserve.sites import schema as s
-def load_site_file(path):
-    d = yaml.safe_load(open(path))
-    sub = {"node": s.Node, "scheduler": s.Scheduler, "container": s.Container,
-           "network": s.Network, "storage": s.Storage, "engine": s.Engine}
-    kw = {k: (sub[k](**v) if k in sub else v) for k, v in d.items()}
-    kw["login"] = [s.LoginHost(**h) for h in kw.get("login", [])]
-    return s.Site(**kw)
-m = types.ModuleType("hpcserve.sites.loader")
-m.load_site_file = load_site_file
-m.load_site = None
-sys.modules["hpcserve.sites.loader"] = m
-"""
-
 ENTRY = "import sys; from hpcserve.cli import main; sys.exit(main())"
 
 
-def commands(site: Path, python: str) -> tuple[dict[str, list[str]], str]:
-    real = (REPO / "hpcserve" / "sites.py").exists() or (REPO / "hpcserve" / "sites").is_dir()
-    code = ENTRY if real else STANDIN + ENTRY
+def commands(site: Path, python: str) -> dict[str, list[str]]:
     args = ["render", "--site", str(site), "--nodes", "2", "--model", "Qwen/Qwen3-8B"]
     return {
         "python -c pass": [python, "-c", "pass"],
@@ -67,8 +46,8 @@ def commands(site: Path, python: str) -> tuple[dict[str, list[str]], str]:
             "import dataclasses, click, jinja2, yaml",
         ],
         "hpcserve --help": [python, "-c", ENTRY, "--help"],
-        "hpcserve render": [python, "-c", code, *args],
-    }, ("hpcserve.sites.loader" if real else "stand-in loader (yaml + dataclasses)")
+        "hpcserve render": [python, "-c", ENTRY, *args],
+    }
 
 
 def measure(cmds: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, list[float]]:
@@ -99,11 +78,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "bench.yaml"
         site.write_text(SITE_YAML)
-        cmds, loader = commands(site, args.python)
+        cmds = commands(site, args.python)
         times = measure(cmds, args.runs, env)
     base = statistics.median(times["python -c pass"])
     base_min = min(times["python -c pass"])
-    print(f"{args.runs} runs each, interleaved; {args.python}; sites: {loader}")
+    print(f"{args.runs} runs each, interleaved; {args.python}")
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print()
     print("| command | median ms | p90 ms | min ms | median ratio | min ratio |")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from hpcserve.jobs.registry import Registry
+from hpcserve.sites.loader import load_site_file
 from hpcserve.sites.schema import (
     Container,
     Engine,
@@ -79,16 +79,11 @@ def singularity_site() -> Site:
 
 
 def _real_sites() -> list[Site]:
-    configs = sorted((REPO / "site_configs").glob("*.yaml"))
-    if not configs or importlib.util.find_spec("hpcserve.sites.loader") is None:
-        return []
-    from hpcserve.sites.loader import load_site_file
-
-    return [load_site_file(str(p)) for p in configs]
+    return [load_site_file(str(p)) for p in sorted((REPO / "site_configs").glob("*.yaml"))]
 
 
 def all_test_sites() -> list[Site]:
-    """Every shipped site file (once they exist), plus the hand-built ones."""
+    """Every shipped site file, plus the hand-built ones."""
     return [*_real_sites(), apptainer_site(), venv_site(), singularity_site()]
 
 
@@ -99,89 +94,27 @@ def site_to_yaml(site: Site, path: Path) -> Path:
     return path
 
 
-def _site_from_dict(cls: Any, data: dict[str, Any]) -> Any:
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    nested = {
-        "node": Node,
-        "scheduler": Scheduler,
-        "container": Container,
-        "network": Network,
-        "storage": Storage,
-        "engine": Engine,
-    }
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        assert key in hints, key
-        if cls is Site and key in nested:
-            value = _site_from_dict(nested[key], value)
-        elif cls is Site and key == "login":
-            value = [LoginHost(**v) for v in value]
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
 @pytest.fixture
-def site_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Provide ``hpcserve.sites.loader.load_site_file`` (a stand-in until the sites helper
-    lands)."""
-    if importlib.util.find_spec("hpcserve.sites.loader") is not None:
-        return
-    mod = types.ModuleType("hpcserve.sites.loader")
+def known_site(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[Site], Site]:
+    """Make sites findable by name: each is written to a directory on $HPCSERVE_SITES (with
+    HOME in tmp_path, so no user site file interferes)."""
+    home, where = tmp_path / "home", tmp_path / "sites"
+    home.mkdir(exist_ok=True)
+    where.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HPCSERVE_SITES", str(where))
 
-    def load_site_file(path: str) -> Site:
-        site: Site = _site_from_dict(Site, yaml.safe_load(Path(path).read_text()))
+    def add(site: Site) -> Site:
+        site_to_yaml(site, where / f"{site.name}.yaml")
         return site
 
-    def load_site(name: str) -> Site:
-        raise AssertionError("tests pass site files, not names")
-
-    mod.load_site_file = load_site_file  # type: ignore[attr-defined]
-    mod.load_site = load_site  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "hpcserve.sites.loader", mod)
-
-
-class FakeRegistry:
-    """Stand-in for hpcserve.jobs.registry.Registry (same contract), used until the real one
-    lands."""
-
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root or os.environ["HPCSERVE_STATE_DIR"])
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _file(self, job_id: str) -> Path:
-        return self.root / f"{job_id}.json"
-
-    def add(self, rec: Any) -> None:
-        self._file(rec.job_id).write_text(json.dumps(rec.to_dict()))
-
-    update = add
-
-    def get(self, ref: str) -> Any:
-        from hpcserve.jobs.record import JobRecord
-
-        return JobRecord.from_dict(json.loads(self._file(ref).read_text()))
-
-    def list(self) -> list[Any]:
-        return [self.get(p.stem) for p in self.root.glob("*.json")]
-
-    def remove(self, job_id: str) -> None:
-        self._file(job_id).unlink()
-
-    def secret_path(self, job_id: str, kind: str) -> Path:
-        return self.root / "secrets" / f"{job_id}.{kind}"
+    return add
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[], Any]:
-    """A registry rooted in tmp_path (the real one when it exists)."""
-    state = tmp_path / "state"
-    monkeypatch.setenv("HPCSERVE_STATE_DIR", str(state))
-    if importlib.util.find_spec("hpcserve.jobs.registry") is None:
-        mod = types.ModuleType("hpcserve.jobs.registry")
-        mod.Registry = FakeRegistry  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "hpcserve.jobs.registry", mod)
-    from hpcserve.jobs.registry import Registry
-
+def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[], Registry]:
+    """The job registry, rooted in tmp_path (``$HPCSERVE_STATE_DIR``)."""
+    monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path / "state"))
     return lambda: Registry()
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import base64
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import venv_site
 from net_fixtures import StandInHTTP, stand_in_http  # noqa: F401
 
+from hpcserve.jobs.registry import Registry
 from hpcserve.net.api import ApiError, Client, StreamResult, context_limit, explain, image_url
+from hpcserve.sites.schema import Site
 
 
 @pytest.fixture
@@ -132,40 +136,24 @@ def test_api_base_without_endpoint_is_a_sentence() -> None:
 def test_query_job_uses_registry_endpoint_and_key(
     keyed: StandInHTTP,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    registry: Callable[[], Registry],
+    known_site: Callable[[Site], Site],
 ) -> None:
-    """JOB resolves through hpcserve.jobs.registry (a stand-in module here: the registry is another
-    helper's), the head answers directly, and the job's 0600 key file is used."""
-    import sys
-    import types
-
+    """JOB resolves through the job registry and its site, the head answers directly, and the
+    job's 0600 key file is used."""
     from hpcserve.cli import main
     from hpcserve.jobs.record import JobRecord
 
+    site = known_site(venv_site(name="query-site"))
     keyfile = tmp_path / "api_key"
     keyfile.write_text("sekret-key\n")
     keyfile.chmod(0o600)
     rec = JobRecord(
-        job_id="4242", site="local", model="m", nodes=1, tp=1, pp=1, job_dir="/tmp",
+        job_id="4242", site=site.name, model="m", nodes=1, tp=1, pp=1, job_dir="/tmp",
         submitted_at=0, remote=False, name="myjob", head_addr="127.0.0.1", api_port=keyed.port,
         api_key_file=str(keyfile),
     )  # fmt: skip
-
-    class Registry:
-        def __init__(self, root: object = None) -> None:
-            self.root = tmp_path
-
-        def get(self, ref: str) -> JobRecord:
-            assert ref == "myjob"
-            return rec
-
-    reg = types.ModuleType("hpcserve.jobs.registry")
-    reg.Registry = Registry  # type: ignore[attr-defined]
-    sites = types.ModuleType("hpcserve.sites.loader")
-    sites.load_site = lambda name: types.SimpleNamespace(name=name, login=[])  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "hpcserve.jobs.registry", reg)
-    monkeypatch.setitem(sys.modules, "hpcserve.sites.loader", sites)
-    monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path))
+    registry().add(rec)
     main(["query", "myjob", "hello"])
     assert "Hello from the stand-in" in capsys.readouterr().out

@@ -9,10 +9,13 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import venv_site
 
+from hpcserve.jobs.registry import Registry
 from hpcserve.nccl import (
     NcclScanner,
     nccl_summary_for_status,
@@ -22,6 +25,7 @@ from hpcserve.nccl import (
     split_line,
     wrap_stream,
 )
+from hpcserve.sites.schema import Site
 
 DATA = Path(__file__).parent / "data" / "nccl"
 REPO = Path(__file__).resolve().parents[1]
@@ -460,15 +464,17 @@ def test_memory_is_bounded_by_distinct_messages_not_log_length() -> None:
 
 
 def test_job_reference_reads_the_job_s_logs_through_its_executor(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    registry: Callable[[], Registry],
+    known_site: Callable[[Site], Site],
 ) -> None:
-    """JOB mode with stand-ins for the registry/sites/cluster modules other helpers write."""
-    import types
-
+    """JOB mode: the registry names the job and its site; the site's executor (here this
+    machine: scheduler.submit is 'local') reads the job's NCCL and node logs."""
     from hpcserve.cli import main
-    from hpcserve.cluster.executor import LocalExecutor
     from hpcserve.jobs.record import JobRecord
 
+    site = known_site(venv_site(name="nccl-site"))
     jobdir = tmp_path / "job dir 'quoted'"
     (jobdir / "nccl").mkdir(parents=True)
     (jobdir / "nccl" / "node-0.gpu1.11.log").write_text(
@@ -477,23 +483,7 @@ def test_job_reference_reads_the_job_s_logs_through_its_executor(
         "gpu1:11:11 [0] NCCL INFO Channel 00/0 : 3[3] -> 4[0] [send] via NET/Socket/0\n"
     )
     (jobdir / "node-1.log").write_text("INFO vllm worker started\n")
-    rec = JobRecord("4711", "meluxina", "m", 2, 4, 2, str(jobdir), 0.0, False, name="run1")
-
-    class Registry:
-        def get(self, ref: str) -> JobRecord:
-            assert ref == "run1"
-            return rec
-
-    fakes = {
-        "hpcserve.jobs.registry": {"Registry": Registry},
-        "hpcserve.sites.loader": {"load_site": lambda name: object()},
-        "hpcserve.cluster.connect": {"executor_for": lambda site: LocalExecutor()},
-    }
-    for name, attrs in fakes.items():
-        mod = types.ModuleType(name)
-        for k, v in attrs.items():
-            setattr(mod, k, v)
-        monkeypatch.setitem(sys.modules, name, mod)
+    registry().add(JobRecord("4711", site.name, "m", 2, 4, 2, str(jobdir), 0.0, False, name="run1"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         main(["nccl", "--json", "run1"])

@@ -91,8 +91,10 @@ def test_meluxina_facts() -> None:
     assert site.scheduler.partition == "gpu"
 
 
-def test_all_sites_has_shipped_sites_and_paths() -> None:
-    found = sites.all_sites()
+def test_scan_sites_has_shipped_sites_and_paths() -> None:
+    scan = sites.scan_sites()
+    found = scan.sites
+    assert not scan.problems
     assert set(found) == {p.stem for p in SHIPPED}
     assert all(Path(s.path or "").is_file() for s in found.values())
 
@@ -269,7 +271,7 @@ def test_user_dir_overrides_shipped_and_env_overrides_user(
     assert sites.load_site("extra").description == "only in the user dir"
 
     monkeypatch.setenv(sites.ENV_VAR, str(env_a.parent))
-    found = sites.all_sites()
+    found = sites.scan_sites().sites
     assert found["meluxina"].description == "from env dir a"
     assert found["meluxina"].path == str(env_a.resolve())
 
@@ -277,22 +279,21 @@ def test_user_dir_overrides_shipped_and_env_overrides_user(
 def test_missing_env_entry_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(sites.ENV_VAR, str(tmp_path / "missing"))
     with pytest.raises(UsageError, match=r"\$HPCSERVE_SITES names .*missing.*does not exist"):
-        sites.all_sites()
+        sites.scan_sites()
 
 
 def test_broken_user_file_is_reported_by_file(isolated: Path) -> None:
     user_dir = isolated / ".config" / "hpcserve" / "sites"
     user_dir.mkdir(parents=True)
     (user_dir / "bad.yaml").write_text("name: bad\nnode: {gpus: 4}\n")
-    with pytest.raises(ConfigError) as e:
-        sites.all_sites()
-    assert [p.split(": ", 2)[1] for p in e.value.problems] == [
+    problems = sites.scan_sites().problems
+    assert [p.split(": ", 2)[1] for p in problems] == [
         "container.image",
         "login",
         "node.gpu_model",
         "node.gpu_memory_gb",
     ]
-    assert all(p.startswith(str(user_dir / "bad.yaml")) for p in e.value.problems)
+    assert all(p.startswith(str(user_dir / "bad.yaml")) for p in problems)
 
 
 def test_broken_file_blocks_only_the_site_it_defines(
@@ -331,8 +332,7 @@ def test_same_name_twice_in_one_directory_is_an_error(tmp_path: Path, monkeypatc
     write_site(tmp_path / "d", "one.yaml", "twin", "first")
     write_site(tmp_path / "d", "two.yaml", "twin", "second")
     monkeypatch.setenv(sites.ENV_VAR, str(tmp_path / "d"))
-    with pytest.raises(ConfigError, match="site 'twin' is also defined in"):
-        sites.all_sites()
+    assert any("site 'twin' is also defined in" in p for p in sites.scan_sites().problems)
 
 
 # ---------------------------------------------------------------- CLI

@@ -31,7 +31,7 @@ def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def site_file(tmp_path: Path, site_module: None) -> Callable[[Site], str]:
+def site_file(tmp_path: Path) -> Callable[[Site], str]:
     def write(site: Site) -> str:
         return str(site_to_yaml(site, tmp_path / f"{site.name}.yaml"))
 

@@ -30,17 +30,15 @@ def _files_in(path: Path) -> list[str]:
 
 def _scan_job(scanner: NcclScanner, ref: str) -> None:
     """Read a registered job's NCCL and node logs where the job ran."""
-    try:
-        from hpcserve.jobs.registry import Registry
-    except ImportError as e:  # the registry module is another helper's; say so plainly
-        raise UsageError(f"no such file, and no job registry to look up '{ref}'") from e
+    from hpcserve.cluster.connect import executor_for
+    from hpcserve.jobs.record import NCCL_DIR
+    from hpcserve.jobs.registry import Registry
+    from hpcserve.sites.loader import load_site
+
     try:
         rec = Registry().get(ref)
     except UsageError as e:
         raise UsageError(f"no such file or job: {ref} ({e})") from e
-    from hpcserve.cluster.connect import executor_for
-    from hpcserve.jobs.record import NCCL_DIR
-    from hpcserve.sites.loader import load_site
 
     ex = executor_for(load_site(rec.site))
     try:

@@ -281,14 +281,6 @@ def rank(f: Failure) -> tuple[int, int]:
     return (_ORDER[f.cause], 0 if f.host else 1)
 
 
-def all_causes(logs: Mapping[str, Iterable[str]]) -> list[Failure]:
-    """Every cause found in every log (for `status --json` and tests)."""
-    out: list[Failure] = []
-    for source, lines in logs.items():
-        out.extend(scan(lines, source))
-    return out
-
-
 def rule(cause: str) -> Rule:
     """The rule for ``cause`` (KeyError if unknown)."""
     return _BY_CAUSE[cause]

@@ -376,20 +376,9 @@ class TunnelState:
 
 def tunnels_dir() -> Path:
     """``Registry().root / "tunnels"`` (created 0700)."""
-    try:
-        from hpcserve.jobs.registry import Registry
+    from hpcserve.jobs.registry import Registry
 
-        root = Path(Registry().root)
-    except ImportError:  # the registry module is not there yet: same default root
-        env = os.environ.get("HPCSERVE_STATE_DIR")
-        xdg = os.environ.get("XDG_STATE_HOME")
-        root = (
-            Path(env)
-            if env
-            else Path(xdg) / "hpcserve"
-            if xdg
-            else (Path.home() / ".local" / "state" / "hpcserve")
-        )
+    root = Path(Registry().root)
     d = root / "tunnels"
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     return d

@@ -646,14 +646,6 @@ def scan_sites() -> SiteScan:
     return scan
 
 
-def all_sites() -> dict[str, Site]:
-    """Every known site by name; :class:`ConfigError` if any site file on the path is broken."""
-    scan = scan_sites()
-    if scan.problems:
-        raise ConfigError(scan.problems)
-    return dict(sorted(scan.sites.items()))
-
-
 def load_site(name: str) -> Site:
     """The site called ``name`` (a path to a .yaml file works too)."""
     if name.endswith(SUFFIXES) or os.sep in name:
