@@ -1,7 +1,7 @@
 """The verdict rules: from a run's :class:`~hpcserve.nccl.facts.RunFacts` to an
 :class:`~hpcserve.nccl.report.NcclReport`.
 
-Facts the rules rest on (NCCL source, ``src/transport/*.cc``, ``src/init.cc``, ``src/graph/``):
+Facts the rules rest on (NCCL source, ``src/transport/*.cc``, ``src/init.cc``):
 
 * only connection lines (``... via P2P|SHM|NET|COLLNET/...``) show what was used: ``Using
   network X`` is a selection, ``GDR 1`` in ``Connected all rings`` and the ``collnet channels``
