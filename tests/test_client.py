@@ -336,3 +336,10 @@ def test_slurm_job_steps() -> None:
     assert Slurm(ex).job_steps("70") == ["70.0", "70.batch"]
     gone = FakeExecutor(lambda a: result(a, "", "slurm_load_jobs error: Invalid job id", 1))
     assert Slurm(gone).job_steps("70") == []
+
+
+def test_the_python_api_doc_shows_the_example_file() -> None:
+    doc = (REPO / "docs" / "python-api.md").read_text()
+    example = (REPO / "docs" / "examples" / "python_api.py").read_text()
+    blocks = doc.split("```python\n")[1:]
+    assert [b.split("```")[0] for b in blocks] == [example]
