@@ -14,7 +14,7 @@ import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hpcserve.cluster.executor import Executor
 from hpcserve.cluster.slurm import SchedJob, Slurm
@@ -24,6 +24,9 @@ from hpcserve.jobs.phases import PhaseInfo, merge, read_phase
 from hpcserve.jobs.record import ENDPOINT, NCCL_DIR, JobRecord, node_log_name
 from hpcserve.jobs.state import JobStatus, apply_endpoint, combine, default_url, parse_endpoint
 from hpcserve.sites.schema import Site
+
+if TYPE_CHECKING:
+    import requests
 
 
 @dataclass
@@ -77,7 +80,7 @@ class HealthProbe:
 
     def __init__(self, timeout_s: float = 1.0) -> None:
         self.timeout_s = timeout_s
-        self._session: Any = None
+        self._session: requests.Session | None = None
 
     def __call__(self, base_url: str) -> bool:
         import requests  # lazy: only wait/status pay for it
