@@ -24,13 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpcserve.cluster.executor import CommandResult  # noqa: E402
+from hpcserve.cluster.executor import Chunk, CommandResult  # noqa: E402
 from hpcserve.jobs.record import JobRecord  # noqa: E402
 from hpcserve.jobs.watch import JobWatch, WaitTiming, wait_ready  # noqa: E402
 
 
 class FakeSqueue:
     """Executor stand-in: squeue always says RUNNING; logs are empty."""
+
+    remote = True
 
     def run(self, argv, *, input=None, timeout=60):  # noqa: A002
         if argv[0] == "squeue":
@@ -39,6 +41,12 @@ class FakeSqueue:
 
     def read_text(self, path):
         raise FileNotFoundError(path)
+
+    def read_from(self, path, offset):
+        return Chunk("", offset)
+
+    def home(self):
+        return "/home/bench"
 
     def write_text(self, path, text, mode=0o600):
         raise OSError("read-only")

@@ -13,11 +13,12 @@ from hpcserve.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_main(capsys: Any, *args: str) -> tuple[int, str, str]:
-    """``hpcserve ARGS`` in-process: (exit code, stdout, stderr) read from ``capsys``."""
+def run_main(capsys: Any, *args: str, obj: object = None) -> tuple[int, str, str]:
+    """``hpcserve ARGS`` in-process: (exit code, stdout, stderr) read from ``capsys``; ``obj``
+    is click's context object (a ``Jobs`` with fakes for the job commands)."""
     code = 0
     try:
-        main(list(args))
+        main(list(args), obj=obj)
     except SystemExit as e:
         code = int(e.code or 0)
     out, err = capsys.readouterr()

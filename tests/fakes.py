@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from hpcserve.cluster.executor import CommandResult
+from hpcserve.cluster.executor import Chunk, CommandResult, home_from_env, tail_from
 from hpcserve.errors import RemoteError
 
 Responder = Callable[[list[str]], CommandResult | None]
@@ -19,8 +19,11 @@ class FakeExecutor:
     """An Executor that never runs anything: it records argv and answers from ``responders``.
 
     Each responder gets the argv and returns a CommandResult or None (not mine). Files are read
-    from a dict (path -> text) so logs can grow between calls.
+    from a dict (path -> text) so logs can grow between calls. It stands for a remote machine:
+    reading from an offset and the home directory go through commands, as over SSH.
     """
+
+    remote = True
 
     def __init__(self, *responders: Responder, files: dict[str, str] | None = None) -> None:
         self.responders = list(responders)
@@ -48,6 +51,12 @@ class FakeExecutor:
         if path not in self.files:
             raise FileNotFoundError(path)
         return self.files[path]
+
+    def read_from(self, path: str, offset: int) -> Chunk:
+        return tail_from(self, path, offset)
+
+    def home(self) -> str:
+        return home_from_env(self)
 
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
         self.files[path] = text

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from cliutil import run_main as run
+from cliutil import run_main
+from conftest import venv_site
 from fakes import FakeExecutor, data, result
 
-import hpcserve.cli.jobs as jobs_cli
+from hpcserve.jobs.client import Jobs
 from hpcserve.jobs.record import JobRecord
 from hpcserve.jobs.registry import Registry
 from hpcserve.jobs.watch import WaitTiming
@@ -31,6 +32,19 @@ class FakeCluster:
         self.steps: dict[str, list[str]] = {}
         self.script: dict[str, list[str]] = {}  # job id -> states to go through, one per squeue
         self.ex = FakeExecutor(self.respond)
+        self.opened: list[str] = []  # site names the commands connected to
+
+    def connect(self, site_name: str):
+        """The site opener the job client gets: every site is this fake cluster."""
+        self.opened.append(site_name)
+        return venv_site(name=site_name), self.ex
+
+    def client(self) -> Jobs:
+        return Jobs(connect=self.connect, timing=FAST)
+
+    def run(self, capsys, *args: str):
+        """``hpcserve ARGS`` in-process, the job commands reaching this fake cluster."""
+        return run_main(capsys, *args, obj=self.client())
 
     def add(self, job_id: str, state: str, **kw) -> None:
         self.jobs[job_id] = {
@@ -79,23 +93,19 @@ class FakeCluster:
         return None
 
 
+FAST = WaitTiming(
+    health_every=0.02,
+    logs_every=0.02,
+    sched_running_every=0.05,
+    sched_pending_first=0.02,
+    sched_pending_max=0.05,
+)
+
+
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path / "state"))
-    cluster = FakeCluster()
-    monkeypatch.setattr(jobs_cli, "OPEN_SITE", lambda rec: (None, cluster.ex))
-    monkeypatch.setattr(
-        jobs_cli,
-        "WAIT_TIMING",
-        WaitTiming(
-            health_every=0.02,
-            logs_every=0.02,
-            sched_running_every=0.05,
-            sched_pending_first=0.02,
-            sched_pending_max=0.05,
-        ),
-    )
-    return cluster
+    return FakeCluster()
 
 
 def add_job(job_id: str, name: str | None = None, nodes: int = 2, age_days: float = 0) -> JobRecord:
@@ -154,7 +164,7 @@ def test_wait_goes_through_phases_and_returns_url(env, capsys, health_server):
     env.ex.files["/jobs/42/node-0.log"] = STARTUP
     env.ex.files["/jobs/42/node-1.log"] = "INFO started\n"
     env.ex.files["/jobs/42/endpoint.json"] = endpoint("42", health_server)
-    code, out, err = run(capsys, "wait", "qwen", "--timeout", "30")
+    code, out, err = env.run(capsys, "wait", "qwen", "--timeout", "30")
     assert code == 0, err
     assert out.strip() == f"http://127.0.0.1:{health_server}"
     assert "waiting for nodes (Resources: waiting for free nodes)" in err
@@ -171,7 +181,7 @@ def test_wait_reports_the_cause_and_node(env, capsys):
         "(EngineCore_DP0 pid=412) ValueError: No available memory for the cache blocks. "
         "Try increasing `gpu_memory_utilization`.\n"
     )
-    code, _out, err = run(capsys, "wait", "43", "--timeout", "30")
+    code, _out, err = env.run(capsys, "wait", "43", "--timeout", "30")
     assert code == 1
     assert "failed: not enough GPU memory left for the KV cache on node 1" in err
     assert "No available memory for the cache blocks" in err
@@ -181,7 +191,7 @@ def test_wait_reports_the_cause_and_node(env, capsys):
 def test_wait_timeout_exits_3_and_backs_off_squeue(env, capsys):
     add_job("44")
     env.add("44", "PENDING", reason="Priority")
-    code, _out, err = run(capsys, "wait", "44", "--timeout", "0.4")
+    code, _out, err = env.run(capsys, "wait", "44", "--timeout", "0.4")
     assert code == 3
     assert "not ready after 0.4 s" in err
     squeues = env.ex.commands("squeue")
@@ -195,7 +205,7 @@ def test_wait_on_timed_out_job(env, capsys):
         "slurmstepd: error: *** JOB 45 ON lab-n1 CANCELLED AT 2026-11-22T19:30:01 DUE TO TIME "
         "LIMIT ***\n"
     )
-    code, _out, err = run(capsys, "wait", "45")
+    code, _out, err = env.run(capsys, "wait", "45")
     assert code == 1
     assert "reached its wall-time limit" in err and "DUE TO TIME LIMIT" in err
 
@@ -207,7 +217,7 @@ def test_status_json_for_one_job(env, capsys):
     cut = next(i for i, ln in enumerate(lines) if "Maximum concurrency" in ln)
     env.ex.files["/jobs/46/node-0.log"] = "\n".join(lines[: cut + 1]) + "\n"
     env.ex.files["/jobs/46/node-1.log"] = "\n".join(lines[: cut + 1]) + "\n"
-    code, out, _err = run(capsys, "status", "46", "--json")
+    code, out, _err = env.run(capsys, "status", "46", "--json")
     assert code == 0
     d = json.loads(out)
     assert d["state"] == "RUNNING" and d["phase"] == "kv_cache"
@@ -222,7 +232,7 @@ def test_status_text_shows_failure_line(env, capsys):
         "ValueError: Total number of attention heads (32) must be divisible by tensor "
         "parallel size (3).\n"
     )
-    code, out, _ = run(capsys, "status", "47")
+    code, out, _ = env.run(capsys, "status", "47")
     assert code == 1
     assert "cause:     tensor-parallel size does not divide the attention heads" in out
     assert "[node-0.log]" in out
@@ -233,7 +243,7 @@ def test_status_table_uses_one_squeue_call(env, capsys):
     add_job("51", name="b")
     env.add("50", "RUNNING")
     env.add("51", "PENDING", reason="Resources")
-    code, out, _ = run(capsys, "status")
+    code, out, _ = env.run(capsys, "status")
     assert code == 0
     assert len(env.ex.commands("squeue")) == 1
     lines = out.splitlines()
@@ -245,13 +255,13 @@ def test_logs_separates_head_and_workers(env, capsys):
     add_job("60")
     env.ex.files["/jobs/60/node-0.log"] = "head line\n"
     env.ex.files["/jobs/60/node-1.log"] = "worker line 1\nworker line 2\n"
-    code, out, _ = run(capsys, "logs", "60")
+    code, out, _ = env.run(capsys, "logs", "60")
     assert code == 0
     assert "==> node-0.log (head)" in out and "==> node-1.log (worker 1)" in out
     assert out.index("head line") < out.index("==> node-1.log") < out.index("worker line 1")
-    code, out, _ = run(capsys, "logs", "60", "--node", "1", "-n", "1")
+    code, out, _ = env.run(capsys, "logs", "60", "--node", "1", "-n", "1")
     assert out.strip() == "worker line 2"
-    code, _out, err = run(capsys, "logs", "60", "--node", "5")
+    code, _out, err = env.run(capsys, "logs", "60", "--node", "5")
     assert code == 2 and "--node must be between 0 and 1" in err
 
 
@@ -260,7 +270,7 @@ def test_logs_follow_stops_when_job_ends(env, capsys):
     env.add("61", "RUNNING")
     env.script["61"] = ["RUNNING", "COMPLETED"]
     env.ex.files["/jobs/61/node-0.log"] = "first\n"
-    code, out, err = run(capsys, "logs", "61", "--node", "0", "-f")
+    code, out, err = env.run(capsys, "logs", "61", "--node", "0", "-f")
     assert code == 0 and "first" in out and "is COMPLETED" in err
 
 
@@ -271,7 +281,7 @@ def test_cancel_confirms_and_forgets(env, capsys):
     env.ex.files["/jobs/70/slurm-70.out"] = (
         "slurmstepd: error: *** JOB 70 ON lab-n1 CANCELLED AT 2026-11-22T19:40:00 ***\n"
     )
-    code, out, _ = run(capsys, "cancel", "big", "--forget")
+    code, out, _ = env.run(capsys, "cancel", "big", "--forget")
     assert code == 0, out
     assert ["scancel", "70"] in env.ex.calls
     assert "scheduler state CANCELLED" in out and "no job steps left" in out
@@ -283,7 +293,7 @@ def test_cancel_confirms_and_forgets(env, capsys):
 def test_cancel_of_finished_job_does_not_scancel(env, capsys):
     add_job("71")
     env.add("71", "COMPLETED")
-    code, out, _ = run(capsys, "cancel", "71")
+    code, out, _ = env.run(capsys, "cancel", "71")
     assert code == 0 and "nothing to cancel" in out
     assert env.ex.commands("scancel") == []
 
@@ -294,16 +304,16 @@ def test_list_and_prune(env, capsys):
     add_job("82", name="new", age_days=0)
     env.add("80", "COMPLETED")
     env.add("81", "RUNNING")
-    code, out, _ = run(capsys, "list")
+    code, out, _ = env.run(capsys, "list")
     assert code == 0 and "old-done" in out and "new" in out
     assert env.ex.calls == []  # list does not call the scheduler
-    code, out, _ = run(capsys, "list", "--prune", "--older-than", "7")
+    code, out, _ = env.run(capsys, "list", "--prune", "--older-than", "7")
     assert "forgot lab:80 (old-done)" in out
     assert sorted(r.job_id for r in Registry().list()) == ["81", "82"]
 
 
 def test_unknown_job_is_a_one_line_error(env, capsys):
-    code, _out, err = run(capsys, "status", "nope")
+    code, _out, err = env.run(capsys, "status", "nope")
     assert code == 2
     assert err.startswith("error: no job 'nope' in the registry")
     assert "Traceback" not in err
@@ -311,7 +321,7 @@ def test_unknown_job_is_a_one_line_error(env, capsys):
 
 def test_wait_rejects_bad_timeout(env, capsys):
     add_job("90")
-    code, _out, err = run(capsys, "wait", "90", "--timeout", "-1")
+    code, _out, err = env.run(capsys, "wait", "90", "--timeout", "-1")
     assert code == 2 and "--timeout must be a positive" in err
 
 
@@ -333,30 +343,23 @@ def test_no_heavy_imports_at_module_level():
     assert out.split() == ["False", "False"]
 
 
-def test_status_shows_the_nccl_verdict_when_the_module_exists(env, capsys, monkeypatch):
-    import sys
-    import types
+def test_status_shows_the_nccl_verdict_of_the_job_s_nccl_logs(env, capsys):
+    from hpcserve.nccl import nccl_summary_for_status
 
-    fake_nccl = types.ModuleType("hpcserve.nccl.status")  # a stand-in for the NCCL helper's module
-    seen: list[list[str]] = []
-
-    def nccl_summary_for_status(lines):
-        seen.append(list(lines))
-        return "NCCL: 2 nodes over NET/IB (GPUDirect RDMA)"
-
-    fake_nccl.nccl_summary_for_status = nccl_summary_for_status
-    monkeypatch.setitem(sys.modules, "hpcserve.nccl.status", fake_nccl)
+    log = Path(__file__).parent / "data" / "nccl" / "h200x4-socket.log"
+    text = log.read_text()
+    verdict = nccl_summary_for_status(text.splitlines())
+    assert verdict is not None and "degraded" in verdict
     add_job("48")
     env.add("48", "RUNNING")
-    env.ex.files["/jobs/48/nccl/node-0.n1.123.log"] = "n1:123:123 [0] NCCL INFO Bootstrap\n"
-    code, out, _ = run(capsys, "status", "48")
+    env.ex.files["/jobs/48/nccl/node-0.n1.123.log"] = text
+    code, out, _ = env.run(capsys, "status", "48")
     assert code == 0
-    assert "NCCL:      2 nodes over NET/IB (GPUDirect RDMA)" in out
-    assert seen == [["n1:123:123 [0] NCCL INFO Bootstrap"]]
+    assert f"NCCL:      {verdict.removeprefix('NCCL: ')}" in out
 
 
 def test_status_without_nccl_module_or_files(env, capsys):
     add_job("49")
     env.add("49", "RUNNING")
-    code, out, _ = run(capsys, "status", "49")
+    code, out, _ = env.run(capsys, "status", "49")
     assert code == 0 and "NCCL" not in out

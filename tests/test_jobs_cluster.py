@@ -19,19 +19,29 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cliutil import run_hpcserve
-from cliutil import run_main as cli
+from cliutil import run_hpcserve, run_main
 from labjobs import sleep_script, vllm_launcher
 
-import hpcserve.cli.jobs as jobs_cli
 from hpcserve.cluster.executor import LocalExecutor
 from hpcserve.cluster.slurm import Slurm
 from hpcserve.errors import RemoteError
+from hpcserve.jobs.client import Jobs
 from hpcserve.jobs.record import LAUNCHER, JobRecord
 from hpcserve.jobs.registry import Registry
+from hpcserve.sites.loader import load_site
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _here(site_name: str) -> tuple[object, LocalExecutor]:
+    """The job client's site opener for these tests: the lab's scheduler from this machine."""
+    return load_site(site_name), LocalExecutor()
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``hpcserve ARGS`` in-process; the job commands reach the lab from this machine."""
+    return run_main(capsys, *args, obj=Jobs(connect=_here))
 
 
 def lab_status() -> tuple[dict | None, str]:
@@ -130,7 +140,6 @@ class Lab:
 def cluster(lab, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", lab["slurm_conf"])
     monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr(jobs_cli, "OPEN_SITE", lambda rec: (None, LocalExecutor()))
     base = Path("/tmp/hpcserve-jobs-tests") / uuid.uuid4().hex[:8]
     base.mkdir(parents=True)
     os.chmod(base, 0o755)

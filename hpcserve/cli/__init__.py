@@ -82,10 +82,14 @@ def _fail_known(e: BaseException) -> NoReturn:
     _fail("aborted" if isinstance(e, click.Abort) else "interrupted", 130)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning known errors into one line and an exit code."""
+def main(argv: list[str] | None = None, *, obj: object = None) -> None:
+    """Entry point: run the CLI, turning known errors into one line and an exit code.
+
+    ``obj`` becomes click's context object (e.g. a :class:`hpcserve.jobs.client.Jobs` with
+    fakes, which the job commands then use).
+    """
     try:
-        rv = cli.main(args=argv, prog_name="hpcserve", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="hpcserve", standalone_mode=False, obj=obj)
         # Under standalone_mode=False click returns ctx.exit(n)'s code instead of exiting.
         if isinstance(rv, int) and rv != 0:
             sys.exit(rv)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 from hpcserve.cluster.executor import Executor, LocalExecutor
-from hpcserve.errors import RemoteError, UsageError
+from hpcserve.errors import UsageError
 from hpcserve.sites.schema import Site
 
 
@@ -32,17 +31,6 @@ def executor_for(site: Site) -> Executor:
 
     executor: Executor = SshExecutor(site)
     return executor
-
-
-def home_dir(executor: Executor) -> str:
-    """The home directory on the executor's machine (to expand ``~`` in site paths)."""
-    if isinstance(executor, LocalExecutor):
-        return os.path.expanduser("~")
-    result = executor.run(["printenv", "HOME"], timeout=60)
-    home = result.stdout.strip()
-    if not result.ok or not home.startswith("/"):
-        raise RemoteError(f"cannot find the home directory on the cluster: {result.describe()}")
-    return home
 
 
 def expand_home(path: str, home: str) -> str:

@@ -12,7 +12,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from hpcserve.errors import RemoteError
 
@@ -37,14 +37,32 @@ class CommandResult:
         return f"`{shlex.join(self.argv)}` exited {self.returncode}: {tail}"
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """What a file holds from an offset on, as text (undecodable bytes kept as surrogates)."""
+
+    text: str
+    start: int  # the offset asked for, or 0 when the file is now shorter (replaced, truncated)
+
+
 class Executor(Protocol):
     """Where cluster commands run. Paths are paths on that machine."""
+
+    remote: ClassVar[bool]  # True when the machine is another one (reached over SSH)
 
     def run(
         self, argv: list[str], *, input: str | None = None, timeout: float | None = 60
     ) -> CommandResult: ...
 
     def read_text(self, path: str) -> str: ...
+
+    def read_from(self, path: str, offset: int) -> Chunk:
+        """The file's bytes from ``offset`` on; empty text when the file does not exist."""
+        ...
+
+    def home(self) -> str:
+        """The home directory on that machine (to expand ``~`` in site paths)."""
+        ...
 
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None: ...
 
@@ -55,8 +73,28 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def tail_from(executor: Executor, path: str, offset: int) -> Chunk:
+    """:meth:`Executor.read_from` for an executor that only runs commands: ``tail -c +N``.
+
+    A file that shrank is not noticed this way (the text is then empty until it grows again).
+    """
+    res = executor.run(["tail", "-c", f"+{offset + 1}", path], timeout=30)
+    return Chunk(res.stdout if res.ok else "", offset)  # not ok: not there yet
+
+
+def home_from_env(executor: Executor) -> str:
+    """:meth:`Executor.home` for an executor that only runs commands: ``printenv HOME``."""
+    result = executor.run(["printenv", "HOME"], timeout=60)
+    home = result.stdout.strip()
+    if not result.ok or not home.startswith("/"):
+        raise RemoteError(f"cannot find the home directory on the cluster: {result.describe()}")
+    return home
+
+
 class LocalExecutor:
     """Runs commands with subprocess on this machine (a login node, or the local lab)."""
+
+    remote: ClassVar[bool] = False
 
     def run(
         self, argv: list[str], *, input: str | None = None, timeout: float | None = 60
@@ -73,6 +111,18 @@ class LocalExecutor:
 
     def read_text(self, path: str) -> str:
         return Path(os.path.expanduser(path)).read_text(errors="replace")
+
+    def read_from(self, path: str, offset: int) -> Chunk:
+        try:
+            with open(os.path.expanduser(path), "rb") as f:
+                start = offset if os.fstat(f.fileno()).st_size >= offset else 0
+                f.seek(start)
+                return Chunk(f.read().decode("utf-8", errors="surrogateescape"), start)
+        except FileNotFoundError:
+            return Chunk("", offset)
+
+    def home(self) -> str:
+        return os.path.expanduser("~")
 
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
         p = Path(os.path.expanduser(path))

@@ -251,6 +251,11 @@ def parse_sbatch_parsable(stdout: str) -> tuple[str, str | None]:
     raise RemoteError(f"sbatch printed no job id: {stdout.strip()[:200] or 'no output'}")
 
 
+def parse_steps(stdout: str) -> list[str]:
+    """``squeue -h -s -o %i`` output -> step ids (``70.0``, ``70.batch``)."""
+    return [s.strip() for s in stdout.splitlines() if s.strip()]
+
+
 def is_transient(result: CommandResult) -> bool:
     text = f"{result.stderr}\n{result.stdout}"
     return any(marker in text for marker in TRANSIENT_MARKERS)
@@ -310,6 +315,14 @@ class Slurm:
         )
         return parse_squeue(res.stdout) if res.ok else {}
 
+    def job_steps(self, job_id: str) -> list[str]:
+        """Step ids of the job still known to the controller (``squeue -s``); [] when gone."""
+        res = self.run(
+            ["squeue", "-h", "-s", "-j", job_id, "-o", "%i"],
+            ok_if=lambda r: "Invalid job id" in r.stderr,
+        )
+        return parse_steps(res.stdout) if res.ok else []
+
     def scontrol(self, job_id: str) -> SchedJob | None:
         res = self.run(
             ["scontrol", "show", "job", "-o", job_id], ok_if=lambda r: INVALID_JOB in r.stderr
@@ -356,6 +369,10 @@ class Slurm:
         self.run(argv)
 
     def submit(self, script: str, args: Sequence[str] = ()) -> tuple[str, str | None]:
-        """``sbatch --parsable ARGS SCRIPT`` -> (job id, cluster)."""
-        res = self.run(["sbatch", "--parsable", *args, script])
-        return parse_sbatch_parsable(res.stdout)
+        """``sbatch --parsable ARGS SCRIPT`` -> (job id, cluster); RemoteError "sbatch failed: ..."
+        when sbatch refuses it or prints no job id."""
+        try:
+            res = self.run(["sbatch", "--parsable", *args, script])
+            return parse_sbatch_parsable(res.stdout)
+        except RemoteError as e:
+            raise RemoteError(f"sbatch failed: {e}") from e

@@ -23,11 +23,11 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import paramiko
 
-from hpcserve.cluster.executor import CommandResult
+from hpcserve.cluster.executor import Chunk, CommandResult, home_from_env, tail_from
 from hpcserve.cluster.sshconfig import Hop, Overrides, Route, resolve
 from hpcserve.errors import HpcserveError, RemoteError, UsageError
 
@@ -413,6 +413,8 @@ class SshExecutor:
     """:class:`hpcserve.cluster.executor.Executor` on a site's login host over one reused
     connection."""
 
+    remote: ClassVar[bool] = True
+
     def __init__(
         self,
         site: Any = None,
@@ -501,6 +503,12 @@ class SshExecutor:
         except OSError as e:
             raise RemoteError(f"cannot read {p} on the login node: {e}") from e
         return data.decode(errors="replace")
+
+    def read_from(self, path: str, offset: int) -> Chunk:
+        return tail_from(self, path, offset)
+
+    def home(self) -> str:
+        return home_from_env(self)
 
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
         """Write atomically: a temporary file with ``mode`` set before any byte, then rename."""

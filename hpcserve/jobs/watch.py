@@ -10,20 +10,23 @@ seconds, backing off while the job is pending.
 from __future__ import annotations
 
 import contextlib
-import os
 import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-from hpcserve.cluster.executor import Executor, LocalExecutor
+from hpcserve.cluster.executor import Executor
 from hpcserve.cluster.slurm import SchedJob, Slurm
 from hpcserve.errors import RemoteError
-from hpcserve.jobs.failures import Failure, diagnose, rank, scan
+from hpcserve.jobs.failures import Failure, rank, scan
 from hpcserve.jobs.phases import PhaseInfo, merge, read_phase
 from hpcserve.jobs.record import ENDPOINT, NCCL_DIR, JobRecord, node_log_name
 from hpcserve.jobs.state import JobStatus, apply_endpoint, combine, default_url, parse_endpoint
+from hpcserve.sites.schema import Site
+
+if TYPE_CHECKING:
+    import requests
 
 
 @dataclass
@@ -36,30 +39,16 @@ class LogFollower:
 
     def read_new(self, executor: Executor) -> list[str]:
         """Complete new lines (a line cut by the read is kept for the next call)."""
-        chunk = self._read_from_offset(executor)
-        if not chunk:
+        chunk = executor.read_from(self.path, self.offset)
+        if chunk.start < self.offset:  # truncated or replaced: start again
+            self.offset, self.partial = chunk.start, ""
+        if not chunk.text:
             return []
-        self.offset += len(chunk.encode("utf-8", errors="surrogateescape"))
-        text = self.partial + chunk
+        self.offset = chunk.start + len(chunk.text.encode("utf-8", errors="surrogateescape"))
+        text = self.partial + chunk.text
         lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         self.partial = lines.pop()  # "" when the chunk ended with a newline
         return [ln for ln in lines if ln.strip()]
-
-    def _read_from_offset(self, executor: Executor) -> str:
-        if isinstance(executor, LocalExecutor):
-            try:
-                with open(os.path.expanduser(self.path), "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    if size < self.offset:  # truncated or replaced: start again
-                        self.offset, self.partial = 0, ""
-                    f.seek(self.offset)
-                    return f.read().decode("utf-8", errors="surrogateescape")
-            except FileNotFoundError:
-                return ""
-        res = executor.run(["tail", "-c", f"+{self.offset + 1}", self.path], timeout=30)
-        if not res.ok:
-            return ""  # not there yet
-        return res.stdout
 
 
 @dataclass
@@ -70,7 +59,7 @@ class NodeLog:
     failures: dict[str, Failure] = field(default_factory=dict)
 
 
-def reach_url(rec: JobRecord, site: Any | None, stack: contextlib.ExitStack) -> str | None:
+def reach_url(rec: JobRecord, site: Site | None, stack: contextlib.ExitStack) -> str | None:
     """A base URL at which this machine reaches the job's API, kept open in ``stack``.
 
     :func:`hpcserve.net.endpoint.api_base` gives the job's background tunnel, the head directly
@@ -91,7 +80,7 @@ class HealthProbe:
 
     def __init__(self, timeout_s: float = 1.0) -> None:
         self.timeout_s = timeout_s
-        self._session: Any = None
+        self._session: requests.Session | None = None
 
     def __call__(self, base_url: str) -> bool:
         import requests  # lazy: only wait/status pay for it
@@ -118,7 +107,7 @@ class JobWatch:
         executor: Executor,
         *,
         slurm: Slurm | None = None,
-        site: Any | None = None,
+        site: Site | None = None,
         on_record_change: Callable[[JobRecord], None] | None = None,
         probe: Callable[[str], bool] | None = None,
     ) -> None:
@@ -248,11 +237,6 @@ def _keep_first(into: dict[str, Failure], found: list[Failure]) -> None:
         into.setdefault(f.cause, f)
 
 
-def diagnose_logs(texts: dict[str, str]) -> Failure | None:
-    """:func:`hpcserve.jobs.failures.diagnose` over whole log texts (name -> text)."""
-    return diagnose({k: v.splitlines() for k, v in texts.items()})
-
-
 @dataclass
 class WaitTiming:
     """How often `wait` looks: /health fast, the scheduler slowly (backing off while pending)."""
@@ -272,6 +256,60 @@ class WaitResult:
     health_calls: int = 0
 
 
+_PENDING_LIKE = ("PENDING", "CONFIGURING", "REQUEUED", "UNKNOWN")
+
+
+class _Waiter:
+    """The state of one :func:`wait_ready` loop: when to ask the scheduler and the logs next."""
+
+    def __init__(self, watch: JobWatch, timing: WaitTiming, start: float) -> None:
+        self.watch = watch
+        self.t = timing
+        self.next_sched = start
+        self.next_logs = start
+        self.pending_gap = timing.sched_pending_first
+        self.sched_calls = 0
+        self.health_calls = 0
+
+    def poll_scheduler(self, now: float) -> None:
+        """squeue when due: backing off while pending, every ``sched_running_every`` after."""
+        if now < self.next_sched:
+            return
+        self.watch.poll_scheduler()
+        self.sched_calls += 1
+        if self.watch.sched.state in _PENDING_LIKE:
+            self.next_sched = now + self.pending_gap
+            self.pending_gap = min(self.pending_gap * 2, self.t.sched_pending_max)
+        else:
+            self.pending_gap = self.t.sched_pending_first
+            self.next_sched = now + self.t.sched_running_every
+
+    def poll_job(self, now: float) -> bool:
+        """Logs, endpoint.json and /health as the scheduler state calls for; True if running."""
+        w = self.watch
+        running = w.sched.state == "RUNNING"
+        if not w.sched.active:
+            w.poll_logs()  # ended (or unknown): the logs say why
+        if running and now >= self.next_logs:
+            w.poll_endpoint()
+            w.poll_logs()
+            self.next_logs = now + self.t.logs_every
+        if running and w.poll_endpoint():
+            w.poll_health()
+            self.health_calls += 1
+        return running
+
+    def nap(self, now: float, running: bool, deadline: float | None) -> float:
+        """How long to sleep before the next look."""
+        nap = self.t.health_every if running else min(self.next_sched - now, 1.0)
+        if deadline is not None:
+            nap = min(nap, deadline - now)
+        return max(nap, 0.0)
+
+    def result(self, status: JobStatus, timed_out: bool) -> WaitResult:
+        return WaitResult(status, timed_out, self.sched_calls, self.health_calls)
+
+
 def wait_ready(
     watch: JobWatch,
     timeout_s: float | None,
@@ -281,48 +319,26 @@ def wait_ready(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> WaitResult:
-    """Poll until the API answers, the job fails/ends, or ``timeout_s`` passes."""
-    t = timing or WaitTiming()
+    """Poll until the API answers, the job fails/ends, or ``timeout_s`` passes.
+
+    ``on_change`` gets the status each time its phase or the first part of its detail changes.
+    """
     start = clock()
     deadline = None if timeout_s is None else start + timeout_s
-    next_sched = start
-    next_logs = start
-    pending_gap = t.sched_pending_first
-    sched_calls = health_calls = 0
+    waiter = _Waiter(watch, timing or WaitTiming(), start)
     last_shown: tuple[str, str] | None = None
-    status = watch.status()
     while True:
         now = clock()
-        if now >= next_sched:
-            watch.poll_scheduler()
-            sched_calls += 1
-            if watch.sched.state in ("PENDING", "CONFIGURING", "REQUEUED", "UNKNOWN"):
-                next_sched = now + pending_gap
-                pending_gap = min(pending_gap * 2, t.sched_pending_max)
-            else:
-                pending_gap = t.sched_pending_first
-                next_sched = now + t.sched_running_every
-        running = watch.sched.state == "RUNNING"
-        if not watch.sched.active:
-            watch.poll_logs()  # ended (or unknown): the logs say why
-        if running and now >= next_logs:
-            watch.poll_endpoint()
-            watch.poll_logs()
-            next_logs = now + t.logs_every
-        if running and watch.poll_endpoint():
-            watch.poll_health()
-            health_calls += 1
+        waiter.poll_scheduler(now)
+        running = waiter.poll_job(now)
         status = watch.status()
         shown = (status.phase, status.detail.split(";")[0])
         if on_change is not None and shown != last_shown:
             on_change(status)
         last_shown = shown
         if status.ready or status.finished:
-            return WaitResult(status, False, sched_calls, health_calls)
+            return waiter.result(status, False)
         now = clock()
         if deadline is not None and now >= deadline:
-            return WaitResult(status, True, sched_calls, health_calls)
-        nap = t.health_every if running else min(next_sched - now, 1.0)
-        if deadline is not None:
-            nap = min(nap, deadline - now)
-        sleep(max(nap, 0.0))
+            return waiter.result(status, True)
+        sleep(waiter.nap(now, running, deadline))

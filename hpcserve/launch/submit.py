@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import secrets
 import shlex
 import time
@@ -18,14 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hpcserve.cluster.connect import expand_home, home_dir
+from hpcserve.cluster.connect import expand_home
 from hpcserve.cluster.executor import Executor
-from hpcserve.errors import HpcserveError, RemoteError
+from hpcserve.cluster.slurm import Slurm
+from hpcserve.errors import HpcserveError
 from hpcserve.jobs import record as jobrecord
 from hpcserve.launch.render import LaunchRequest, choose_layout, path_word, render, shell_word
 from hpcserve.sites.schema import Site
-
-_JOB_ID = re.compile(r"^(\d+)(;\S+)?$")
 
 
 @dataclass
@@ -137,7 +135,7 @@ def submit(
 
         Registry().check_free_name(name)
     layout = choose_layout(site, req)
-    home = home_dir(executor)
+    home = executor.home()
     job_dir = (
         expand_home(req.job_dir, home) if req.job_dir else default_job_dir(site, req.job_name, home)
     )
@@ -172,11 +170,7 @@ def submit(
     if dry_run:
         return sub
 
-    result = executor.run(["sbatch", "--parsable", launcher], timeout=120)
-    match = _JOB_ID.match(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "")
-    if not result.ok or not match:
-        raise RemoteError(f"sbatch failed: {result.describe()}")
-    sub.job_id = match.group(1)
+    sub.job_id, _cluster = Slurm(executor, timeout_s=120).submit(launcher)
     try:
         sub.api_key_file = _record(sub, req, remote=remote, api_key=key, name=name)
     except (HpcserveError, OSError) as e:  # the job runs: say so, and where its key is

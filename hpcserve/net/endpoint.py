@@ -11,9 +11,10 @@ import contextlib
 import socket
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 from hpcserve.errors import HpcserveError
+from hpcserve.jobs.record import JobRecord
+from hpcserve.sites.schema import Site
 
 
 def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -25,12 +26,11 @@ def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def remote_of(record: Any) -> tuple[str, int]:
+def remote_of(record: JobRecord) -> tuple[str, int]:
     """The job's head ``(addr, api_port)``, or a sentence saying it is not known yet."""
-    addr = getattr(record, "head_addr", None)
-    port = getattr(record, "api_port", None)
+    addr, port = record.head_addr, record.api_port
     if not addr or not port:
-        phase = (getattr(record, "extra", None) or {}).get("phase")
+        phase = (record.extra or {}).get("phase")
         where = f" (phase: {phase})" if phase else ""
         raise HpcserveError(
             f"job {record.job_id} has no API endpoint yet{where}: it is published once the job "
@@ -39,9 +39,9 @@ def remote_of(record: Any) -> tuple[str, int]:
     return str(addr), int(port)
 
 
-def api_key(record: Any) -> str | None:
+def api_key(record: JobRecord) -> str | None:
     """The job's API key from its 0600 key file (None when the job has none)."""
-    path = getattr(record, "api_key_file", None)
+    path = record.api_key_file
     if not path:
         return None
     try:
@@ -52,8 +52,11 @@ def api_key(record: Any) -> str | None:
 
 
 @contextlib.contextmanager
-def api_base(record: Any, site: Any, *, quiet: bool = False) -> Iterator[str]:
-    """Yield a base URL (``http://host:port``) for ``record``'s API reachable from here."""
+def api_base(record: JobRecord, site: Site | None, *, quiet: bool = False) -> Iterator[str]:
+    """Yield a base URL (``http://host:port``) for ``record``'s API reachable from here.
+
+    Without ``site`` no tunnel can be opened: then an unreachable head is an error.
+    """
     from hpcserve.net import tunnel
 
     state = tunnel.read_state(record.job_id)
@@ -64,6 +67,11 @@ def api_base(record: Any, site: Any, *, quiet: bool = False) -> Iterator[str]:
     if reachable(addr, port):
         yield f"http://{addr}:{port}"
         return
+    if site is None:
+        raise HpcserveError(
+            f"job {record.job_id}'s API at {addr}:{port} does not answer from here, and no site "
+            "is known to tunnel through"
+        )
     from hpcserve.cluster import ssh
 
     login = ssh.login_from_site(site)
