@@ -280,11 +280,14 @@ def _click_option(click: Any, f: VllmFlag, text: str) -> Callable[[Any], Any]:
         decl = f"{f.flag}/{f.negative}" if f.negatable else f.flag
         opt: Callable[[Any], Any] = click.option(decl, f.name, default=None, help=text)
         return opt
-    if f.allowed():
+    if f.allowed() and not f.choices:  # choices show as the metavar
         text = f"{text} Allowed: {f.allowed()}."
     click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[f.type]
     metavar = "[" + "|".join(f.choices) + "]" if f.choices else None
-    return click.option(*names, f.name, type=click_type, default=None, metavar=metavar, help=text)
+    valued: Callable[[Any], Any] = click.option(
+        *names, f.name, type=click_type, default=None, metavar=metavar, help=text
+    )
+    return valued
 
 
 def markdown() -> str:
