@@ -126,12 +126,3 @@ def resolve_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     return DTYPE_ALIASES.get(dtype, dtype)
-
-
-def check_kv_cache_dtype(dtype: str) -> str:
-    """``dtype`` when it is one of :data:`KV_CACHE_DTYPES`, else a UsageError."""
-    if dtype not in KV_CACHE_DTYPES:
-        raise UsageError(
-            f"--kv-cache-dtype {dtype!r}: expected one of {', '.join(KV_CACHE_DTYPES)}"
-        )
-    return dtype
