@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from cliutil import run_main
+from conftest import site_to_yaml
 
-import hpcserve.cli.plan as plan_cli
-from hpcserve.errors import UsageError
-from hpcserve.sites.schema import Node, Site
+from hpcserve.sites.schema import Container, Node, Scheduler, Site
 
 DATA = Path(__file__).parent / "data" / "models"
 QWEN35 = str(DATA / "qwen3.5-397b-a17b-gptq-int4.json")
@@ -20,19 +19,16 @@ MODEL = "Qwen/Qwen3.5-397B-A17B-GPTQ-Int4"
 
 
 @pytest.fixture(autouse=True)
-def sites(monkeypatch: pytest.MonkeyPatch) -> None:
-    known = {
-        "meluxina": Site(
-            name="meluxina", node=Node(gpus=4, gpu_model="A100-40GB", gpu_memory_gb=40)
-        ),
-    }
-
-    def load(name: str) -> Site:
-        if name not in known:
-            raise UsageError(f"unknown site {name!r}")
-        return known[name]
-
-    monkeypatch.setattr(plan_cli, "_load_site", load)
+def sites(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A meluxina site (4 × A100-40GB) found by name through $HPCSERVE_SITES, as users add sites."""
+    meluxina = Site(
+        name="meluxina",
+        node=Node(gpus=4, gpu_model="A100-40GB", gpu_memory_gb=40),
+        scheduler=Scheduler(submit="local"),
+        container=Container(runtime="none"),
+    )
+    site_to_yaml(meluxina, tmp_path / "meluxina.yaml")
+    monkeypatch.setenv("HPCSERVE_SITES", str(tmp_path))
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

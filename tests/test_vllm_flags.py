@@ -120,3 +120,52 @@ def test_docs_are_generated_from_the_table() -> None:
     assert doc == vllm_flags.markdown(), (
         "docs/vllm-flags.md is stale: python -m hpcserve.launch.vllm_flags > docs/vllm-flags.md"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("tensor_parallel_size", 0, "at least 1"),
+        ("pipeline_parallel_size", -1, "at least 1"),
+        ("max_model_len", 0, "at least 1"),
+        ("max_num_seqs", 0, "at least 1"),
+        ("gpu_memory_utilization", 0.0, "in (0, 1]"),
+        ("gpu_memory_utilization", 1.0001, "in (0, 1]"),
+        ("gpu_memory_utilization", float("nan"), "in (0, 1]"),
+        ("dtype", "fp16", "one of auto, half, float16, bfloat16, float, float32"),
+        ("kv_cache_dtype", "int4", "one of auto, bfloat16, fp8"),
+    ],
+)
+def test_values_outside_the_table_bounds_are_named(name: str, value: object, allowed: str) -> None:
+    (problem,) = vllm_flags.check_values({name: value})
+    assert problem.startswith(BY_NAME[name].spelling + " ") and f"expected {allowed}" in problem
+
+
+def test_values_inside_the_bounds_and_unset_ones_pass() -> None:
+    values = {
+        "tensor_parallel_size": 1,
+        "max_model_len": 1,
+        "gpu_memory_utilization": 1.0,
+        "dtype": "half",
+        "kv_cache_dtype": "fp8",
+        "seed": -3,  # unbounded
+        "quantization": "anything",  # free text
+        "pipeline_parallel_size": None,
+    }
+    assert vllm_flags.check_values(values) == []
+
+
+def test_check_values_lists_every_problem_in_table_order() -> None:
+    problems = vllm_flags.check_values({"max_model_len": 0, "tensor_parallel_size": 0})
+    assert [p.split(" ")[0] for p in problems] == ["--tp/--tensor-parallel-size", "--max-model-len"]
+    with pytest.raises(KeyError, match="unknown vLLM flag"):
+        vllm_flags.check_values({"max_modle_len": 1})
+
+
+def test_plan_takes_its_engine_options_from_the_table() -> None:
+    from hpcserve.cli.plan import plan
+
+    by_name = {p.name: p for p in plan.params}
+    for f in vllm_flags.PLAN_OPTIONS:
+        assert f.name in by_name
+        assert set(by_name[f.name].opts) == {*f.aliases, f.flag}

@@ -1,38 +1,23 @@
-"""``hpcserve render``, ``submit`` and ``download``: thin click adapters over render/submit.
+"""``hpcserve render``, ``submit`` and ``download``: thin click adapters over the launch package.
 
 The vLLM options come from the table in :mod:`hpcserve.launch.vllm_flags`; the sbatch keys from the
-signature of :func:`hpcserve.cluster.sbatch.sbatch_directives`. Nothing heavy is imported for
-``render``.
+signature of :func:`hpcserve.cluster.sbatch.sbatch_directives`; the request is built and checked
+by :func:`hpcserve.launch.request.build_request`. Nothing heavy is imported for ``render``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from hpcserve.cluster.sbatch import parse_sbatch_args
 from hpcserve.errors import RemoteError, UsageError
 from hpcserve.launch import vllm_flags
-from hpcserve.launch.render import DEFAULT_JOB_NAME, LaunchRequest
 from hpcserve.launch.render import render as render_script
-from hpcserve.plan.modelinfo import local_model_info
+from hpcserve.launch.request import LaunchRequest, build_request
+from hpcserve.sites.loader import load_site
 from hpcserve.sites.schema import Site
-
-
-def load_site(value: str) -> Site:
-    """A site by name, or from a YAML file when ``value`` looks like a path."""
-    from hpcserve.sites.loader import load_site as by_name
-    from hpcserve.sites.loader import load_site_file
-
-    site: Site
-    if value.endswith((".yaml", ".yml")) or os.sep in value:
-        site = load_site_file(value)
-    else:
-        site = by_name(value)
-    return site
 
 
 def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,23 +71,21 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _request(opts: dict[str, Any], job_dir: str) -> LaunchRequest:
+def _request(site: Site, opts: dict[str, Any]) -> LaunchRequest:
+    """The options of render/submit handed to :func:`hpcserve.launch.request.build_request`."""
     vllm_options = {f.name: opts.pop(f.name) for f in vllm_flags.OPTIONS}
-    tp = vllm_options.pop("tensor_parallel_size")
-    pp = vllm_options.pop("pipeline_parallel_size")
-    sbatch = {k: opts[k] for k in ("time", "partition", "account", "qos") if opts[k] is not None}
-    sbatch.update(parse_sbatch_args(opts["sbatch_args"]))
-    return LaunchRequest(
+    return build_request(
+        site,
         model=opts["model"],
         nodes=opts["nodes"],
-        job_dir=job_dir,
-        job_name=opts["job_name"] or DEFAULT_JOB_NAME,
-        tp=tp,
-        pp=pp,
-        vllm_options={k: v for k, v in vllm_options.items() if v is not None},
-        vllm_args=list(opts["vllm_args"]),
-        sbatch=sbatch,
-        model_info=local_model_info(opts["model"]),
+        tp=vllm_options.pop("tensor_parallel_size"),
+        pp=vllm_options.pop("pipeline_parallel_size"),
+        vllm_options=vllm_options,
+        vllm_args=opts["vllm_args"],
+        sbatch={k: opts[k] for k in ("time", "partition", "account", "qos")},
+        sbatch_args=opts["sbatch_args"],
+        job_dir=opts["job_dir"],
+        name=opts["job_name"],
     )
 
 
@@ -111,9 +94,7 @@ def _request(opts: dict[str, Any], job_dir: str) -> LaunchRequest:
 def render(**opts: Any) -> None:
     """Print the sbatch launcher for a model on a site."""
     site = load_site(opts["site_name"])
-    name = opts["job_name"] or DEFAULT_JOB_NAME
-    job_dir = opts["job_dir"] or f"{site.storage.workdir.rstrip('/')}/{name}"
-    click.echo(render_script(site, _request(opts, job_dir)), nl=False)
+    click.echo(render_script(site, _request(site, opts)), nl=False)
 
 
 @click.command()
@@ -126,7 +107,7 @@ def submit(**opts: Any) -> None:
     from hpcserve.launch import submit as submitting
 
     site = load_site(opts["site_name"])
-    req = _request(opts, opts["job_dir"] or "")
+    req = _request(site, opts)
     executor = executor_for(site)
     try:
         sub = submitting.submit(

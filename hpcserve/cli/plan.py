@@ -1,23 +1,30 @@
-"""``hpcserve plan``: size a model for a site and print the arithmetic (or ``--json``)."""
+"""``hpcserve plan``: size a model for a site and print the arithmetic (or ``--json``).
+
+The vLLM options (``--tp``, ``--pp``, ``--max-model-len``, ``--gpu-memory-utilization``,
+``--kv-cache-dtype``, ``--dtype``) are the rows of :mod:`hpcserve.launch.vllm_flags` that
+``render``/``submit`` use; :func:`hpcserve.plan.planner.plan_for_site` checks and sizes them.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from hpcserve.errors import UsageError
+from hpcserve.launch import vllm_flags
 
-
-def _load_site(name: str) -> Any:
-    """The site named ``name`` (imported lazily: the sites module is its own helper's)."""
-    try:
-        from hpcserve.sites.loader import load_site
-    except ImportError:  # pragma: no cover - until hpcserve.sites.loader lands
-        raise UsageError("site configs are not available in this build") from None
-    return load_site(name)
+_HELP = {
+    "tensor_parallel_size": "Tensor-parallel size (default: the site's engine.layout).",
+    "pipeline_parallel_size": "Pipeline-parallel size (default: the site's engine.layout).",
+    "max_model_len": "Context length (default: the config's max_position_embeddings).",
+    "gpu_memory_utilization": "Fraction of each GPU's memory vLLM may use (default: 0.9).",
+    "kv_cache_dtype": "KV-cache dtype (default: auto, the model dtype).",
+    "dtype": "Weight/activation dtype vLLM will use (as `vllm serve --dtype`; default: auto).",
+}
 
 
 def _nodes(value: str) -> int | None:
@@ -32,67 +39,45 @@ def _nodes(value: str) -> int | None:
     return n
 
 
+def _engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    decorate: Callable[[Any], Any] = vllm_flags.click_options(vllm_flags.PLAN_OPTIONS, _HELP)
+    wrapped: Callable[..., Any] = decorate(fn)
+    return wrapped
+
+
 @click.command("plan")
 @click.option("--model", "-m", required=True, help="HF model id or local model directory.")
-@click.option("--site", "-s", required=True, help="Site name (see `hpcserve sites list`).")
+@click.option("--site", "-s", required=True, help="Site name or YAML file.")
 @click.option("--nodes", default="auto", show_default=True, help="Number of nodes, or auto.")
-@click.option("--tp", type=int, default=None, help="Tensor-parallel size (default: GPUs/node).")
-@click.option("--pp", type=int, default=None, help="Pipeline-parallel size (default: nodes).")
-@click.option("--max-model-len", type=int, default=None, help="Context length (default: config).")
-@click.option(
-    "--gpu-memory-utilization",
-    type=float,
-    default=0.9,
-    show_default=True,
-    help="Fraction of each GPU's memory vLLM may use.",
-)
-@click.option(
-    "--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
-    default="auto",
-    show_default=True,
-    help="Weight/activation dtype vLLM will use (as `vllm serve --dtype`).",
-)
+@_engine_options
 @click.option("--config-json", default=None, help="Read this config.json instead of searching.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
 def plan(
     model: str,
     site: str,
     nodes: str,
-    tp: int | None,
-    pp: int | None,
-    max_model_len: int | None,
-    gpu_memory_utilization: float,
-    kv_cache_dtype: str,
-    dtype: str,
     config_json: str | None,
     as_json: bool,
+    **engine: Any,
 ) -> None:
     """Size MODEL for SITE: weights, usable memory, nodes, layout, KV cache, concurrency."""
     from hpcserve.plan.modelinfo import load_model_info
-    from hpcserve.plan.planner import NodeShape, make_plan
+    from hpcserve.plan.planner import plan_for_site
+    from hpcserve.sites.loader import load_site
 
+    n = _nodes(nodes)
+    loaded = load_site(site)
     info = load_model_info(model, config_json)
-    info.served_dtype = dtype
-    s = _load_site(site)
-    node = NodeShape(
-        gpus=s.node.gpus,
-        gpu_memory_gb=s.node.gpu_memory_gb,
-        gpu_model=s.node.gpu_model,
-        site=s.name,
-    )
-    result = make_plan(
+    result = plan_for_site(
+        loaded,
         info,
-        node,
-        nodes=_nodes(nodes),
-        tp=tp,
-        pp=pp,
-        max_model_len=max_model_len,
-        utilization=gpu_memory_utilization,
-        kv_cache_dtype=kv_cache_dtype,
+        nodes=n,
+        tp=engine["tensor_parallel_size"],
+        pp=engine["pipeline_parallel_size"],
+        max_model_len=engine["max_model_len"],
+        gpu_memory_utilization=engine["gpu_memory_utilization"],
+        kv_cache_dtype=engine["kv_cache_dtype"],
+        dtype=engine["dtype"],
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

@@ -8,13 +8,11 @@ ones, and site ``scheduler.extra_sbatch`` lines are appended verbatim after a sa
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hpcserve.errors import UsageError
-
-_TIME = re.compile(r"^(\d+-)?\d+(:\d{2}){0,2}$|^(?i:unlimited|infinite)$")
+from hpcserve.rules import check_slurm_time
 
 
 def sbatch_directives(
@@ -72,8 +70,7 @@ def sbatch_directives(
         "licenses": licenses,
         "hint": hint,
     }
-    if not _TIME.match(str(time)):
-        raise UsageError(f"--time {time!r}: expected [D-]HH:MM:SS, MM:SS or minutes")
+    check_slurm_time(str(time))
     out = []
     for key, value in values.items():
         if value is None or value is False:

@@ -28,6 +28,7 @@ from typing import Any
 
 from hpcserve.cluster.executor import CommandResult, Executor
 from hpcserve.errors import RemoteError
+from hpcserve.rules import format_slurm_time, parse_slurm_time
 
 # id | state (long) | reason | nodes | nodelist | time left | time limit | start | used | exit
 SQUEUE_FORMAT = "%i|%T|%r|%D|%N|%L|%l|%S|%M"
@@ -118,35 +119,20 @@ def _opt(text: str | None) -> str | None:
 
 
 def parse_duration(text: str | None) -> int | None:
-    """Seconds in a SLURM duration: ``[D-]HH:MM:SS``, ``MM:SS``, ``D-HH``, ``M``; else None."""
+    """Seconds in a SLURM duration as squeue/sacct print it; None for no limit, an empty field
+    or anything else (the rule is :func:`hpcserve.rules.parse_slurm_time`)."""
     text = _opt(text)
-    if text is None or text.upper() in ("UNLIMITED", "INFINITE", "PARTITION_LIMIT"):
+    if text is None or text.upper() == "PARTITION_LIMIT":
         return None
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not m:
+    try:
+        return parse_slurm_time(text)
+    except ValueError:
         return None
-    days = int(m.group(1) or 0)
-    parts = [int(p) for p in m.groups()[1:] if p is not None]
-    if m.group(1) is not None:  # D-H, D-H:M, D-H:M:S
-        h, mi, s = (parts + [0, 0])[:3]
-    elif len(parts) == 3:
-        h, mi, s = parts
-    elif len(parts) == 2:
-        h, mi, s = 0, parts[0], parts[1]
-    else:
-        h, mi, s = 0, parts[0], 0  # a bare number is minutes
-    return ((days * 24 + h) * 60 + mi) * 60 + s
 
 
 def format_duration(seconds: int | float | None) -> str:
-    """``1-02:03:04`` / ``02:03:04`` / ``-`` for None."""
-    if seconds is None:
-        return "-"
-    s = max(int(seconds), 0)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return f"{d}-{h:02d}:{m:02d}:{s:02d}" if d else f"{h:02d}:{m:02d}:{s:02d}"
+    """``1-02:03:04`` / ``02:03:04`` (:func:`hpcserve.rules.format_slurm_time`); ``-`` for None."""
+    return "-" if seconds is None else format_slurm_time(seconds)
 
 
 def _state(text: str) -> str:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from hpcserve.errors import UsageError
 from hpcserve.jobs.record import JobRecord
+from hpcserve.rules import check_job_name
 
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _SAFE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
@@ -48,13 +48,8 @@ def default_root() -> Path:
 
 
 def check_name(name: str) -> str:
-    """Validate a user-given job name: a letter, then letters, digits, '.', '_' or '-'."""
-    if not _NAME_RE.match(name):
-        raise UsageError(
-            f"job name {name!r} is not valid: start with a letter, then up to 63 letters, "
-            "digits, '.', '_' or '-'"
-        )
-    return name
+    """Validate a user-given job name (:func:`hpcserve.rules.check_job_name`)."""
+    return check_job_name(name)
 
 
 def _safe(part: str, what: str) -> str:

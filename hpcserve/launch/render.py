@@ -8,25 +8,29 @@ stays one harmless argument. No secret is ever an input of :func:`render`.
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hpcserve.cluster.sbatch import merged, sbatch_directives
 from hpcserve.errors import UsageError
 from hpcserve.jobs import record as jobrecord
 from hpcserve.launch import vllm_flags
-from hpcserve.plan import layout as layout_mod
+from hpcserve.launch.request import (
+    DEFAULT_JOB_NAME,
+    LaunchRequest,
+    check_request,
+    choose_layout,
+    default_job_dir,
+)
 from hpcserve.plan.layout import Layout
-from hpcserve.plan.modelinfo import ModelInfo
+from hpcserve.rules import is_env_name, resolve_dtype
 from hpcserve.sites.schema import Site
 
+__all__ = ["DEFAULT_JOB_NAME", "LaunchRequest", "choose_layout", "render", "shell_word"]
+
 TEMPLATE = "launcher.sbatch.j2"
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-DEFAULT_JOB_NAME = "hpcserve"  # SLURM job name when the user gave no --name
 SRUN_WAIT_S = 30  # seconds srun waits after the first node's task ends before ending the rest
 PORT_SPREAD = 100  # API/master search starts at base + (job id % PORT_SPREAD)
 MASTER_PORT_GAP = 1000  # master ports are searched from engine.port + this
@@ -49,7 +53,7 @@ def shell_word(word: Word) -> str:
     out = []
     for part in parts:
         if isinstance(part, Var):
-            if not ENV_NAME.match(part.name):
+            if not is_env_name(part.name):
                 raise ValueError(f"bad shell variable name {part.name!r}")
             out.append(f'"${{{part.name}}}"')
         else:
@@ -70,47 +74,6 @@ def join_word(base: Word, tail: str) -> Word:
     """``base`` + ``/tail``."""
     parts = base if isinstance(base, tuple) else (base,)
     return (*parts, "/" + tail)
-
-
-def choose_layout(site: Site, req: LaunchRequest) -> Layout:
-    """The layout for ``req`` on ``site``: :func:`hpcserve.plan.layout.choose_layout` decides."""
-    return layout_mod.choose_layout(
-        req.model_info, req.nodes, site.node.gpus, req.tp, req.pp, site.engine.layout
-    )
-
-
-@dataclass
-class LaunchRequest:
-    """What the user asked for (site defaults are applied by :func:`launcher_context`)."""
-
-    model: str
-    nodes: int
-    job_dir: str  # absolute, or ~/... (then expanded by the script on the cluster)
-    job_name: str = DEFAULT_JOB_NAME
-    tp: int | None = None
-    pp: int | None = None
-    vllm_options: dict[str, Any] = field(default_factory=dict)  # exposed flags, python names
-    vllm_args: list[str] = field(default_factory=list)  # --vllm-arg, one argv element each
-    sbatch: dict[str, Any] = field(default_factory=dict)  # overrides for sbatch_directives
-    model_info: ModelInfo | None = None  # the model's config when found here (layout checks)
-
-
-def _check_request(req: LaunchRequest) -> None:
-    problems = []
-    if not req.model or req.model.startswith("-") or "\0" in req.model or "\n" in req.model:
-        problems.append(f"--model {req.model!r}: expected a model id or path")
-    if not JOB_NAME.match(req.job_name):
-        problems.append(f"--name {req.job_name!r}: use letters, digits, '.', '_' or '-'")
-    if not (req.job_dir.startswith("/") or req.job_dir.startswith("~/")):
-        problems.append(f"job dir {req.job_dir!r}: must be absolute (or start with ~/)")
-    if any(c in req.job_dir for c in "\n\r\0"):
-        problems.append(f"job dir {req.job_dir!r}: must be one line")
-    unknown = set(req.vllm_options) - {f.name for f in vllm_flags.OPTIONS}
-    if unknown:
-        problems.append(f"not a render option: {', '.join(sorted(unknown))}")
-    problems += vllm_flags.check_extra_args(req.vllm_args)
-    if problems:
-        raise UsageError("; ".join(problems))
 
 
 def _modules(site: Site) -> list[list[str]]:
@@ -146,7 +109,7 @@ def _env(site: Site) -> list[tuple[str, Word]]:
     if site.storage.offline:
         env.append(("HF_HUB_OFFLINE", "1"))
     env += [(k, str(v)) for k, v in site.engine.env.items()]
-    bad = [k for k, _ in env if not ENV_NAME.match(k)]
+    bad = [k for k, _ in env if not is_env_name(k)]
     if bad:
         raise UsageError(f"site {site.name}: invalid environment variable name(s): {bad}")
     return env
@@ -185,6 +148,8 @@ def _runtime_prefix(site: Site) -> tuple[list[Word], bool]:
 def node_argv(site: Site, req: LaunchRequest, layout: Layout) -> tuple[list[Word], list[Word]]:
     """(head argv, worker argv): everything after the runtime prefix, per role."""
     values = dict(req.vllm_options)
+    if values.get("dtype") is not None:
+        values["dtype"] = resolve_dtype(str(values["dtype"]))
     values["tensor_parallel_size"] = layout.tp
     values["pipeline_parallel_size"] = layout.pp
     if layout.nodes > 1:
@@ -215,12 +180,10 @@ def _in_job(first: str, *rest: Part) -> Word:
 
 
 def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
-    """Everything the template needs, decided here."""
-    _check_request(req)
-    site_problems = vllm_flags.check_extra_args(site.engine.extra_args)
-    if site_problems:
-        raise UsageError(f"site {site.name} engine.extra_args: " + "; ".join(site_problems))
-    layout = choose_layout(site, req)
+    """Everything the template needs, decided here (an empty ``job_dir`` is the default one)."""
+    layout = check_request(site, req)
+    if not req.job_dir:
+        req = replace(req, job_dir=default_job_dir(site, req.job_name))
     job_dir = path_word(req.job_dir.rstrip("/") or "/")
     absolute = isinstance(job_dir, str)
     sched = site.scheduler

@@ -23,6 +23,7 @@ from hpcserve.cluster.slurm import Slurm
 from hpcserve.errors import HpcserveError
 from hpcserve.jobs import record as jobrecord
 from hpcserve.launch.render import LaunchRequest, choose_layout, path_word, render, shell_word
+from hpcserve.launch.request import default_job_dir
 from hpcserve.sites.schema import Site
 
 
@@ -74,13 +75,6 @@ def read_hf_token(environ: Mapping[str, str] | None = None) -> str | None:
 def secrets_env(values: Mapping[str, str | None]) -> str:
     """``KEY='value'`` lines, readable by ``source`` and by ``apptainer --env-file``."""
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items() if v)
-
-
-def default_job_dir(site: Site, name: str, home: str, now: float | None = None) -> str:
-    """``<storage.workdir>/<name>-<UTC time>-<random>`` with ``~`` expanded against ``home``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-    workdir = expand_home(site.storage.workdir, home)
-    return posixpath.join(workdir, f"{name}-{stamp}-{secrets.token_hex(3)}")
 
 
 def model_cache_dir(hf_cache: str, model: str) -> str:
@@ -137,7 +131,9 @@ def submit(
     layout = choose_layout(site, req)
     home = executor.home()
     job_dir = (
-        expand_home(req.job_dir, home) if req.job_dir else default_job_dir(site, req.job_name, home)
+        expand_home(req.job_dir, home)
+        if req.job_dir
+        else default_job_dir(site, req.job_name, home=home, unique=True)
     )
     req = replace(req, job_dir=job_dir)
     script = render(site, req)  # validates everything before anything is written

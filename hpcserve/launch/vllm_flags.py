@@ -1,9 +1,10 @@
 """Every `vllm serve` flag hpcserve knows, in one table.
 
 Like vLLM's own ``engine/arg_utils.py``, one table drives everything: the click options of
-``hpcserve render`` / ``submit`` (:func:`click_options`), the ``vllm serve`` argv the launcher runs
-(:func:`flag_argv`), and the reference page ``docs/vllm-flags.md`` (:func:`markdown`; a test keeps
-it in sync). Add a row here and all three follow.
+``hpcserve render`` / ``submit`` and ``plan`` (:func:`click_options`), the bounds and choices of
+their values (:func:`check_values`, for every command and the Python API alike), the ``vllm serve``
+argv the launcher runs (:func:`flag_argv`), and the reference page ``docs/vllm-flags.md``
+(:func:`markdown`; a test keeps it in sync). Add a row here and all of them follow.
 
 Spellings and semantics were read from vLLM's source (``source`` column):
 
@@ -22,16 +23,20 @@ Spellings and semantics were read from vLLM's source (``source`` column):
 * The API server reads its key from ``VLLM_API_KEY`` when ``--api-key`` is absent
   (``vllm/envs.py`` ``"VLLM_API_KEY"``; ``vllm/entrypoints/serve/middleware/register.py``
   ``args.api_key or [envs.VLLM_API_KEY]``), so hpcserve never puts ``--api-key`` on a command line.
+* Bounds: ``CacheConfig.gpu_memory_utilization`` is ``Field(gt=0, le=1)``
+  (``vllm/config/cache.py``); ``--dtype`` and ``--kv-cache-dtype`` choices are
+  :data:`hpcserve.rules.DTYPES` and :data:`hpcserve.rules.KV_CACHE_DTYPES`; sizes and counts are at
+  least 1 (vLLM's "auto" spellings such as ``--max-model-len -1`` go through ``--vllm-arg``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # click is imported by the CLI module that calls click_options
-    pass
+from hpcserve.rules import DTYPES, KV_CACHE_DTYPES
 
 ARG_UTILS = "vllm/engine/arg_utils.py"
 CLI_ARGS = "vllm/entrypoints/openai/cli_args.py"
@@ -49,11 +54,45 @@ class VllmFlag:
     aliases: tuple[str, ...] = ()  # extra hpcserve option names (e.g. --tp)
     negatable: bool = True  # bools: vLLM also accepts --no-<flag> (BooleanOptionalAction)
     source: str = ARG_UTILS
+    low: float | None = None  # numbers: smallest value allowed (or bound, when low_open)
+    low_open: bool = False  # the value must be greater than ``low``
+    high: float | None = None  # numbers: largest value allowed
+    choices: tuple[str, ...] = ()  # text: the values allowed (empty: any one-line text)
 
     @property
     def negative(self) -> str:
         """The ``--no-`` spelling of a boolean flag."""
         return "--no-" + self.flag[2:]
+
+    @property
+    def spelling(self) -> str:
+        """How errors name the option: ``--tp/--tensor-parallel-size``."""
+        return "/".join((*self.aliases, self.flag))
+
+    def allowed(self) -> str:
+        """The allowed values in words (empty when any value of the type is)."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}"
+        return ""
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is refused for this flag, or None when it is allowed."""
+        if value is None or not self.allowed():
+            return None
+        if self.choices:
+            ok = value in self.choices
+        else:
+            number = float(value)
+            ok = not math.isnan(number)
+            if self.low is not None:
+                ok = ok and (number > self.low if self.low_open else number >= self.low)
+            if self.high is not None:
+                ok = ok and number <= self.high
+        return None if ok else f"{self.spelling} {value!r}: expected {self.allowed()}"
 
 
 def _f(name: str, typ: type, help: str, **kw: Any) -> VllmFlag:
@@ -65,21 +104,35 @@ FLAGS: tuple[VllmFlag, ...] = (
     _f(
         "tensor_parallel_size",
         int,
-        "Tensor-parallel size (default: the site's GPUs per node).",
+        "Tensor-parallel size (default: the site's engine.layout, GPUs per node or all GPUs).",
         aliases=("--tp",),
+        low=1,
     ),
     _f(
         "pipeline_parallel_size",
         int,
-        "Pipeline-parallel size (default: the number of nodes).",
+        "Pipeline-parallel size (default: the site's engine.layout, nodes or 1).",
         aliases=("--pp",),
+        low=1,
     ),
     # --- pass-through options users expect
-    _f("max_model_len", int, "Model context length (tokens)."),
-    _f("gpu_memory_utilization", float, "Fraction of each GPU's memory vLLM may use (0-1]."),
+    _f("max_model_len", int, "Model context length (tokens).", low=1),
+    _f(
+        "gpu_memory_utilization",
+        float,
+        "Fraction of each GPU's memory vLLM may use.",
+        low=0,
+        low_open=True,
+        high=1,
+    ),
     _f("quantization", str, "Quantisation method (e.g. gptq_marlin, awq, fp8)."),
-    _f("dtype", str, "Weights/activations dtype (auto, half, bfloat16, float)."),
-    _f("kv_cache_dtype", str, "KV-cache dtype (auto, fp8, fp8_e4m3, fp8_e5m2, ...)."),
+    _f(
+        "dtype",
+        str,
+        "Weights/activations dtype (half = float16, float = float32).",
+        choices=DTYPES,
+    ),
+    _f("kv_cache_dtype", str, "KV-cache dtype.", choices=KV_CACHE_DTYPES),
     _f("served_model_name", str, "Model name the API reports (default: the model argument)."),
     _f("reasoning_parser", str, "Reasoning parser (e.g. qwen3, deepseek_r1).", source=ARG_UTILS),
     _f(
@@ -93,8 +146,8 @@ FLAGS: tuple[VllmFlag, ...] = (
     _f("enable_prefix_caching", bool, "Prefix caching."),
     _f("enforce_eager", bool, "Disable CUDA graphs (always eager)."),
     _f("trust_remote_code", bool, "Trust remote code from the model repository."),
-    _f("max_num_seqs", int, "Maximum sequences per iteration."),
-    _f("max_num_batched_tokens", int, "Maximum tokens per iteration."),
+    _f("max_num_seqs", int, "Maximum sequences per iteration.", low=1),
+    _f("max_num_batched_tokens", int, "Maximum tokens per iteration.", low=1),
     _f("revision", str, "Model revision (branch, tag or commit)."),
     _f("tokenizer", str, "Tokenizer name or path (default: the model)."),
     _f("seed", int, "Random seed."),
@@ -128,6 +181,18 @@ FLAGS: tuple[VllmFlag, ...] = (
 
 BY_NAME: dict[str, VllmFlag] = {f.name: f for f in FLAGS}
 OPTIONS: tuple[VllmFlag, ...] = tuple(f for f in FLAGS if f.option)
+# The options `hpcserve plan` sizes with (the same rows, so plan and render check them alike).
+PLAN_OPTIONS: tuple[VllmFlag, ...] = tuple(
+    BY_NAME[n]
+    for n in (
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "max_model_len",
+        "gpu_memory_utilization",
+        "kv_cache_dtype",
+        "dtype",
+    )
+)
 
 # Flags a user may not pass with --vllm-arg: hpcserve sets them per node, and --api-key would put
 # the key on a command line (vLLM reads VLLM_API_KEY from the environment instead).
@@ -166,6 +231,16 @@ def flag_argv(values: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+def check_values(values: Mapping[str, Any]) -> list[str]:
+    """Every value of ``values`` (python name -> value, None = unset) outside its flag's bounds
+    or choices, one problem each, in table order."""
+    unknown = set(values) - set(BY_NAME)
+    if unknown:
+        raise KeyError(f"unknown vLLM flag(s): {', '.join(sorted(unknown))}")
+    problems = (f.problem(values.get(f.name)) for f in FLAGS)
+    return [p for p in problems if p]
+
+
 def check_extra_args(args: Iterable[str]) -> list[str]:
     """Problems with ``--vllm-arg`` values: reserved flags hpcserve sets itself."""
     problems = []
@@ -181,27 +256,38 @@ def check_extra_args(args: Iterable[str]) -> list[str]:
     return problems
 
 
-def click_options(flags: Sequence[VllmFlag] = OPTIONS) -> Callable[[Any], Any]:
-    """A decorator adding one click option per exposed flag (bools as --x/--no-x, unset = None)."""
+def click_options(
+    flags: Sequence[VllmFlag] = OPTIONS, help: Mapping[str, str] | None = None
+) -> Callable[[Any], Any]:
+    """A decorator adding one click option per flag (bools as --x/--no-x, unset = None).
+
+    Values are checked by :func:`check_values`, not by click, so every caller refuses them alike
+    with one line; ``help`` replaces the help text of some flags (python name -> text).
+    """
     import click
 
     def decorate(fn: Any) -> Any:
         for f in reversed(flags):
-            fn = _click_option(click, f)(fn)
+            fn = _click_option(click, f, (help or {}).get(f.name, f.help))(fn)
         return fn
 
     return decorate
 
 
-def _click_option(click: Any, f: VllmFlag) -> Callable[[Any], Any]:
+def _click_option(click: Any, f: VllmFlag, text: str) -> Callable[[Any], Any]:
     names = [*f.aliases, f.flag]
     if f.type is bool:
         decl = f"{f.flag}/{f.negative}" if f.negatable else f.flag
-        opt: Callable[[Any], Any] = click.option(decl, f.name, default=None, help=f.help)
+        opt: Callable[[Any], Any] = click.option(decl, f.name, default=None, help=text)
         return opt
+    if f.allowed() and not f.choices:  # choices show as the metavar
+        text = f"{text} Allowed: {f.allowed()}."
     click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[f.type]
-    opt = click.option(*names, f.name, type=click_type, default=None, help=f.help)
-    return opt
+    metavar = "[" + "|".join(f.choices) + "]" if f.choices else None
+    valued: Callable[[Any], Any] = click.option(
+        *names, f.name, type=click_type, default=None, metavar=metavar, help=text
+    )
+    return valued
 
 
 def markdown() -> str:
@@ -216,10 +302,12 @@ def markdown() -> str:
         "through to `vllm serve`; the others are set by the launcher for each node. Anything else "
         "goes through `--vllm-arg` (repeatable, one argv element each, e.g. "
         "`--vllm-arg=--max-num-seqs=64`). `--api-key` is refused: the API key reaches vLLM as "
-        "`VLLM_API_KEY` in the environment.",
+        "`VLLM_API_KEY` in the environment. A value outside its *values* column is refused with "
+        "one line (exit 2) by `render`, `submit` and `plan` alike; `plan` takes "
+        f"{', '.join(f'`{f.flag}`' for f in PLAN_OPTIONS)} from this table too.",
         "",
-        "| vLLM flag | hpcserve option | type | meaning | vLLM source |",
-        "| --- | --- | --- | --- | --- |",
+        "| vLLM flag | hpcserve option | type | values | meaning | vLLM source |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for f in FLAGS:
         if f.option:
@@ -228,7 +316,10 @@ def markdown() -> str:
                 opt = f"`{f.flag}` / `{f.negative}`"
         else:
             opt = "(launcher)"
-        lines.append(f"| `{f.flag}` | {opt} | {f.type.__name__} | {f.help} | `{f.source}` |")
+        values = f.allowed() or "any"
+        lines.append(
+            f"| `{f.flag}` | {opt} | {f.type.__name__} | {values} | {f.help} | `{f.source}` |"
+        )
     return "\n".join(lines) + "\n"
 
 

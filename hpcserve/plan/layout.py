@@ -56,48 +56,86 @@ def default_layout(nodes: int, gpus_per_node: int, mode: str = PP_ACROSS_NODES) 
     return gpus_per_node, nodes
 
 
-def layout_problems(info: ModelInfo, tp: int, pp: int) -> list[str]:
-    """Every reason vLLM would refuse TP=tp, PP=pp for this model (empty: it is fine)."""
-    problems: list[str] = []
-    if tp < 1 or pp < 1:
-        return ["TP and PP must be at least 1"]
+def _head_problems(info: ModelInfo, tp: int) -> list[str]:
+    """Attention and KV heads split over TP (``verify_with_parallel_config``,
+    ``QKVParallelLinear``)."""
     heads, kv = info.num_attention_heads, info.num_kv_heads
+    problems = []
     if heads % tp:
         problems.append(f"attention heads ({heads}) are not divisible by TP={tp}")
     if tp >= kv and tp % kv:
         problems.append(f"TP={tp} ≥ KV heads ({kv}) but not a multiple of them (replication)")
     if tp < kv and kv % tp:
         problems.append(f"KV heads ({kv}) are not divisible by TP={tp}")
-    dense = info.intermediate_size and not all(info.moe_layers or [False])
-    if dense and info.intermediate_size and info.intermediate_size % tp:
+    return problems
+
+
+def _has_dense_mlp(info: ModelInfo) -> bool:
+    """Whether some layer has a dense MLP of ``intermediate_size`` (not every layer is MoE)."""
+    return bool(info.intermediate_size) and not all(info.moe_layers or [False])
+
+
+def _mlp_problems(info: ModelInfo, tp: int) -> list[str]:
+    """Column/row-parallel MLPs and fused MoE divide their intermediate size by TP."""
+    problems = []
+    dense = info.intermediate_size if _has_dense_mlp(info) else None
+    if dense and dense % tp:
         problems.append(f"intermediate_size ({info.intermediate_size}) is not divisible by TP={tp}")
     if info.is_moe and info.moe_intermediate_size and info.moe_intermediate_size % tp:
         problems.append(
             f"moe_intermediate_size ({info.moe_intermediate_size}) is not divisible by TP={tp}"
         )
-    if info.linear is not None:
-        for what, n in (
-            ("linear_num_key_heads", info.linear.num_key_heads),
-            ("linear_num_value_heads", info.linear.num_value_heads),
-        ):
-            if n % tp:
-                problems.append(f"{what} ({n}) is not divisible by TP={tp}")
-    q = info.quant
-    if q is not None and q.method in ("gptq", "awq", "gptq_marlin", "awq_marlin") and q.group_size:
-        rows = {"o_proj/down_proj input": info.num_attention_heads * info.head_dim}
-        if info.intermediate_size and not all(info.moe_layers or [False]):
-            rows["down_proj input (intermediate_size)"] = info.intermediate_size
-        if info.is_moe and info.moe_intermediate_size:
-            rows["experts' down_proj input (moe_intermediate_size)"] = info.moe_intermediate_size
-        for what, n in rows.items():
-            if n % tp == 0 and (n // tp) % q.group_size:
-                problems.append(
-                    f"{what} {n}/TP={n // tp} is not a multiple of the quantisation "
-                    f"group size {q.group_size}"
-                )
-    if pp > info.num_layers:
-        problems.append(f"PP={pp} is larger than the number of layers ({info.num_layers})")
     return problems
+
+
+def _linear_attention_problems(info: ModelInfo, tp: int) -> list[str]:
+    """Gated DeltaNet key/value heads divide by TP (``gated_delta_net_state_shape``)."""
+    if info.linear is None:
+        return []
+    heads = (
+        ("linear_num_key_heads", info.linear.num_key_heads),
+        ("linear_num_value_heads", info.linear.num_value_heads),
+    )
+    return [f"{what} ({n}) is not divisible by TP={tp}" for what, n in heads if n % tp]
+
+
+def _quant_group_problems(info: ModelInfo, tp: int) -> list[str]:
+    """GPTQ/AWQ (Marlin): a row-parallel shard holds whole quantisation groups."""
+    q = info.quant
+    if q is None or q.method not in ("gptq", "awq", "gptq_marlin", "awq_marlin"):
+        return []
+    if not q.group_size:
+        return []
+    rows = {"o_proj/down_proj input": info.num_attention_heads * info.head_dim}
+    if info.intermediate_size and _has_dense_mlp(info):
+        rows["down_proj input (intermediate_size)"] = info.intermediate_size
+    if info.is_moe and info.moe_intermediate_size:
+        rows["experts' down_proj input (moe_intermediate_size)"] = info.moe_intermediate_size
+    return [
+        f"{what} {n}/TP={n // tp} is not a multiple of the quantisation group size {q.group_size}"
+        for what, n in rows.items()
+        if n % tp == 0 and (n // tp) % q.group_size
+    ]
+
+
+def _pipeline_problems(info: ModelInfo, pp: int) -> list[str]:
+    """``get_pp_indices`` gives every stage a layer only when PP ≤ layers."""
+    if pp > info.num_layers:
+        return [f"PP={pp} is larger than the number of layers ({info.num_layers})"]
+    return []
+
+
+def layout_problems(info: ModelInfo, tp: int, pp: int) -> list[str]:
+    """Every reason vLLM would refuse TP=tp, PP=pp for this model (empty: it is fine)."""
+    if tp < 1 or pp < 1:
+        return ["TP and PP must be at least 1"]
+    return [
+        *_head_problems(info, tp),
+        *_mlp_problems(info, tp),
+        *_linear_attention_problems(info, tp),
+        *_quant_group_problems(info, tp),
+        *_pipeline_problems(info, pp),
+    ]
 
 
 def _divisors(n: int) -> list[int]:
@@ -142,6 +180,50 @@ def shape_problems(nodes: int, gpus_per_node: int, tp: int, pp: int) -> list[str
     return []
 
 
+def requested_layout(
+    nodes: int,
+    gpus_per_node: int,
+    tp: int | None = None,
+    pp: int | None = None,
+    mode: str = PP_ACROSS_NODES,
+) -> tuple[int, int]:
+    """(TP, PP) from what the user named: neither is the site's default (``mode``); one names the
+    other from all the GPUs; UsageError when it does not divide them."""
+    if nodes < 1:
+        raise UsageError(f"--nodes must be at least 1, got {nodes}")
+    world = nodes * gpus_per_node
+    if tp is None and pp is None:
+        return default_layout(nodes, gpus_per_node, mode)
+    if tp is None:
+        assert pp is not None
+        if pp < 1 or world % pp:
+            raise UsageError(f"--pp {pp} does not divide the {world} GPUs of {nodes} node(s)")
+        return world // pp, pp
+    if pp is None:
+        if tp < 1 or world % tp:
+            raise UsageError(f"--tp {tp} does not divide the {world} GPUs of {nodes} node(s)")
+        return tp, world // tp
+    return tp, pp
+
+
+def refusals(info: ModelInfo | None, nodes: int, gpus_per_node: int, tp: int, pp: int) -> list[str]:
+    """Why TP×PP cannot run on these nodes: the shape, then (``info`` known) the model."""
+    problems = shape_problems(nodes, gpus_per_node, tp, pp)
+    if info is not None and not problems:
+        problems = layout_problems(info, tp, pp)
+    return problems
+
+
+def _hint(info: ModelInfo | None, nodes: int, gpus_per_node: int, mode: str) -> str:
+    if info is None:
+        dtp, dpp = default_layout(nodes, gpus_per_node, mode)
+        return f"try --tp {dtp} --pp {dpp}"
+    alts = alternatives(info, nodes, gpus_per_node)
+    if alts:
+        return "a layout that works: " + ", ".join(_describe(a) for a in alts[:3])
+    return f"no TP×PP on {nodes} node(s) of {gpus_per_node} GPUs works; try another --nodes"
+
+
 def choose_layout(
     info: ModelInfo | None,
     nodes: int,
@@ -152,36 +234,12 @@ def choose_layout(
 ) -> Layout:
     """The site's default layout unless overridden; UsageError naming the reason and a fix.
 
-    ``info`` None (the model's config.json is not available here) checks the shape only.
+    The one layout decision of ``plan``, ``render`` and ``submit``. ``info`` None (the model's
+    config.json is not available here) checks the shape only.
     """
-    if nodes < 1:
-        raise UsageError(f"--nodes must be at least 1, got {nodes}")
-    world = nodes * gpus_per_node
-    if tp is None and pp is None:
-        tp, pp = default_layout(nodes, gpus_per_node, mode)
-    elif tp is None:
-        assert pp is not None
-        if pp < 1 or world % pp:
-            raise UsageError(f"--pp {pp} does not divide the {world} GPUs of {nodes} node(s)")
-        tp = world // pp
-    elif pp is None:
-        if tp < 1 or world % tp:
-            raise UsageError(f"--tp {tp} does not divide the {world} GPUs of {nodes} node(s)")
-        pp = world // tp
-    problems = shape_problems(nodes, gpus_per_node, tp, pp)
-    if info is not None and not problems:
-        problems = layout_problems(info, tp, pp)
+    tp, pp = requested_layout(nodes, gpus_per_node, tp, pp, mode)
+    problems = refusals(info, nodes, gpus_per_node, tp, pp)
     if problems:
-        if info is not None:
-            alts = alternatives(info, nodes, gpus_per_node)
-            hint = (
-                "a layout that works: " + ", ".join(_describe(a) for a in alts[:3])
-                if alts
-                else f"no TP×PP on {nodes} node(s) of {gpus_per_node} GPUs works; "
-                "try another --nodes"
-            )
-        else:
-            dtp, dpp = default_layout(nodes, gpus_per_node, mode)
-            hint = f"try --tp {dtp} --pp {dpp}"
+        hint = _hint(info, nodes, gpus_per_node, mode)
         raise UsageError(f"layout TP={tp} PP={pp} refused: {'; '.join(problems)}; {hint}")
     return Layout(tp, pp, nodes, gpus_per_node)

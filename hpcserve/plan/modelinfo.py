@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcserve.errors import UsageError
+from hpcserve.rules import resolve_dtype
 
 FULL_ATTENTION = "full_attention"
 LINEAR_ATTENTION = "linear_attention"  # Gated DeltaNet (Qwen3-Next / Qwen3.5)
@@ -120,10 +121,11 @@ class ModelInfo:
         """Bytes of one unquantised weight/KV element as vLLM serves it.
 
         ``--dtype auto`` downcasts float32 checkpoints to a 16-bit type
-        (``_resolve_auto_dtype`` in ``vllm/config/model.py``); ``served_dtype`` overrides.
+        (``_resolve_auto_dtype`` in ``vllm/config/model.py``); ``served_dtype`` overrides, resolved
+        by :func:`hpcserve.rules.resolve_dtype` (``half`` is float16, ``float`` float32).
         """
         if self.served_dtype and self.served_dtype != "auto":
-            return DTYPE_BYTES.get(self.served_dtype, 2)
+            return DTYPE_BYTES[resolve_dtype(self.served_dtype)]
         return min(DTYPE_BYTES.get(self.torch_dtype, 2), 2)
 
 

@@ -1,17 +1,29 @@
 """Put sizing and layout together: how many nodes, which layout, how much KV cache.
 
-``make_plan`` is pure: a :class:`ModelInfo`, the node shape and the options in, a :class:`Plan`
-out, whose ``lines()`` print the arithmetic and whose ``to_dict()`` is the ``--json`` output.
+:func:`plan_for_site` is what ``hpcserve plan`` (and the Python API) calls: it checks the options
+against the vLLM flag table, as ``render`` and ``submit`` do, and takes the node shape, layout mode
+included, from the site. ``make_plan`` is pure: a :class:`ModelInfo`, the node shape and the
+options in, a :class:`Plan` out, whose ``lines()`` print the arithmetic and whose ``to_dict()`` is
+the ``--json`` output.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 from hpcserve.errors import HpcserveError, UsageError
-from hpcserve.plan.layout import Layout, choose_layout, layout_problems
+from hpcserve.launch import vllm_flags
+from hpcserve.plan.layout import (
+    PP_ACROSS_NODES,
+    TP_ACROSS_NODES,
+    Layout,
+    choose_layout,
+    default_layout,
+    refusals,
+    requested_layout,
+)
 from hpcserve.plan.modelinfo import ModelInfo
 from hpcserve.plan.sizing import (
     ACTIVATION_OVERHEAD_GB,
@@ -29,8 +41,11 @@ from hpcserve.plan.sizing import (
     stage_weight_bytes,
     weight_bytes,
 )
+from hpcserve.rules import resolve_dtype
+from hpcserve.sites.schema import Site
 
 MAX_AUTO_NODES = 64
+DEFAULT_UTILIZATION = 0.9  # vLLM's CacheConfig.gpu_memory_utilization default
 
 
 @dataclass
@@ -41,11 +56,23 @@ class NodeShape:
     gpu_memory_gb: float
     gpu_model: str = "GPU"
     site: str = "site"
+    layout: str = PP_ACROSS_NODES  # the site's engine.layout: how TP and PP default over nodes
 
     @property
     def device(self) -> str:
         """``cpu`` for CPU-only sites (vLLM's CPU backend pages KV in blocks of 128)."""
         return "cpu" if self.gpu_model.lower().startswith("cpu") else "cuda"
+
+
+def node_shape(site: Site) -> NodeShape:
+    """The planner's view of ``site``'s nodes, its ``engine.layout`` included."""
+    return NodeShape(
+        gpus=site.node.gpus,
+        gpu_memory_gb=site.node.gpu_memory_gb,
+        gpu_model=site.node.gpu_model,
+        site=site.name,
+        layout=site.engine.layout,
+    )
 
 
 @dataclass
@@ -134,13 +161,16 @@ def make_plan(
     tp: int | None = None,
     pp: int | None = None,
     max_model_len: int | None = None,
-    utilization: float = 0.9,
+    utilization: float = DEFAULT_UTILIZATION,
     kv_cache_dtype: str = "auto",
     overhead_gb: float = ACTIVATION_OVERHEAD_GB,
 ) -> Plan:
     """Size ``info`` on ``node``-shaped nodes; ``nodes=None`` finds the smallest that fits."""
-    if not 0 < utilization <= 1:
-        raise UsageError("--gpu-memory-utilization must be in (0, 1]")
+    problems = vllm_flags.check_values(
+        {"gpu_memory_utilization": utilization, "max_model_len": max_model_len}
+    )
+    if problems:
+        raise UsageError("; ".join(problems))
     length = max_model_len or info.max_position_embeddings
     if not length:
         raise UsageError("the config has no max_position_embeddings: pass --max-model-len")
@@ -152,22 +182,20 @@ def make_plan(
         Plan, info, node, length, utilization, kv_cache_dtype, overhead_gb, count, weights
     )
     if nodes is not None:
-        layout = choose_layout(info, nodes, node.gpus, tp, pp)
+        layout = choose_layout(info, nodes, node.gpus, tp, pp, node.layout)
         fit = evaluate(info, node, layout, *args)
         return plan(fit, auto_nodes=False)
     tried: list[str] = []
     for n in range(1, MAX_AUTO_NODES + 1):
-        world = n * node.gpus
-        want_tp = tp if tp is not None else (world // pp if pp else node.gpus)
-        want_pp = pp if pp is not None else world // want_tp if world % want_tp == 0 else 0
-        if want_pp < 1 or want_tp * want_pp != world or layout_problems(info, want_tp, want_pp):
-            tried.append(f"{n} node(s): no valid TP={want_tp} PP={want_pp} layout")
+        layout_or_why = _auto_layout(info, node, n, tp, pp)
+        if isinstance(layout_or_why, str):
+            tried.append(f"{n} node(s): {layout_or_why}")
             continue
-        layout = Layout(want_tp, want_pp, n, node.gpus)
-        fit = evaluate(info, node, layout, *args)
+        fit = evaluate(info, node, layout_or_why, *args)
         if fit.fits:
             return plan(fit, auto_nodes=True, tried=tried)
-        usable = n * node.gpus * node.gpu_memory_gb * GB * utilization
+        world = layout_or_why.world_size
+        usable = world * node.gpu_memory_gb * GB * utilization
         tried.append(
             f"{n} node(s): {_gb(usable)} usable < {_gb(weights.total)} weights + "
             f"{overhead_gb * world:g} GB overhead + KV for one {length:,}-token request"
@@ -175,6 +203,63 @@ def make_plan(
     raise HpcserveError(
         f"{info.name} does not fit on up to {MAX_AUTO_NODES} nodes of {node.gpus} × "
         f"{node.gpu_memory_gb:g} GB at utilisation {utilization}"
+    )
+
+
+def _auto_layout(
+    info: ModelInfo, node: NodeShape, nodes: int, tp: int | None, pp: int | None
+) -> Layout | str:
+    """The layout ``choose_layout`` would take on ``nodes`` nodes, or why there is none."""
+    try:
+        want_tp, want_pp = requested_layout(nodes, node.gpus, tp, pp, node.layout)
+    except UsageError as e:
+        return f"no valid layout ({e})"
+    if refusals(info, nodes, node.gpus, want_tp, want_pp):
+        return f"no valid TP={want_tp} PP={want_pp} layout"
+    return Layout(want_tp, want_pp, nodes, node.gpus)
+
+
+def plan_for_site(
+    site: Site,
+    info: ModelInfo,
+    *,
+    nodes: int | None = None,
+    tp: int | None = None,
+    pp: int | None = None,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    kv_cache_dtype: str | None = None,
+    dtype: str | None = None,
+) -> Plan:
+    """Size ``info`` on ``site`` (``nodes=None``: the fewest that fit).
+
+    Options are vLLM's (None: vLLM's default) and are checked by the flag table exactly as
+    ``render``/``submit`` check them; the layout comes from the same
+    :func:`hpcserve.plan.layout.choose_layout` with the site's ``engine.layout``.
+    """
+    values = {
+        "tensor_parallel_size": tp,
+        "pipeline_parallel_size": pp,
+        "max_model_len": max_model_len,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "kv_cache_dtype": kv_cache_dtype,
+        "dtype": dtype,
+    }
+    problems = vllm_flags.check_values(values)
+    if problems:
+        raise UsageError("; ".join(problems))
+    served = resolve_dtype(dtype or "auto")
+    return make_plan(
+        replace(info, served_dtype=served),
+        node_shape(site),
+        nodes=nodes,
+        tp=tp,
+        pp=pp,
+        max_model_len=max_model_len,
+        utilization=DEFAULT_UTILIZATION
+        if gpu_memory_utilization is None
+        else gpu_memory_utilization,
+        kv_cache_dtype=kv_cache_dtype or "auto",
     )
 
 
@@ -255,7 +340,7 @@ def plan_lines(p: Plan) -> list[str]:
         out.append(f"  {t}")
     out.append(
         f"layout: TP={lay.tp} × PP={lay.pp} = {lay.world_size} GPUs on {lay.nodes} node(s)"
-        + (" (TP = GPUs per node, PP = nodes)" if lay.tp == node.gpus else "")
+        + _layout_note(lay, node)
     )
     parts = pp_partition(info.num_layers, lay.pp)
     for s, (sw, wg, bud) in enumerate(
@@ -270,6 +355,15 @@ def plan_lines(p: Plan) -> list[str]:
     out += [f"note: {n}" for n in info.notes]
     out.append(verdict(p))
     return out
+
+
+def _layout_note(lay: Layout, node: NodeShape) -> str:
+    """Which default the layout is, when it is the site's default."""
+    if (lay.tp, lay.pp) != default_layout(lay.nodes, node.gpus, node.layout):
+        return ""
+    if node.layout == TP_ACROSS_NODES:
+        return " (TP = all GPUs, PP = 1: the site's engine.layout tp-across-nodes)"
+    return " (TP = GPUs per node, PP = nodes)"
 
 
 def kv_lines(p: Plan) -> list[str]:
@@ -368,6 +462,9 @@ def plan_dict(p: Plan) -> dict[str, Any]:
         "gpu_memory_utilization": p.utilization,
         "max_model_len": p.max_model_len,
         "kv_cache_dtype": p.kv_cache_dtype,
+        "dtype": info.served_dtype or "auto",
+        "dtype_bytes": info.dtype_bytes,
+        "layout_mode": p.node.layout,
         "overhead_gb_per_gpu": p.overhead_gb,
         "params": p.params.total,
         "params_by_category": p.params.by_category,

@@ -28,6 +28,7 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from hpcserve.errors import ConfigError, UsageError
 from hpcserve.resources import site_configs_dir
+from hpcserve.rules import is_env_name, is_slurm_time
 from hpcserve.sites.schema import Site
 from hpcserve.sites.walk import (
     describe,
@@ -51,11 +52,6 @@ _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "b
 _INVALID: Any = object()  # a value that failed validation (its problem is already recorded)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Slurm --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (or UNLIMITED/INFINITE).
-_TIME_RE = re.compile(
-    r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE)$"
-)
 
 
 # --------------------------------------------------------------------------- problems
@@ -430,7 +426,7 @@ def _check_engine_port(site: Site, rep: _Report) -> None:
 
 def _check_time(site: Site, rep: _Report) -> None:
     at, broken = rep.line_of, rep.broken
-    if not broken("scheduler.time") and not _TIME_RE.match(site.scheduler.time):
+    if not broken("scheduler.time") and not is_slurm_time(site.scheduler.time):
         rep.add(
             at("scheduler.time"),
             "scheduler.time",
@@ -454,14 +450,14 @@ def _check_extra_sbatch(site: Site, rep: _Report) -> None:
 def _check_env_names(site: Site, rep: _Report) -> None:
     at = rep.line_of
     for name in site.network.nccl_env:
-        if not name.startswith("NCCL_") or not _ENV_NAME_RE.match(name):
+        if not name.startswith("NCCL_") or not is_env_name(name):
             rep.add(
                 at(f"network.nccl_env.{name}"),
                 f"network.nccl_env.{name}",
                 "expected an environment variable name starting with NCCL_",
             )
     for name in site.engine.env:
-        if not _ENV_NAME_RE.match(name):
+        if not is_env_name(name):
             rep.add(
                 at(f"engine.env.{name}"),
                 f"engine.env.{name}",
