@@ -137,10 +137,18 @@ def choose_login(t: Target, login: str | None) -> Login:
     return ssh.login_from_site(t.site)
 
 
-def run(req: TunnelRequest, rep: Reporter, argv: Sequence[str]) -> tn.TunnelState | None:
+def run(
+    req: TunnelRequest,
+    rep: Reporter,
+    argv: Sequence[str],
+    *,
+    detach: Callable[[Path], None] = detach_stdio,
+) -> tn.TunnelState | None:
     """``hpcserve tunnel``: with ``--background`` spawn the child (``argv`` are this command's
-    arguments) and return its state once up; otherwise hold the tunnel here until it ends."""
+    arguments) and return its state once up; otherwise hold the tunnel here until it ends (a
+    child calls ``detach`` with its log file once it is up)."""
     tun = plan(req)
+    tun.detach = detach
     refuse_if_running(tun.target.key, req.child)
     if req.background and not req.child:
         return spawn_background(tun.target.key, argv)
