@@ -13,6 +13,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from net_fixtures import SshLab, StandInHTTP, ssh_lab, stand_in_http  # noqa: F401
@@ -34,31 +35,39 @@ def get(url: str, timeout: float = 30) -> bytes:
 
 
 class Lines:
-    """A Reporter that keeps the lines; ``stop_after_use`` fetches /v1/models through the tunnel
-    from a thread, then SIGTERMs this process."""
+    """A Reporter that keeps the lines."""
 
-    def __init__(self, stop_on_base_url: bool = True) -> None:
+    def __init__(self) -> None:
         self.notes: list[str] = []
         self.shown: list[str] = []
-        self.got: list[bytes] = []
-        self.stop_on_base_url = stop_on_base_url
 
     def note(self, msg: str) -> None:
         self.notes.append(msg)
 
     def show(self, msg: str) -> None:
         self.shown.append(msg)
-        if self.stop_on_base_url and msg.startswith("OpenAI base URL: "):
-            self.stop_after_use(msg.removeprefix("OpenAI base URL: ").removesuffix("/v1"))
 
-    def stop_after_use(self, base: str) -> None:
-        def use() -> None:
-            try:
-                self.got.append(get(f"{base}/v1/models"))
-            finally:
-                os.kill(os.getpid(), signal.SIGTERM)
 
-        threading.Thread(target=use, daemon=True).start()
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Once a tunnel is held (in ``wait``), fetch /v1/models through it from a thread, then
+    SIGTERM this process as ``tunnel --stop`` does; the answers are returned."""
+    got: list[bytes] = []
+    for cls in (tn.Forwarder, tn.OpensshTunnel):
+        wait = cls.wait
+
+        def held_wait(self: tn.Forwarder | tn.OpensshTunnel, wait: Any = wait) -> None:
+            def use() -> None:
+                try:
+                    got.append(get(f"{self.url}/v1/models"))
+                finally:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            threading.Thread(target=use, daemon=True).start()
+            wait(self)
+
+        monkeypatch.setattr(cls, "wait", held_wait)
+    return got
 
 
 @pytest.fixture
@@ -159,7 +168,7 @@ def test_child_argv_swaps_background_for_child() -> None:
 
 
 def test_check_api_healthy(stand_in_http: StandInHTTP) -> None:  # noqa: F811
-    lines = Lines(stop_on_base_url=False)
+    lines = Lines()
     session.check_api(stand_in_http.url, None, None, lines)
     assert lines.notes == ["server healthy; models: stand-in"]
     assert lines.shown == [
@@ -171,7 +180,7 @@ def test_check_api_healthy(stand_in_http: StandInHTTP) -> None:  # noqa: F811
 def test_check_api_failure_is_a_warning_and_the_key_is_shown() -> None:
     keyed = StandInHTTP(api_key="right")
     try:
-        lines = Lines(stop_on_base_url=False)
+        lines = Lines()
         session.check_api(keyed.url, "wrong", "loading", lines)
     finally:
         keyed.close()
@@ -183,10 +192,14 @@ def test_check_api_failure_is_a_warning_and_the_key_is_shown() -> None:
 # -- foreground tunnels ------------------------------------------------------------------------
 
 
-def test_paramiko_tunnel_until_sigterm(lab1: SshLab, stand_in_http: StandInHTTP) -> None:  # noqa: F811
+def test_paramiko_tunnel_until_sigterm(
+    lab1: SshLab,
+    stand_in_http: StandInHTTP,  # noqa: F811
+    held: list[bytes],
+) -> None:
     lines = Lines()
     assert session.run(remote_req(stand_in_http), lines, []) is None
-    assert lines.got and lines.got[0].startswith(b'{"data"')
+    assert held and held[0].startswith(b'{"data"')
     # the default port (the remote's) is taken by the stand-in itself: a free one is used
     moved = lines.notes[0]
     assert moved.startswith(f"local port {stand_in_http.port} is in use; using ")
@@ -213,10 +226,14 @@ def test_paramiko_explicit_port_in_use_is_a_usage_error(
         session.run(remote_req(stand_in_http, local_port=stand_in_http.port), Lines(), [])
 
 
-def test_openssh_tunnel_until_sigterm(lab1: SshLab, stand_in_http: StandInHTTP) -> None:  # noqa: F811
+def test_openssh_tunnel_until_sigterm(
+    lab1: SshLab,
+    stand_in_http: StandInHTTP,  # noqa: F811
+    held: list[bytes],
+) -> None:
     lines = Lines()
     assert session.run(remote_req(stand_in_http, via="openssh"), lines, []) is None
-    assert lines.got and lines.got[0].startswith(b'{"data"')
+    assert held and held[0].startswith(b'{"data"')
     moved = lines.notes[0]
     assert moved.startswith(f"local port {stand_in_http.port} is in use; using ")
     port = int(moved.split("using ")[1].split()[0])
@@ -240,8 +257,9 @@ def test_child_writes_state_detaches_and_clears(
     lab1: SshLab,
     stand_in_http: StandInHTTP,  # noqa: F811
     state_dir: Path,
+    held: list[bytes],
 ) -> None:
-    lines = Lines(stop_on_base_url=False)
+    lines = Lines()
     seen: list[dict[str, object]] = []
     logs: list[Path] = []
     key = f"remote-127.0.0.1-{stand_in_http.port}"
@@ -249,7 +267,6 @@ def test_child_writes_state_detaches_and_clears(
     def detach(log: Path) -> None:
         logs.append(log)
         seen.append(json.loads((state_dir / "tunnels" / f"{key}.json").read_text()))
-        lines.stop_after_use(str(seen[0]["url"]))
 
     assert session.run(remote_req(stand_in_http, child=True), lines, [], detach=detach) is None
     assert logs == [state_dir / "tunnels" / f"{key}.log"]
@@ -259,7 +276,7 @@ def test_child_writes_state_detaches_and_clears(
     )  # fmt: skip
     assert state["remote"] == f"127.0.0.1:{stand_in_http.port}"
     assert state["url"] == f"http://127.0.0.1:{state['local_port']}"
-    assert lines.got and lines.got[0].startswith(b'{"data"')
+    assert held and held[0].startswith(b'{"data"')
     assert "Ctrl-C closes the tunnel." not in lines.notes  # nobody is at a terminal
     assert lines.notes[-1] == "tunnel closed"
     assert tn.read_state(key) is None and not (state_dir / "tunnels" / f"{key}.pid").exists()
@@ -312,7 +329,7 @@ def test_background_spawn_refuse_and_stop(
 ) -> None:
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     argv = ["tunnel", "--remote", f"127.0.0.1:{stand_in_http.port}", "--login", "login"]
-    lines = Lines(stop_on_base_url=False)
+    lines = Lines()
     state = session.run(remote_req(stand_in_http, background=True), lines, [*argv, "--background"])
     assert state is not None
     reap(state.pid)
