@@ -195,11 +195,15 @@ def ssh_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SshLab]
 
 class StandInHTTP:
     """A stand-in for vLLM's HTTP API on 127.0.0.1 (threaded): /health, /v1/models, a streamed
-    /v1/chat/completions, and /blob/N (N bytes) for byte-pumping checks."""
+    /v1/chat/completions, /blob/N (N bytes) for byte-pumping checks, and with ``tokenize`` a
+    vLLM-like /tokenize that counts two tokens per word."""
 
-    def __init__(self, api_key: str | None = None, max_context: int = 64) -> None:
+    def __init__(
+        self, api_key: str | None = None, max_context: int = 64, tokenize: bool = False
+    ) -> None:
         self.api_key = api_key
         self.max_context = max_context
+        self.tokenize = tokenize
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -241,6 +245,13 @@ class StandInHTTP:
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 if not self._authorized():
+                    return
+                if self.path == "/tokenize" and outer.tokenize:
+                    count = 2 * len(str(body.get("prompt", "")).split())
+                    self._send(200, json.dumps({"count": count}).encode())
+                    return
+                if self.path != "/v1/chat/completions":
+                    self._send(404, b'{"detail": "Not Found"}')
                     return
                 text = " ".join(str(m.get("content")) for m in body["messages"])
                 n_in = len(text.split())

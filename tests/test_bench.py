@@ -144,3 +144,128 @@ def test_driver_poisson_rate(stand_in_http: StandInHTTP) -> None:  # noqa: F811
     starts = [o.start_time for o in outs]
     assert starts == sorted(starts)
     assert not math.isinf(compute_metrics(outs, 1.0, request_rate=50.0).request_rate)
+
+
+def test_sse_payload() -> None:
+    from hpcserve.net.bench import _sse_payload
+
+    assert _sse_payload(b"") is None
+    assert _sse_payload(b": keep-alive") is None
+    assert _sse_payload(b"data: [DONE]") is None
+    assert _sse_payload(b'data: {"a": 1}') == b'{"a": 1}'
+    assert _sse_payload(b'data:{"a": 1}') == b'{"a": 1}'
+
+
+class FakeResponse:
+    def __init__(self, status: int, lines: list[bytes], text: str = "") -> None:
+        self.status_code, self.lines, self.text = status, lines, text
+
+    def __enter__(self) -> FakeResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def iter_lines(self, chunk_size: int | None = None) -> list[bytes]:
+        return self.lines
+
+
+class FakeSession:
+    def __init__(self, resp: FakeResponse | Exception) -> None:
+        self.resp = resp
+        self.bodies: list[dict[str, object]] = []
+
+    def post(self, url: str, json: dict[str, object], **kw: object) -> FakeResponse:
+        self.bodies.append(json)
+        if isinstance(self.resp, Exception):
+            raise self.resp
+        return self.resp
+
+
+def send(session: FakeSession, ignore_eos: bool = True) -> RequestOutput:
+    from hpcserve.net.bench import Prompt, _send
+
+    return _send(
+        session, "http://h/v1/chat/completions", {}, "m", Prompt("a b", 2, 3), ignore_eos, 5
+    )
+
+
+def test_send_times_chunks_and_takes_usage() -> None:
+    lines = [
+        b": ping",
+        b'data: {"choices": [{"delta": {"content": "x"}}]}',
+        b"",
+        b'data: {"choices": [{"delta": {}}]}',
+        b'data: {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}',
+        b"data: [DONE]",
+    ]
+    s = FakeSession(FakeResponse(200, lines))
+    o = send(s)
+    assert o.success and o.error == ""
+    assert (o.prompt_len, o.output_tokens, o.generated_text, len(o.itl)) == (9, 2, "x", 1)
+    assert o.latency >= o.ttft >= 0
+    body = s.bodies[0]
+    assert body["max_completion_tokens"] == 3 and body["ignore_eos"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    send(s, ignore_eos=False)
+    assert "ignore_eos" not in s.bodies[1]
+
+
+def test_send_failures_are_failed_requests() -> None:
+    o = send(FakeSession(FakeResponse(400, [], "too long")))
+    assert not o.success and o.error == "HTTP 400: too long"
+    o = send(FakeSession(FakeResponse(200, [b"data: [DONE]"])))
+    assert not o.success and o.error == "no chunk with a token arrived"
+    o = send(FakeSession(ConnectionError("refused")))
+    assert not o.success and o.error == "ConnectionError: refused"
+    o = send(FakeSession(FakeResponse(200, [b"data: {not json"])))
+    assert not o.success and o.error.startswith("JSONDecodeError")
+
+
+def test_spec_needs_a_positive_rate() -> None:
+    from hpcserve.errors import UsageError
+    from hpcserve.net.bench import BenchSpec
+
+    with pytest.raises(UsageError, match="--request-rate must be positive"):
+        BenchSpec(request_rate=0)
+
+
+def test_prepare_runs_and_json(stand_in_http: StandInHTTP, tmp_path: Path) -> None:  # noqa: F811
+    import json
+
+    from hpcserve.net.api import Client
+    from hpcserve.net.bench import BenchSpec, prepare, results_json, runs
+
+    c = Client(stand_in_http.url)
+    spec = BenchSpec(concurrencies=(1, 2), num_prompts=3, input_len=5, output_len=4)
+    plan = prepare(c, spec)
+    assert plan.model == "stand-in" and plan.tokenized is False  # the stand-in has no /tokenize
+    assert [len(p.text.split()) for p in plan.prompts] == [5, 5, 5]
+    done = list(runs(c, plan, spec))
+    assert [r.metrics.max_concurrency for r in done] == [1, 2]
+    assert all(r.errors == [] and r.metrics.completed == 3 for r in done)
+    data = json.loads(results_json([r.metrics for r in done]))
+    assert [d["max_concurrency"] for d in data] == [1, 2]
+    assert json.loads(results_json([done[0].metrics]))["completed"] == 3
+    f = tmp_path / "p.txt"
+    f.write_text(" ".join(["w"] * 100) + "\n")  # too long for the stand-in
+    spec = BenchSpec(num_prompts=2, prompts_file=str(f), concurrencies=())
+    plan = prepare(c, spec)
+    assert plan.tokenized is None and len(plan.prompts) == 2
+    (run,) = runs(c, plan, spec)
+    assert run.metrics.max_concurrency == 1 and run.metrics.failed == 2
+    assert run.errors[0].startswith("HTTP 400")
+
+
+def test_prepare_sizes_prompts_with_the_servers_tokenizer() -> None:
+    from hpcserve.net.api import Client
+    from hpcserve.net.bench import BenchSpec, prepare, tokens_per_word
+
+    http = StandInHTTP(tokenize=True)
+    try:
+        assert tokens_per_word(http.url + "/v1", "stand-in") == 2.0
+        plan = prepare(Client(http.url), BenchSpec(num_prompts=2, input_len=10, output_len=4))
+    finally:
+        http.close()
+    assert plan.tokenized is True
+    assert [(len(p.text.split()), p.input_len) for p in plan.prompts] == [(5, 10), (5, 10)]

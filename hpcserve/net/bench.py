@@ -25,12 +25,15 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcserve.errors import UsageError
+
+if TYPE_CHECKING:
+    from hpcserve.net.api import Client
 
 PERCENTILES = (99.0,)
 
@@ -331,15 +334,8 @@ class Progress:
             sys.stderr.flush()
 
 
-def _send(
-    session: Any,
-    url: str,
-    headers: dict[str, str],
-    model: str,
-    p: Prompt,
-    ignore_eos: bool,
-    timeout: float,
-) -> RequestOutput:
+def _request_body(model: str, p: Prompt, ignore_eos: bool) -> dict[str, Any]:
+    """A streamed chat completion with usage, as vLLM's ``openai-chat`` request function."""
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": p.text}],
@@ -349,41 +345,76 @@ def _send(
     }
     if ignore_eos:
         body["ignore_eos"] = True
+    return body
+
+
+def _sse_payload(raw: bytes) -> bytes | None:
+    """The JSON of one SSE line (None for keep-alives, comments and ``[DONE]``)."""
+    if not raw or raw.startswith(b":"):
+        return None
+    data = raw[6:] if raw.startswith(b"data: ") else raw.removeprefix(b"data:")
+    return None if data.strip() == b"[DONE]" else data
+
+
+class _Timing:
+    """Fills a :class:`RequestOutput` from the chunks of one stream as they arrive."""
+
+    def __init__(self, out: RequestOutput) -> None:
+        self.out = out
+        self.start = out.start_time
+        self.last = self.start
+        self.first = False
+
+    def chunk(self, chunk: dict[str, Any], now: float) -> None:
+        """A ``choices`` chunk is a token (TTFT for the first, ITL after); a ``usage`` chunk
+        gives the token counts."""
+        out = self.out
+        if chunk.get("choices"):
+            if not self.first:
+                self.first = True
+                out.ttft = now - self.start
+            else:
+                out.itl.append(now - self.last)
+            out.generated_text += chunk["choices"][0].get("delta", {}).get("content") or ""
+            self.last = now
+        elif chunk.get("usage"):
+            usage = chunk["usage"]
+            out.output_tokens = usage.get("completion_tokens")
+            if usage.get("prompt_tokens") is not None:
+                out.prompt_len = usage["prompt_tokens"]
+
+    def finish(self) -> None:
+        self.out.success = self.first
+        if not self.first:
+            self.out.error = "no chunk with a token arrived"
+        self.out.latency = self.last - self.start
+
+
+def _send(
+    session: Any,
+    url: str,
+    headers: dict[str, str],
+    model: str,
+    p: Prompt,
+    ignore_eos: bool,
+    timeout: float,
+) -> RequestOutput:
+    """Send one prompt and time its stream; any failure is a failed request, as in vLLM."""
+    body = _request_body(model, p, ignore_eos)
     out = RequestOutput(prompt_len=p.input_len)
-    st = time.perf_counter()
-    out.start_time = st
-    last = st
-    first = False
+    out.start_time = time.perf_counter()
+    timing = _Timing(out)
     try:
         with session.post(url, json=body, headers=headers, stream=True, timeout=timeout) as r:
             if r.status_code != 200:
                 out.error = f"HTTP {r.status_code}: {r.text[:200]}"
                 return out
             for raw in r.iter_lines(chunk_size=None):
-                if not raw or raw.startswith(b":"):
-                    continue
-                data = raw[6:] if raw.startswith(b"data: ") else raw.removeprefix(b"data:")
-                if data.strip() == b"[DONE]":
-                    continue
-                now = time.perf_counter()
-                chunk = json.loads(data)
-                if chunk.get("choices"):
-                    if not first:
-                        first = True
-                        out.ttft = now - st
-                    else:
-                        out.itl.append(now - last)
-                    out.generated_text += chunk["choices"][0].get("delta", {}).get("content") or ""
-                    last = now
-                elif chunk.get("usage"):
-                    usage = chunk["usage"]
-                    out.output_tokens = usage.get("completion_tokens")
-                    if usage.get("prompt_tokens") is not None:
-                        out.prompt_len = usage["prompt_tokens"]
-        out.success = first
-        if not first:
-            out.error = "no chunk with a token arrived"
-        out.latency = last - st
+                data = _sse_payload(raw)
+                if data is not None:
+                    now = time.perf_counter()
+                    timing.chunk(json.loads(data), now)
+        timing.finish()
     except Exception as e:  # noqa: BLE001 - any failure is a failed request, as in vLLM
         out.error = f"{type(e).__name__}: {e}"
     return out
@@ -468,3 +499,80 @@ def plot(results: Sequence[Metrics], path: str) -> str | None:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# -- the benchmark of ``hpcserve bench`` ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """The workload options of ``hpcserve bench`` (named as ``vllm bench serve``'s)."""
+
+    concurrencies: tuple[int, ...] = (1,)
+    request_rate: float = math.inf
+    num_prompts: int = 50
+    input_len: int = 128
+    output_len: int = 128
+    prompts_file: str | None = None
+    ignore_eos: bool = True
+    model: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.request_rate <= 0:
+            raise UsageError("--request-rate must be positive")
+
+
+@dataclass
+class BenchPlan:
+    """The model and prompts a benchmark sends; ``tokenized`` is False when ``--input-len`` had
+    to count words (the server has no ``/tokenize``), None for a prompts file."""
+
+    model: str
+    prompts: list[Prompt]
+    tokenized: bool | None = None
+
+
+@dataclass
+class BenchRun:
+    """One run (one concurrency): its metrics and the failed requests' errors."""
+
+    metrics: Metrics
+    errors: list[str]
+
+
+def prepare(client: Client, spec: BenchSpec) -> BenchPlan:
+    """Check ``/health``, pick the model, and build the prompts (random ones sized in tokens
+    with the server's tokenizer when it has one)."""
+    client.health()
+    name = client.default_model(spec.model)
+    if spec.prompts_file:
+        return BenchPlan(name, file_prompts(spec.prompts_file, spec.num_prompts, spec.output_len))
+    tpw = tokens_per_word(client.base_url, name, client.api_key, spec.seed)
+    prompts = random_prompts_tokens(
+        spec.num_prompts, spec.input_len, spec.output_len, tpw, spec.seed
+    )
+    return BenchPlan(name, prompts, tpw is not None)
+
+
+def runs(client: Client, plan: BenchPlan, spec: BenchSpec) -> Iterator[BenchRun]:
+    """Run the prompts once per concurrency (1 when none is given), yielding each run."""
+    for conc in spec.concurrencies or (1,):
+        outs, dur = run_load(
+            client.base_url,
+            plan.prompts,
+            model=plan.model,
+            api_key=client.api_key,
+            concurrency=conc,
+            request_rate=spec.request_rate,
+            seed=spec.seed,
+            ignore_eos=spec.ignore_eos,
+        )
+        m = compute_metrics(outs, dur, max_concurrency=conc, request_rate=spec.request_rate)
+        yield BenchRun(m, [o.error for o in outs if not o.success])
+
+
+def results_json(results: Sequence[Metrics]) -> str:
+    """``--json``: one run as an object, several as a list, with vLLM's keys."""
+    data = [m.to_dict() for m in results]
+    return json.dumps(data[0] if len(data) == 1 else data, indent=2)

@@ -25,9 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcserve.errors import HpcserveError, UsageError
+
+if TYPE_CHECKING:
+    from hpcserve.cluster.sshconfig import Route
 
 BUF = 65536
 BACKOFF_MAX_S = 30.0
@@ -268,7 +271,7 @@ class Forwarder:
 
 
 def openssh_argv(
-    route: Any, local_port: int, remote: tuple[str, int], known_hosts: list[str] | None = None
+    route: Route, local_port: int, remote: tuple[str, int], known_hosts: list[str] | None = None
 ) -> list[str]:
     """``ssh -N -L 127.0.0.1:LOCAL:ADDR:PORT`` for a resolved
     :class:`~hpcserve.cluster.sshconfig.Route`
