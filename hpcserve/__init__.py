@@ -21,13 +21,13 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _API = {
-    "plan": "hpcserve.api",
-    "submit": "hpcserve.api",
-    "load_site": "hpcserve.api",
-    "Job": "hpcserve.jobs.client",
-    "Jobs": "hpcserve.jobs.client",
-    "Endpoint": "hpcserve.jobs.client",
-    "CancelResult": "hpcserve.jobs.client",
+    "plan": "hpcserve.client",
+    "submit": "hpcserve.client",
+    "load_site": "hpcserve.client",
+    "Job": "hpcserve.jobs.handle",
+    "Jobs": "hpcserve.jobs.handle",
+    "Endpoint": "hpcserve.jobs.handle",
+    "CancelResult": "hpcserve.jobs.handle",
     "WaitTiming": "hpcserve.jobs.watch",
     "WaitResult": "hpcserve.jobs.watch",
     "JobStatus": "hpcserve.jobs.state",
@@ -41,15 +41,15 @@ _API = {
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # the same names for type checkers (redundant aliases mark re-exports)
-    from hpcserve.api import load_site as load_site
-    from hpcserve.api import plan as plan
-    from hpcserve.api import submit as submit
+    from hpcserve.client import load_site as load_site
+    from hpcserve.client import plan as plan
+    from hpcserve.client import submit as submit
     from hpcserve.errors import HpcserveError as HpcserveError
     from hpcserve.errors import UsageError as UsageError
-    from hpcserve.jobs.client import CancelResult as CancelResult
-    from hpcserve.jobs.client import Endpoint as Endpoint
-    from hpcserve.jobs.client import Job as Job
-    from hpcserve.jobs.client import Jobs as Jobs
+    from hpcserve.jobs.handle import CancelResult as CancelResult
+    from hpcserve.jobs.handle import Endpoint as Endpoint
+    from hpcserve.jobs.handle import Job as Job
+    from hpcserve.jobs.handle import Jobs as Jobs
     from hpcserve.jobs.record import JobRecord as JobRecord
     from hpcserve.jobs.registry import Registry as Registry
     from hpcserve.jobs.state import JobStatus as JobStatus

@@ -193,6 +193,101 @@ def ssh_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SshLab]
 # -- a stand-in HTTP server (not vLLM): echoes paths, needs a key when given one ---------------
 
 
+class _StandInServer(ThreadingHTTPServer):
+    stand_in: StandInHTTP
+
+
+class _StandInHandler(BaseHTTPRequestHandler):
+    """The request handler of :class:`StandInHTTP` (its settings on ``server.stand_in``)."""
+
+    server: _StandInServer
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()  # like uvicorn: no Nagle delay between headers and body
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _authorized(self) -> bool:
+        if (
+            self.server.stand_in.api_key
+            and self.headers.get("Authorization") != f"Bearer {self.server.stand_in.api_key}"
+        ):
+            self._send(401, b'{"error": "Unauthorized"}')
+            return False
+        return True
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/health":
+            self._send(200, b"")
+        elif not self._authorized():
+            return
+        elif self.path == "/v1/models":
+            self._send(200, json.dumps({"data": [{"id": "stand-in"}]}).encode())
+        elif self.path.startswith("/blob/"):
+            n = int(self.path.split("/")[2])
+            self._send(200, bytes(i % 251 for i in range(n)), "application/octet-stream")
+        else:
+            self._send(404, b'{"error": "not found"}')
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if not self._authorized():
+            return
+        if self.path == "/tokenize" and self.server.stand_in.tokenize:
+            count = 2 * len(str(body.get("prompt", "")).split())
+            self._send(200, json.dumps({"count": count}).encode())
+            return
+        if self.path != "/v1/chat/completions":
+            self._send(404, b'{"detail": "Not Found"}')
+            return
+        text = " ".join(str(m.get("content")) for m in body["messages"])
+        n_in = len(text.split())
+        limit = self.server.stand_in.max_context
+        if n_in > limit:
+            msg = (
+                f"This model's maximum context length is {limit} tokens. "
+                f"However, your prompt contains {n_in} input tokens, which exceeds "
+                "this limit even without any output tokens."
+            )
+            self._send(400, json.dumps({"error": {"message": msg, "code": 400}}).encode())
+            return
+        words = ["Hello", " from", " the", " stand-in"]
+        if not body.get("stream"):
+            resp = {"choices": [{"message": {"content": "".join(words)}}]}
+            self._send(200, json.dumps(resp).encode())
+            return
+        self._stream(words, n_in)
+
+    def _stream(self, words: list[str], n_in: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def event(obj: object) -> None:
+            data = f"data: {json.dumps(obj)}\n\n".encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        for w in words:
+            event({"choices": [{"delta": {"content": w}, "finish_reason": None}]})
+        event({"choices": [], "usage": {"prompt_tokens": n_in, "completion_tokens": 4}})
+        done = b"data: [DONE]\n\n"
+        self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+        self.wfile.flush()
+
+
 class StandInHTTP:
     """A stand-in for vLLM's HTTP API on 127.0.0.1 (threaded): /health, /v1/models, a streamed
     /v1/chat/completions, /blob/N (N bytes) for byte-pumping checks, and with ``tokenize`` a
@@ -204,88 +299,8 @@ class StandInHTTP:
         self.api_key = api_key
         self.max_context = max_context
         self.tokenize = tokenize
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def setup(self) -> None:
-                super().setup()  # like uvicorn: no Nagle delay between headers and body
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _authorized(self) -> bool:
-                if outer.api_key and self.headers.get("Authorization") != f"Bearer {outer.api_key}":
-                    self._send(401, b'{"error": "Unauthorized"}')
-                    return False
-                return True
-
-            def do_GET(self) -> None:  # noqa: N802
-                if self.path == "/health":
-                    self._send(200, b"")
-                elif not self._authorized():
-                    return
-                elif self.path == "/v1/models":
-                    self._send(200, json.dumps({"data": [{"id": "stand-in"}]}).encode())
-                elif self.path.startswith("/blob/"):
-                    n = int(self.path.split("/")[2])
-                    self._send(200, bytes(i % 251 for i in range(n)), "application/octet-stream")
-                else:
-                    self._send(404, b'{"error": "not found"}')
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                if not self._authorized():
-                    return
-                if self.path == "/tokenize" and outer.tokenize:
-                    count = 2 * len(str(body.get("prompt", "")).split())
-                    self._send(200, json.dumps({"count": count}).encode())
-                    return
-                if self.path != "/v1/chat/completions":
-                    self._send(404, b'{"detail": "Not Found"}')
-                    return
-                text = " ".join(str(m.get("content")) for m in body["messages"])
-                n_in = len(text.split())
-                if n_in > outer.max_context:
-                    msg = (
-                        f"This model's maximum context length is {outer.max_context} tokens. "
-                        f"However, your prompt contains {n_in} input tokens, which exceeds "
-                        "this limit even without any output tokens."
-                    )
-                    self._send(400, json.dumps({"error": {"message": msg, "code": 400}}).encode())
-                    return
-                words = ["Hello", " from", " the", " stand-in"]
-                if not body.get("stream"):
-                    resp = {"choices": [{"message": {"content": "".join(words)}}]}
-                    self._send(200, json.dumps(resp).encode())
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-
-                def event(obj: object) -> None:
-                    data = f"data: {json.dumps(obj)}\n\n".encode()
-                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                    self.wfile.flush()
-
-                for w in words:
-                    event({"choices": [{"delta": {"content": w}, "finish_reason": None}]})
-                event({"choices": [], "usage": {"prompt_tokens": n_in, "completion_tokens": 4}})
-                done = b"data: [DONE]\n\n"
-                self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
-                self.wfile.flush()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _StandInServer(("127.0.0.1", 0), _StandInHandler)
+        self.server.stand_in = self
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -15,7 +15,7 @@ from cliutil import run_main
 from conftest import venv_site
 from fakes import FakeExecutor, data, result
 
-from hpcserve.jobs.client import Jobs
+from hpcserve.jobs.handle import Jobs
 from hpcserve.jobs.record import JobRecord
 from hpcserve.jobs.registry import Registry
 from hpcserve.jobs.watch import WaitTiming
@@ -64,18 +64,8 @@ class FakeCluster:
         )
 
     def respond(self, argv: list[str]):
-        if argv[0] == "squeue" and "-s" in argv:
-            jid = argv[argv.index("-j") + 1]
-            return result(argv, "".join(f"{s}\n" for s in self.steps.get(jid, [])))
         if argv[0] == "squeue":
-            ids = argv[argv.index("-j") + 1].split(",")
-            for jid in ids:
-                if self.script.get(jid):
-                    self.jobs[jid]["state"] = self.script[jid].pop(0)
-            rows = [self.row(j) for j in ids if j in self.jobs]
-            if not rows:
-                return result(argv, "", "slurm_load_jobs error: Invalid job id specified", 1)
-            return result(argv, "\n".join(rows) + "\n")
+            return self._steps(argv) if "-s" in argv else self._squeue(argv)
         if argv[0] == "scontrol":
             return result(argv, "", "slurm_load_jobs error: Invalid job id specified", 1)
         if argv[0] == "sacct":
@@ -86,11 +76,28 @@ class FakeCluster:
             self.steps[jid] = []
             return result(argv)
         if argv[0] == "find":
-            found = [p for p in self.ex.files if p.startswith(argv[1] + "/")]
-            if not found:
-                return result(argv, "", f"find: '{argv[1]}': No such file or directory", 1)
-            return result(argv, "\n".join(found) + "\n")
+            return self._find(argv)
         return None
+
+    def _steps(self, argv: list[str]):
+        jid = argv[argv.index("-j") + 1]
+        return result(argv, "".join(f"{s}\n" for s in self.steps.get(jid, [])))
+
+    def _squeue(self, argv: list[str]):
+        ids = argv[argv.index("-j") + 1].split(",")
+        for jid in ids:
+            if self.script.get(jid):
+                self.jobs[jid]["state"] = self.script[jid].pop(0)
+        rows = [self.row(j) for j in ids if j in self.jobs]
+        if not rows:
+            return result(argv, "", "slurm_load_jobs error: Invalid job id specified", 1)
+        return result(argv, "\n".join(rows) + "\n")
+
+    def _find(self, argv: list[str]):
+        found = [p for p in self.ex.files if p.startswith(argv[1] + "/")]
+        if not found:
+            return result(argv, "", f"find: '{argv[1]}': No such file or directory", 1)
+        return result(argv, "\n".join(found) + "\n")
 
 
 FAST = WaitTiming(

@@ -1,4 +1,4 @@
-"""The job client (hpcserve.jobs.client) and the executor seam, with fake executors (FakeExecutor,
+"""The job client (hpcserve.jobs.handle) and the executor seam, with fake executors (FakeExecutor,
 named as such) and a stand-in HTTP server: no scheduler, SSH or vLLM is involved here."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import hpcserve
 from hpcserve.cluster.executor import LocalExecutor, tail_from
 from hpcserve.cluster.slurm import Slurm
 from hpcserve.errors import RemoteError, UsageError
-from hpcserve.jobs.client import Job, Jobs, LogEnd, LogLine, submit
+from hpcserve.jobs.handle import Job, Jobs, LogEnd, LogLine, submit
 from hpcserve.jobs.record import JobRecord
 from hpcserve.jobs.registry import Registry
 from hpcserve.launch.render import LaunchRequest
@@ -326,7 +326,7 @@ def test_python_api_names_are_lazy() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     ).stdout
-    assert out.split() == ["(False,", "False)", "hpcserve.jobs.client", "hpcserve.api"]
+    assert out.split() == ["(False,", "False)", "hpcserve.jobs.handle", "hpcserve.client"]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         hpcserve.nope  # noqa: B018
 

@@ -25,7 +25,7 @@ from labjobs import sleep_script, vllm_launcher
 from hpcserve.cluster.executor import LocalExecutor
 from hpcserve.cluster.slurm import Slurm
 from hpcserve.errors import RemoteError
-from hpcserve.jobs.client import Jobs
+from hpcserve.jobs.handle import Jobs
 from hpcserve.jobs.record import LAUNCHER, JobRecord
 from hpcserve.jobs.registry import Registry
 from hpcserve.sites.loader import load_site

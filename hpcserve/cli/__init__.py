@@ -85,7 +85,7 @@ def _fail_known(e: BaseException) -> NoReturn:
 def main(argv: list[str] | None = None, *, obj: object = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and an exit code.
 
-    ``obj`` becomes click's context object (e.g. a :class:`hpcserve.jobs.client.Jobs` with
+    ``obj`` becomes click's context object (e.g. a :class:`hpcserve.jobs.handle.Jobs` with
     fakes, which the job commands then use).
     """
     try:

@@ -1,8 +1,8 @@
 """`hpcserve status | logs | wait | cancel | list`: the life of a submitted job.
 
-Thin click adapters over :mod:`hpcserve.jobs.client`: each command opens a
-:class:`~hpcserve.jobs.client.Job` (one executor for the command, so one SSH connection on
-remote sites) or asks :class:`~hpcserve.jobs.client.Jobs`, and prints what it returns. The
+Thin click adapters over :mod:`hpcserve.jobs.handle`: each command opens a
+:class:`~hpcserve.jobs.handle.Job` (one executor for the command, so one SSH connection on
+remote sites) or asks :class:`~hpcserve.jobs.handle.Jobs`, and prints what it returns. The
 :class:`Jobs` in click's context object is used when there is one (tests pass fakes there).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from hpcserve.cluster.slurm import format_duration
-from hpcserve.jobs.client import Job, Jobs, LogEnd, LogSource, StatusRow
+from hpcserve.jobs.handle import Job, Jobs, LogEnd, LogSource, StatusRow
 from hpcserve.jobs.record import JobRecord
 from hpcserve.jobs.state import JobStatus
 

@@ -7,17 +7,14 @@ by :func:`hpcserve.launch.request.build_request`. Nothing heavy is imported for 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from hpcserve.errors import RemoteError, UsageError
+from hpcserve import client
 from hpcserve.launch import vllm_flags
-from hpcserve.launch.render import render as render_script
-from hpcserve.launch.request import LaunchRequest, build_request
-from hpcserve.sites.loader import load_site
-from hpcserve.sites.schema import Site
 
 
 def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,30 +68,28 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _request(site: Site, opts: dict[str, Any]) -> LaunchRequest:
-    """The options of render/submit handed to :func:`hpcserve.launch.request.build_request`."""
+def _options(opts: dict[str, Any]) -> dict[str, Any]:
+    """render/submit's options as :func:`hpcserve.client.launch_request` keywords."""
     vllm_options = {f.name: opts.pop(f.name) for f in vllm_flags.OPTIONS}
-    return build_request(
-        site,
-        model=opts["model"],
-        nodes=opts["nodes"],
-        tp=vllm_options.pop("tensor_parallel_size"),
-        pp=vllm_options.pop("pipeline_parallel_size"),
-        vllm_options=vllm_options,
-        vllm_args=opts["vllm_args"],
-        sbatch={k: opts[k] for k in ("time", "partition", "account", "qos")},
-        sbatch_args=opts["sbatch_args"],
-        job_dir=opts["job_dir"],
-        name=opts["job_name"],
-    )
+    return {
+        "nodes": opts["nodes"],
+        "tp": vllm_options.pop("tensor_parallel_size"),
+        "pp": vllm_options.pop("pipeline_parallel_size"),
+        "vllm_options": vllm_options,
+        "vllm_args": opts["vllm_args"],
+        "sbatch": {k: opts[k] for k in ("time", "partition", "account", "qos")},
+        "sbatch_args": opts["sbatch_args"],
+        "job_dir": opts["job_dir"],
+        "name": opts["job_name"],
+    }
 
 
 @click.command()
 @_launch_options
 def render(**opts: Any) -> None:
     """Print the sbatch launcher for a model on a site."""
-    site = load_site(opts["site_name"])
-    click.echo(render_script(site, _request(site, opts)), nl=False)
+    script = client.render(opts["model"], opts["site_name"], **_options(opts))
+    click.echo(script, nl=False)
 
 
 @click.command()
@@ -103,29 +98,16 @@ def render(**opts: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def submit(**opts: Any) -> None:
     """Render the launcher, write it into a new job directory and submit it with sbatch."""
-    from hpcserve.cluster.connect import executor_for, submits_locally
-    from hpcserve.launch import submit as submitting
-
-    site = load_site(opts["site_name"])
-    req = _request(site, opts)
-    executor = executor_for(site)
-    try:
-        sub = submitting.submit(
-            site,
-            req,
-            executor,
-            remote=not submits_locally(site),
-            dry_run=opts["dry_run"],
-            api_key=not opts["no_api_key"],
-            name=opts["job_name"],
-        )
-    finally:
-        executor.close()
+    model, site, api_key = opts["model"], opts["site_name"], not opts["no_api_key"]
+    if opts["dry_run"]:
+        sub = client.dry_run(model, site, api_key=api_key, **_options(opts))
+    else:
+        with client.submit(model, site, api_key=api_key, **_options(opts)) as job:
+            assert job.submission is not None
+            sub = job.submission
     for warning in sub.warnings:
         click.echo(f"warning: {warning}", err=True)
     if opts["as_json"]:
-        import json
-
         click.echo(json.dumps(sub.to_dict(), indent=2))
     elif sub.job_id is None:
         click.echo(f"dry run: wrote {sub.launcher} (not submitted)")
@@ -139,25 +121,8 @@ def submit(**opts: Any) -> None:
 @click.option("--revision", help="Branch, tag or commit of the model.")
 def download(model: str, site_name: str, revision: str | None) -> None:
     """Fetch MODEL into the site's shared HF cache, from the login node (token via stdin)."""
-    from hpcserve.cluster.connect import executor_for
-    from hpcserve.launch.submit import download_argv, read_hf_token
-
-    site = load_site(site_name)
-    if not site.storage.hf_cache:
-        raise UsageError(f"site {site.name} has no storage.hf_cache to download into")
-    if model.startswith("-") or "\n" in model:
-        raise UsageError(f"{model!r} is not a model id")
-    executor = executor_for(site)
-    try:
-        token = read_hf_token()
-        result = executor.run(
-            download_argv(site, model, revision), input=(token or "") + "\n", timeout=None
-        )
-    finally:
-        executor.close()
-    if not result.ok:
-        raise RemoteError(f"download of {model} failed: {result.describe()}")
-    tail = result.stdout.strip().splitlines()
+    site = client.load_site(site_name)
+    last = client.download(model, site, revision=revision)
     click.echo(
-        f"{model} is in {site.storage.hf_cache} on {site.name}" + (f": {tail[-1]}" if tail else "")
+        f"{model} is in {site.storage.hf_cache} on {site.name}" + (f": {last}" if last else "")
     )

@@ -61,23 +61,19 @@ def plan(
     **engine: Any,
 ) -> None:
     """Size MODEL for SITE: weights, usable memory, nodes, layout, KV cache, concurrency."""
-    from hpcserve.plan.modelinfo import load_model_info
-    from hpcserve.plan.planner import plan_for_site
-    from hpcserve.sites.loader import load_site
+    from hpcserve import client
 
-    n = _nodes(nodes)
-    loaded = load_site(site)
-    info = load_model_info(model, config_json)
-    result = plan_for_site(
-        loaded,
-        info,
-        nodes=n,
+    result = client.plan(
+        model,
+        site,
+        nodes=_nodes(nodes),
         tp=engine["tensor_parallel_size"],
         pp=engine["pipeline_parallel_size"],
         max_model_len=engine["max_model_len"],
         gpu_memory_utilization=engine["gpu_memory_utilization"],
         kv_cache_dtype=engine["kv_cache_dtype"],
         dtype=engine["dtype"],
+        config_json=config_json,
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

@@ -20,7 +20,7 @@ from pathlib import Path
 from hpcserve.cluster.connect import expand_home
 from hpcserve.cluster.executor import Executor
 from hpcserve.cluster.slurm import Slurm
-from hpcserve.errors import HpcserveError
+from hpcserve.errors import HpcserveError, RemoteError, UsageError
 from hpcserve.jobs import record as jobrecord
 from hpcserve.launch.render import LaunchRequest, choose_layout, path_word, render, shell_word
 from hpcserve.launch.request import default_job_dir
@@ -114,7 +114,6 @@ def submit(
     req: LaunchRequest,
     executor: Executor,
     *,
-    remote: bool,
     dry_run: bool = False,
     api_key: bool = True,
     environ: Mapping[str, str] | None = None,
@@ -168,7 +167,7 @@ def submit(
 
     sub.job_id, _cluster = Slurm(executor, timeout_s=120).submit(launcher)
     try:
-        sub.api_key_file = _record(sub, req, remote=remote, api_key=key, name=name)
+        sub.api_key_file = _record(sub, req, remote=executor.remote, api_key=key, name=name)
     except (HpcserveError, OSError) as e:  # the job runs: say so, and where its key is
         raise HpcserveError(
             f"job {sub.job_id} was submitted ({job_dir}) but could not be recorded: {e}; its "
@@ -231,3 +230,20 @@ def download_argv(site: Site, model: str, revision: str | None = None) -> list[s
     if revision:
         argv += ["--revision", revision]
     return argv
+
+
+def download(site: Site, model: str, revision: str | None, executor: Executor) -> str:
+    """Fetch ``model`` into the site's HF cache through ``executor`` (the token on stdin); the
+    last line the download printed."""
+    if not site.storage.hf_cache:
+        raise UsageError(f"site {site.name} has no storage.hf_cache to download into")
+    if model.startswith("-") or "\n" in model:
+        raise UsageError(f"{model!r} is not a model id")
+    token = read_hf_token()
+    result = executor.run(
+        download_argv(site, model, revision), input=(token or "") + "\n", timeout=None
+    )
+    if not result.ok:
+        raise RemoteError(f"download of {model} failed: {result.describe()}")
+    tail = result.stdout.strip().splitlines()
+    return tail[-1] if tail else ""

@@ -106,6 +106,7 @@ def plan(req: TunnelRequest) -> Tunnel:
     else:
         from hpcserve.net.endpoint import remote_of
 
+        assert t.record is not None  # a job target: req.job was given
         addr, port = remote_of(t.record)
     if not t.key:
         t.key = f"remote-{addr}-{port}"

@@ -97,6 +97,7 @@ def base_url(t: Target) -> Iterator[str]:
         return
     from hpcserve.net.endpoint import api_base
 
+    assert t.record is not None  # resolve() gives a job target when there is no URL
     with api_base(t.record, t.site) as base:
         yield base
 

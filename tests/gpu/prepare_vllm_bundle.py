@@ -136,17 +136,8 @@ def wheel_name(path: Path) -> str:
     return norm(path.name.split("-")[0])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, required=True, help="where the pieces go")
-    ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--freeze", type=Path, default=Path(__file__).with_name("image-pip-freeze.txt"))
-    ap.add_argument("--piece-mb", type=int, default=58)
-    args = ap.parse_args()
-    work, wheels = args.work, args.work / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    image = image_packages(args.freeze)
-
+def strip_vllm(work: Path) -> tuple[Path, Path]:
+    """vLLM's wheel (downloaded once into ``work``) and a copy without what the GPU runs skip."""
     vllm_whl = next(work.glob("vllm-*.whl"), None)
     if vllm_whl is None:
         pip_download([VLLM], work)
@@ -160,23 +151,39 @@ def main() -> None:
             if not STRIP.match(info.filename):
                 dst.writestr(info, src.read(info), compresslevel=9)
     print(f"stripped vllm: {stripped.stat().st_size / 1e6:.1f} MB")
+    return vllm_whl, stripped
 
+
+def _wanted(
+    queue: list[tuple[Requirement, str]],
+    image: dict[str, Version],
+    seen: set[str],
+    notes: list[str],
+) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """The requirements of one round that the image lacks (name -> spec) and their extras."""
+    todo: dict[str, str] = {}
+    extras_of: dict[str, set[str]] = {}
+    for req, parent in queue:
+        name = norm(req.name)
+        extras_of.setdefault(name, set()).update(req.extras)
+        if name in SKIP or name in seen or name in todo:
+            continue
+        if name in image:
+            if not req.specifier.contains(image[name], prereleases=True):
+                notes.append(f"image has {name} {image[name]}, {parent} wants {req}")
+            continue
+        todo[name] = OVERRIDES.get(name, f"{req.name}{req.specifier}")
+    return todo, extras_of
+
+
+def download_closure(vllm_whl: Path, wheels: Path, image: dict[str, Version]) -> list[str]:
+    """Download every wheel vLLM needs beyond the image, round by round; notes on version
+    clashes with the image."""
     seen: set[str] = set()
     queue: list[tuple[Requirement, str]] = [(r, "vllm") for r in requirements(vllm_whl, set())]
-    notes = []
+    notes: list[str] = []
     while queue:
-        todo: dict[str, str] = {}
-        extras_of: dict[str, set[str]] = {}
-        for req, parent in queue:
-            name = norm(req.name)
-            extras_of.setdefault(name, set()).update(req.extras)
-            if name in SKIP or name in seen or name in todo:
-                continue
-            if name in image:
-                if not req.specifier.contains(image[name], prereleases=True):
-                    notes.append(f"image has {name} {image[name]}, {parent} wants {req}")
-                continue
-            todo[name] = OVERRIDES.get(name, f"{req.name}{req.specifier}")
+        todo, extras_of = _wanted(queue, image, seen, notes)
         queue = []
         if not todo:
             break
@@ -189,27 +196,45 @@ def main() -> None:
             name = wheel_name(whl)
             if name in todo:
                 queue += [(r, name) for r in requirements(whl, extras_of.get(name, set()))]
-    total = sum(p.stat().st_size for p in wheels.glob("*.whl"))
-    print(f"{len(list(wheels.glob('*.whl')))} wheels, {total / 1e6:.1f} MB")
-    print("\n".join(notes))
+    return notes
 
+
+def pack(stripped: Path, wheels: Path, work: Path, out: Path, piece_mb: int) -> None:
+    """One tar of the stripped vLLM and the wheels, split into pieces with a checksum."""
     tar_path = work / "vllm-bundle.tar"
     with tarfile.open(tar_path, "w") as tar:
         tar.add(stripped, arcname="vllm-stripped.zip")
         for whl in sorted(wheels.glob("*.whl")):
             tar.add(whl, arcname=f"wheels/{whl.name}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for old in args.out.glob("bundle.part*"):
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("bundle.part*"):
         old.unlink()
     subprocess.run(
-        ["split", "-b", f"{args.piece_mb}M", "-d", str(tar_path), str(args.out / "bundle.part")],
+        ["split", "-b", f"{piece_mb}M", "-d", str(tar_path), str(out / "bundle.part")],
         check=True,
     )
     subprocess.run(
-        f"cd {args.out} && sha256sum {tar_path} | sed 's|  .*/|  |' > bundle.sha256 && ls -la",
+        f"cd {out} && sha256sum {tar_path} | sed 's|  .*/|  |' > bundle.sha256 && ls -la",
         shell=True,
         check=True,
     )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True, help="where the pieces go")
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--freeze", type=Path, default=Path(__file__).with_name("image-pip-freeze.txt"))
+    ap.add_argument("--piece-mb", type=int, default=58)
+    args = ap.parse_args()
+    work, wheels = args.work, args.work / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    vllm_whl, stripped = strip_vllm(work)
+    notes = download_closure(vllm_whl, wheels, image_packages(args.freeze))
+    total = sum(p.stat().st_size for p in wheels.glob("*.whl"))
+    print(f"{len(list(wheels.glob('*.whl')))} wheels, {total / 1e6:.1f} MB")
+    print("\n".join(notes))
+    pack(stripped, wheels, work, args.out, args.piece_mb)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from hpcserve.jobs.watch import JobWatch, LogFollower, WaitResult, WaitTiming, w
 from hpcserve.sites.schema import Site
 
 if TYPE_CHECKING:
-    from hpcserve.launch.render import LaunchRequest
+    from hpcserve.launch.request import LaunchRequest
+    from hpcserve.launch.submit import Submission
     from hpcserve.net.api import Client
 
 SiteOpener = Callable[[str], tuple[Site, Executor]]
@@ -162,6 +163,7 @@ class Job:
         self.timing = timing
         self._probe = probe
         self._watch: JobWatch | None = None
+        self.submission: Submission | None = None  # what submit did, on a handle it returned
 
     @classmethod
     def open(
@@ -547,11 +549,13 @@ def submit(
 
     ex = executor if executor is not None else executor_for(site)
     try:
-        sub = submit_launcher(site, request, ex, remote=ex.remote, api_key=api_key, name=name)
+        sub = submit_launcher(site, request, ex, api_key=api_key, name=name)
         assert sub.job_id is not None  # not a dry run
         registry = Registry()
         rec = registry.get(f"{site.name}:{sub.job_id}")
     except BaseException:
         ex.close()
         raise
-    return Job(rec, site, ex, registry=registry, timing=timing)
+    job = Job(rec, site, ex, registry=registry, timing=timing)
+    job.submission = sub
+    return job

@@ -1,0 +1,159 @@
+"""hpcserve from Python: the functions every command and a notebook call (docs/python-api.md).
+
+``import hpcserve`` reaches these lazily (``hpcserve/__init__.py``), so importing it stays cheap.
+:func:`plan` sizes a model, :func:`render` gives the launcher, :func:`submit` submits it and
+returns a :class:`~hpcserve.jobs.handle.Job` (``wait``, ``status``, ``endpoint``, ``query``,
+``logs``, ``cancel``); :func:`open_job` opens a job submitted earlier. The command line's
+``plan``, ``render`` and ``submit`` are thin adapters over these, so both take one path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from hpcserve.sites.schema import Site
+
+if TYPE_CHECKING:
+    from hpcserve.jobs.handle import Job
+    from hpcserve.launch.request import LaunchRequest
+    from hpcserve.launch.submit import Submission
+    from hpcserve.plan.planner import Plan
+
+
+def load_site(site: str | Site) -> Site:
+    """``site`` itself, or the site of that name or YAML file (:mod:`hpcserve.sites.loader`)."""
+    if isinstance(site, Site):
+        return site
+    from hpcserve.sites.loader import load_site as load
+
+    return load(site)
+
+
+def plan(
+    model: str,
+    site: str | Site,
+    *,
+    nodes: int | None = None,
+    tp: int | None = None,
+    pp: int | None = None,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    kv_cache_dtype: str | None = None,
+    dtype: str | None = None,
+    config_json: str | None = None,
+) -> Plan:
+    """Size ``model`` for ``site`` as ``hpcserve plan`` does; ``nodes=None`` finds the fewest.
+
+    ``Plan.fit.fits`` says whether it fits, ``Plan.lines()`` is what the command prints.
+    """
+    from hpcserve.plan.modelinfo import load_model_info
+    from hpcserve.plan.planner import plan_for_site
+
+    s = load_site(site)
+    return plan_for_site(
+        s,
+        load_model_info(model, config_json),
+        nodes=nodes,
+        tp=tp,
+        pp=pp,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        kv_cache_dtype=kv_cache_dtype,
+        dtype=dtype,
+    )
+
+
+def launch_request(
+    model: str,
+    site: Site,
+    *,
+    nodes: int = 1,
+    name: str | None = None,
+    tp: int | None = None,
+    pp: int | None = None,
+    vllm_options: Mapping[str, Any] | None = None,
+    vllm_args: Sequence[str] = (),
+    sbatch: Mapping[str, Any] | None = None,
+    sbatch_args: Sequence[str] = (),
+    job_dir: str | None = None,
+) -> LaunchRequest:
+    """The checked launch request (:func:`hpcserve.launch.request.build_request`).
+
+    ``vllm_options`` take the Python names of ``hpcserve submit``'s vLLM options (e.g.
+    ``max_model_len``), ``sbatch`` the sbatch keys (e.g. ``time``, ``partition``) and
+    ``sbatch_args`` ``KEY=VALUE`` strings as ``--sbatch-arg`` does.
+    """
+    from hpcserve.launch.request import build_request
+
+    return build_request(
+        site,
+        model=model,
+        nodes=nodes,
+        tp=tp,
+        pp=pp,
+        vllm_options=vllm_options,
+        vllm_args=vllm_args,
+        sbatch=sbatch,
+        sbatch_args=sbatch_args,
+        job_dir=job_dir,
+        name=name,
+    )
+
+
+def render(model: str, site: str | Site, **options: Any) -> str:
+    """The sbatch launcher ``hpcserve render`` prints (``options`` as for :func:`submit`)."""
+    from hpcserve.launch.render import render as render_launcher
+
+    s = load_site(site)
+    return render_launcher(s, launch_request(model, s, **options))
+
+
+def submit(model: str, site: str | Site, *, api_key: bool = True, **options: Any) -> Job:
+    """Render the launcher, submit it as ``hpcserve submit`` does, and return the job's handle.
+
+    ``options`` are :func:`launch_request`'s (``nodes``, ``name``, ``tp``, ``pp``,
+    ``vllm_options``, ``vllm_args``, ``sbatch``, ``sbatch_args``, ``job_dir``). The handle's
+    ``submission`` holds what submit did (job directory, launcher, warnings). Close the handle
+    (or use it in a ``with`` block) when done; the job keeps running until cancelled.
+    """
+    from hpcserve.jobs.handle import submit as submit_job
+
+    s = load_site(site)
+    req = launch_request(model, s, **options)
+    return submit_job(s, req, name=options.get("name"), api_key=api_key)
+
+
+def dry_run(model: str, site: str | Site, *, api_key: bool = True, **options: Any) -> Submission:
+    """Write the job directory as :func:`submit` would, without running sbatch."""
+    from hpcserve.cluster.connect import executor_for
+    from hpcserve.launch.submit import submit as submit_launcher
+
+    s = load_site(site)
+    req = launch_request(model, s, **options)
+    executor = executor_for(s)
+    try:
+        return submit_launcher(s, req, executor, dry_run=True, api_key=api_key)
+    finally:
+        executor.close()
+
+
+def download(model: str, site: str | Site, *, revision: str | None = None) -> str:
+    """Fetch ``model`` into the site's shared HF cache from its login node, as
+    ``hpcserve download`` does; the download's last line."""
+    from hpcserve.cluster.connect import executor_for
+    from hpcserve.launch.submit import download as download_model
+
+    s = load_site(site)
+    executor = executor_for(s)
+    try:
+        return download_model(s, model, revision, executor)
+    finally:
+        executor.close()
+
+
+def open_job(ref: str) -> Job:
+    """The handle of a job submitted earlier (its name, id or SITE:ID in the registry)."""
+    from hpcserve.jobs.handle import Job
+
+    return Job.open(ref)
