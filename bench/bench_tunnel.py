@@ -1,5 +1,5 @@
-"""The paramiko tunnel (hpcserve.net.tunnel.Forwarder) against OpenSSH's ``ssh -N -L``, side by
-side.
+"""The paramiko tunnel (hpcserve.net.tunnel.Forwarder) against OpenSSH's ``ssh -N -L``,
+side by side.
 
 Both forward through the same real sshd (started here, 127.0.0.1, key auth) to the same HTTP
 server: a real vLLM given with ``--url`` (e.g. the CPU vLLM of the local lab), or else a stand-in

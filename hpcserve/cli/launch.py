@@ -1,8 +1,9 @@
 """``hpcserve render``, ``submit`` and ``download``: thin click adapters over the launch package.
 
-The vLLM options come from the table in :mod:`hpcserve.launch.vllm_flags`; the sbatch keys from the
-signature of :func:`hpcserve.cluster.sbatch.sbatch_directives`; the request is built and checked
-by :func:`hpcserve.launch.request.build_request`. Nothing heavy is imported for ``render``.
+The vLLM options come from the table in :mod:`hpcserve.launch.vllm_flags`, the sbatch keys from
+the signature of :func:`hpcserve.cluster.sbatch.sbatch_directives`; each command calls its
+function in :mod:`hpcserve.client`, which builds and checks the request once
+(:func:`hpcserve.launch.request.build_request`). Nothing heavy is imported for ``render``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The scheduler adapter: every SLURM command hpcserve runs goes through here.
 
 Commands run through an :class:`hpcserve.cluster.executor.Executor` (locally, or over one SSH
-connection
-kept for the command's lifetime). The parsers are pure functions of the commands' text output.
+connection kept for the command's lifetime). The parsers are pure functions of the commands'
+text output.
 
 Where a job's state comes from, in order:
 

@@ -1,9 +1,9 @@
 """Submit a rendered launcher: job directory, secrets file, ``sbatch``, registry record.
 
-The cluster is reached only through an :class:`~hpcserve.cluster.executor.Executor`, so this runs
-the same
-on a login node and on a laptop that submits over SSH. Secrets go into ``JOBDIR/secrets.env``
-(0600) and the local registry's 0600 secret file, never into the script or onto a command line.
+The cluster is reached only through an :class:`~hpcserve.cluster.executor.Executor`, so this
+runs the same on a login node and on a laptop that submits over SSH. Secrets go into
+``JOBDIR/secrets.env`` (0600) and the local registry's 0600 secret file, never into the script
+or onto a command line.
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
 A site file is YAML whose keys mirror these dataclasses. Each field's ``metadata`` carries its
 documentation (``doc``), and optionally ``choices``, ``min`` and ``example``. The loader in
 :mod:`hpcserve.sites.loader` validates a file against these classes (types, choices, unknown keys
-with a
-did-you-mean), the renderer reads the resulting :class:`Site`, and ``hpcserve sites schema``
+with a did-you-mean), the renderer reads the resulting :class:`Site`, and ``hpcserve sites schema``
 prints the reference from the same metadata. Add a field here and all three follow.
 """
 

@@ -1,8 +1,7 @@
 """Generic walking of the site-config dataclasses: fields, type hints, defaults, dotted names.
 
 The loader (:mod:`hpcserve.sites.loader`) and the reference generator (:mod:`hpcserve.sites.docs`)
-both
-read the schema through these helpers, so neither keeps its own list of fields.
+both read the schema through these helpers, so neither keeps its own list of fields.
 """
 
 from __future__ import annotations

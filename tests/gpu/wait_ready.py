@@ -3,8 +3,7 @@
 Runs hpcserve's own loop (:func:`hpcserve.jobs.watch.wait_ready` over a
 :class:`hpcserve.jobs.watch.JobWatch`): it follows ``JOBDIR/node-K.log`` with hpcserve's log
 follower, folds new lines into :mod:`hpcserve.jobs.phases` (``read_phase`` per node, ``merge`` for
-the
-job), probes ``/health`` every ``WaitTiming.health_every`` (0.25 s) and stops when the API
+the job), probes ``/health`` every ``WaitTiming.health_every`` (0.25 s) and stops when the API
 answers or the job fails. The only stand-in is the scheduler: there is no SLURM on the GPU
 machine, so "the job" is RUNNING while both node processes live and FAILED when one has exited.
 
