@@ -22,7 +22,11 @@ __version__ = "0.1.0"
 # name -> module that defines it
 _API = {
     "plan": "hpcserve.client",
+    "render": "hpcserve.client",
     "submit": "hpcserve.client",
+    "dry_run": "hpcserve.client",
+    "download": "hpcserve.client",
+    "open_job": "hpcserve.client",
     "load_site": "hpcserve.client",
     "Job": "hpcserve.jobs.handle",
     "Jobs": "hpcserve.jobs.handle",
@@ -41,8 +45,12 @@ _API = {
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # the same names for type checkers (redundant aliases mark re-exports)
+    from hpcserve.client import download as download
+    from hpcserve.client import dry_run as dry_run
     from hpcserve.client import load_site as load_site
+    from hpcserve.client import open_job as open_job
     from hpcserve.client import plan as plan
+    from hpcserve.client import render as render
     from hpcserve.client import submit as submit
     from hpcserve.errors import HpcserveError as HpcserveError
     from hpcserve.errors import UsageError as UsageError

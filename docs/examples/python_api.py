@@ -28,7 +28,8 @@ def main(model: str) -> int:
                 return 1
             with job.endpoint() as ep:
                 print(f"base URL: {ep.openai_base_url}")
-                print(f"API key: {ep.api_key}")
+                key = ep.api_key or ""  # give it to an OpenAI client; never print it
+                print(f"API key: {'set' if key else 'none'} ({len(key)} characters)")
             print(f"answer: {job.query('Hello!', max_tokens=8)!r}")
         finally:
             print(job.cancel().message)

@@ -30,6 +30,7 @@ import paramiko
 from hpcserve.cluster.executor import Chunk, CommandResult, home_from_env, tail_from
 from hpcserve.cluster.sshconfig import Hop, Overrides, Route, resolve
 from hpcserve.errors import HpcserveError, RemoteError, UsageError
+from hpcserve.sites.schema import Site
 
 # paramiko logs dropped connections as tracebacks; hpcserve reports them as sentences instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -254,11 +255,12 @@ class Login:
     known_hosts: str | None = None
 
 
-def login_from_site(site: Any, index: int = 0) -> Login:
+def login_from_site(site: Site | None, index: int = 0) -> Login:
     """The site's ``index``-th login host as a :class:`Login` (UsageError if it has none)."""
-    logins = getattr(site, "login", None) or []
+    logins = site.login if site is not None else []
     if not logins:
-        raise UsageError(f"site {getattr(site, 'name', '?')!r} has no login host to SSH to")
+        name = site.name if site is not None else "?"
+        raise UsageError(f"site {name!r} has no login host to SSH to")
     lh = logins[index]
     return Login(
         host=lh.host,
@@ -417,7 +419,7 @@ class SshExecutor:
 
     def __init__(
         self,
-        site: Any = None,
+        site: Site | None = None,
         *,
         login: Login | str | None = None,
         overrides: Overrides | None = None,
