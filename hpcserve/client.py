@@ -9,7 +9,6 @@ returns a :class:`~hpcserve.jobs.handle.Job` (``wait``, ``status``, ``endpoint``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hpcserve.sites.schema import Site
@@ -64,41 +63,10 @@ def plan(
     )
 
 
-def launch_request(
-    model: str,
-    site: Site,
-    *,
-    nodes: int = 1,
-    name: str | None = None,
-    tp: int | None = None,
-    pp: int | None = None,
-    vllm_options: Mapping[str, Any] | None = None,
-    vllm_args: Sequence[str] = (),
-    sbatch: Mapping[str, Any] | None = None,
-    sbatch_args: Sequence[str] = (),
-    job_dir: str | None = None,
-) -> LaunchRequest:
-    """The checked launch request (:func:`hpcserve.launch.request.build_request`).
-
-    ``vllm_options`` take the Python names of ``hpcserve submit``'s vLLM options (e.g.
-    ``max_model_len``), ``sbatch`` the sbatch keys (e.g. ``time``, ``partition``) and
-    ``sbatch_args`` ``KEY=VALUE`` strings as ``--sbatch-arg`` does.
-    """
+def _request(model: str, site: Site, options: dict[str, Any]) -> LaunchRequest:
     from hpcserve.launch.request import build_request
 
-    return build_request(
-        site,
-        model=model,
-        nodes=nodes,
-        tp=tp,
-        pp=pp,
-        vllm_options=vllm_options,
-        vllm_args=vllm_args,
-        sbatch=sbatch,
-        sbatch_args=sbatch_args,
-        job_dir=job_dir,
-        name=name,
-    )
+    return build_request(site, model=model, **options)
 
 
 def render(model: str, site: str | Site, **options: Any) -> str:
@@ -106,21 +74,23 @@ def render(model: str, site: str | Site, **options: Any) -> str:
     from hpcserve.launch.render import render as render_launcher
 
     s = load_site(site)
-    return render_launcher(s, launch_request(model, s, **options))
+    return render_launcher(s, _request(model, s, options))
 
 
 def submit(model: str, site: str | Site, *, api_key: bool = True, **options: Any) -> Job:
     """Render the launcher, submit it as ``hpcserve submit`` does, and return the job's handle.
 
-    ``options`` are :func:`launch_request`'s (``nodes``, ``name``, ``tp``, ``pp``,
-    ``vllm_options``, ``vllm_args``, ``sbatch``, ``sbatch_args``, ``job_dir``). The handle's
+    ``options`` are :func:`hpcserve.launch.request.build_request`'s, checked there: ``nodes``,
+    ``name``, ``tp``, ``pp``, ``vllm_options`` (the Python names of ``hpcserve submit``'s vLLM
+    options, e.g. ``max_model_len``), ``vllm_args``, ``sbatch`` (sbatch keys such as ``time``),
+    ``sbatch_args`` (``KEY=VALUE`` as ``--sbatch-arg``), ``job_dir``. The handle's
     ``submission`` holds what submit did (job directory, launcher, warnings). Close the handle
     (or use it in a ``with`` block) when done; the job keeps running until cancelled.
     """
     from hpcserve.jobs.handle import submit as submit_job
 
     s = load_site(site)
-    req = launch_request(model, s, **options)
+    req = _request(model, s, options)
     return submit_job(s, req, name=options.get("name"), api_key=api_key)
 
 
@@ -130,7 +100,7 @@ def dry_run(model: str, site: str | Site, *, api_key: bool = True, **options: An
     from hpcserve.launch.submit import submit as submit_launcher
 
     s = load_site(site)
-    req = launch_request(model, s, **options)
+    req = _request(model, s, options)
     executor = executor_for(s)
     try:
         return submit_launcher(s, req, executor, dry_run=True, api_key=api_key)

@@ -76,3 +76,16 @@ class FakeExecutor:
 
 def data(*parts: str) -> str:
     return (Path(__file__).parent / "data").joinpath(*parts).read_text()
+
+
+class FakeClock:
+    """A monotonic clock that moves only when something sleeps on it."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s

@@ -16,7 +16,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -320,3 +321,40 @@ def stand_in_http() -> Iterator[StandInHTTP]:
     s = StandInHTTP()
     yield s
     s.close()
+
+
+@pytest.fixture
+def lab1(ssh_lab: SshLab) -> SshLab:
+    """The SSH lab with one login host ``login`` in known_hosts and the ssh config."""
+    ssh_lab.add("login")
+    ssh_lab.write_known_hosts("login")
+    ssh_lab.write_config()
+    return ssh_lab
+
+
+def get(url: str, timeout: float = 30) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        data: bytes = r.read()
+        return data
+
+
+def hold_then_stop(monkeypatch: pytest.MonkeyPatch, classes: Iterable[type]) -> list[bytes]:
+    """Once a tunnel of one of ``classes`` is held (in its ``wait``), fetch /v1/models through
+    it from a thread, then SIGTERM this process as ``tunnel --stop`` does; the answers land in
+    the returned list."""
+    got: list[bytes] = []
+    for cls in classes:
+        wait = cls.wait  # type: ignore[attr-defined]
+
+        def held_wait(self: object, wait: object = wait) -> None:
+            def use_then_stop() -> None:
+                try:
+                    got.append(get(f"{self.url}/v1/models"))  # type: ignore[attr-defined]
+                finally:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            threading.Thread(target=use_then_stop, daemon=True).start()
+            wait(self)  # type: ignore[operator]
+
+        monkeypatch.setattr(cls, "wait", held_wait)
+    return got

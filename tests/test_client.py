@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import venv_site
-from fakes import FakeExecutor, result
+from fakes import FakeClock, FakeExecutor, result
 from net_fixtures import StandInHTTP
 
 import hpcserve
@@ -37,17 +37,6 @@ def record(job_id: str, site: str = "lab", **kw: object) -> JobRecord:
 
 def squeue_row(jid: str, state: str) -> str:
     return f"{jid}|{state}|None|1|n1|10:00|20:00|N/A|0:01\n"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += s
 
 
 # -- the executor seam -------------------------------------------------------------------------

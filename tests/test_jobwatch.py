@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from itertools import pairwise
 
-from fakes import FakeExecutor, result
+from fakes import FakeClock, FakeExecutor, result
 
 from hpcserve.cluster.executor import LocalExecutor
 from hpcserve.jobs.record import JobRecord
@@ -44,17 +44,6 @@ def test_remote_follower_uses_tail_from_offset():
     assert f.read_new(ex) == ["c"]
     assert ex.calls[-1] == ["tail", "-c", "+5", "/j/node-0.log"]
     assert LogFollower("/j/missing.log").read_new(ex) == []
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += s
 
 
 def make_watch(states: list[str], ready_at: float, clock: FakeClock):

@@ -8,20 +8,21 @@ import os
 import signal
 import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cliutil import REPO, run_main
-from net_fixtures import SshLab, StandInHTTP, free_port, ssh_lab, stand_in_http  # noqa: F401
-
-
-def get(url: str, timeout: float = 30) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        data: bytes = r.read()
-        return data
+from net_fixtures import (  # noqa: F401
+    SshLab,
+    StandInHTTP,
+    free_port,
+    hold_then_stop,
+    lab1,
+    ssh_lab,
+    stand_in_http,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -34,14 +35,6 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         yield tmp_path / "state"
     finally:
         signal.signal(signal.SIGTERM, old)
-
-
-@pytest.fixture
-def lab1(ssh_lab: SshLab) -> SshLab:  # noqa: F811
-    ssh_lab.add("login")
-    ssh_lab.write_known_hosts("login")
-    ssh_lab.write_config()
-    return ssh_lab
 
 
 def feed(monkeypatch: pytest.MonkeyPatch, *lines: str) -> None:
@@ -79,7 +72,7 @@ def test_tunnel_usage_errors(capsys: Any, args: tuple[str, ...], message: str) -
 
 
 def test_tunnel_foreground_until_sigterm(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
     capsys: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -87,20 +80,7 @@ def test_tunnel_foreground_until_sigterm(
     from hpcserve.net.tunnel import Forwarder
 
     port = free_port()
-    got: list[bytes] = []
-    wait = Forwarder.wait
-
-    def held_wait(self: Forwarder) -> None:  # once the tunnel is held: use it, then --stop it
-        def use_then_stop() -> None:
-            try:
-                got.append(get(f"{self.url}/v1/models"))
-            finally:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        threading.Thread(target=use_then_stop, daemon=True).start()
-        wait(self)
-
-    monkeypatch.setattr(Forwarder, "wait", held_wait)
+    got = hold_then_stop(monkeypatch, (Forwarder,))
     code, out, err = run_main(
         capsys, "tunnel", "--remote", f"127.0.0.1:{stand_in_http.port}", "--login", "login",
         "--local-port", str(port),
@@ -120,7 +100,7 @@ def test_tunnel_foreground_until_sigterm(
 
 
 def test_tunnel_background_then_stop(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
     capfd: Any,
     monkeypatch: pytest.MonkeyPatch,

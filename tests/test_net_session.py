@@ -10,13 +10,11 @@ import socket
 import subprocess
 import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from net_fixtures import SshLab, StandInHTTP, ssh_lab, stand_in_http  # noqa: F401
+from net_fixtures import SshLab, StandInHTTP, get, hold_then_stop, lab1, ssh_lab, stand_in_http  # noqa: F401
 
 from hpcserve.cluster.ssh import Login
 from hpcserve.errors import HpcserveError, UsageError
@@ -26,12 +24,6 @@ from hpcserve.net import tunnel as tn
 from hpcserve.net.session import Target, TunnelRequest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def get(url: str, timeout: float = 30) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        data: bytes = r.read()
-        return data
 
 
 class Lines:
@@ -52,30 +44,7 @@ class Lines:
 def held(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Once a tunnel is held (in ``wait``), fetch /v1/models through it from a thread, then
     SIGTERM this process as ``tunnel --stop`` does; the answers are returned."""
-    got: list[bytes] = []
-    for cls in (tn.Forwarder, tn.OpensshTunnel):
-        wait = cls.wait
-
-        def held_wait(self: tn.Forwarder | tn.OpensshTunnel, wait: Any = wait) -> None:
-            def use() -> None:
-                try:
-                    got.append(get(f"{self.url}/v1/models"))
-                finally:
-                    os.kill(os.getpid(), signal.SIGTERM)
-
-            threading.Thread(target=use, daemon=True).start()
-            wait(self)
-
-        monkeypatch.setattr(cls, "wait", held_wait)
-    return got
-
-
-@pytest.fixture
-def lab1(ssh_lab: SshLab) -> SshLab:  # noqa: F811
-    ssh_lab.add("login")
-    ssh_lab.write_known_hosts("login")
-    ssh_lab.write_config()
-    return ssh_lab
+    return hold_then_stop(monkeypatch, (tn.Forwarder, tn.OpensshTunnel))
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +162,7 @@ def test_check_api_failure_is_a_warning_and_the_key_is_shown() -> None:
 
 
 def test_paramiko_tunnel_until_sigterm(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
     held: list[bytes],
 ) -> None:
@@ -219,7 +188,7 @@ def test_paramiko_tunnel_until_sigterm(
 
 
 def test_paramiko_explicit_port_in_use_is_a_usage_error(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
 ) -> None:
     with pytest.raises(UsageError, match="already in use"):
@@ -227,7 +196,7 @@ def test_paramiko_explicit_port_in_use_is_a_usage_error(
 
 
 def test_openssh_tunnel_until_sigterm(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
     held: list[bytes],
 ) -> None:
@@ -245,7 +214,7 @@ def test_openssh_tunnel_until_sigterm(
 
 
 def test_openssh_explicit_port_in_use_is_a_usage_error(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
 ) -> None:
     req = remote_req(stand_in_http, via="openssh", local_port=stand_in_http.port)
@@ -254,7 +223,7 @@ def test_openssh_explicit_port_in_use_is_a_usage_error(
 
 
 def test_child_writes_state_detaches_and_clears(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
     state_dir: Path,
     held: list[bytes],
@@ -323,7 +292,7 @@ def test_detach_stdio_sends_output_to_the_log(tmp_path: Path) -> None:
 
 
 def test_background_spawn_refuse_and_stop(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from net_fixtures import SshLab, StandInHTTP, ssh_lab, stand_in_http  # noqa: F401
+from net_fixtures import SshLab, StandInHTTP, get, lab1, ssh_lab, stand_in_http  # noqa: F401
 
 from hpcserve.errors import UsageError
 from hpcserve.net.tunnel import Forwarder, bind_local
-
-
-def get(url: str, timeout: float = 30) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        data: bytes = r.read()
-        return data
 
 
 def forwarder(lab: SshLab, http: StandInHTTP, host: str = "login", **kw: object) -> Forwarder:
@@ -34,14 +27,6 @@ def forwarder(lab: SshLab, http: StandInHTTP, host: str = "login", **kw: object)
     )
     fwd.messages = msgs  # type: ignore[attr-defined]
     return fwd
-
-
-@pytest.fixture
-def lab1(ssh_lab: SshLab) -> SshLab:  # noqa: F811
-    ssh_lab.add("login")
-    ssh_lab.write_known_hosts("login")
-    ssh_lab.write_config()
-    return ssh_lab
 
 
 def test_forward_bytes_and_many_connections(lab1: SshLab, stand_in_http: StandInHTTP) -> None:  # noqa: F811
@@ -74,7 +59,7 @@ def test_forward_through_proxyjump(ssh_lab: SshLab, stand_in_http: StandInHTTP) 
 
 
 def test_reconnects_after_killed_connection_on_same_port(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
 ) -> None:
     with forwarder(lab1, stand_in_http, keepalive_s=1.0) as fwd:
@@ -154,7 +139,7 @@ def test_stop_closes_listener(lab1: SshLab, stand_in_http: StandInHTTP) -> None:
 
 
 def test_cli_background_tunnel_and_stop(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -190,7 +175,7 @@ def test_cli_background_tunnel_and_stop(
 
 
 def test_api_base_opens_a_tunnel_when_head_unreachable(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -216,7 +201,7 @@ def test_api_base_opens_a_tunnel_when_head_unreachable(
 
 
 def test_via_openssh_uses_same_resolution(
-    lab1: SshLab,
+    lab1: SshLab,  # noqa: F811
     stand_in_http: StandInHTTP,  # noqa: F811
 ) -> None:
     from hpcserve.cluster.ssh import known_hosts_files, route_for
