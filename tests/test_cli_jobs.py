@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from cliutil import run_main
 from conftest import venv_site
 from fakes import FakeExecutor, data, result
 
+from hpcserve.errors import RemoteError
 from hpcserve.jobs.handle import Jobs
 from hpcserve.jobs.record import JobRecord
 from hpcserve.jobs.registry import Registry
@@ -370,3 +372,220 @@ def test_status_without_nccl_module_or_files(env, capsys):
     env.add("49", "RUNNING")
     code, out, _ = env.run(capsys, "status", "49")
     assert code == 0 and "NCCL" not in out
+
+
+# -- status details, the table, list and logs edge cases ---------------------------------------
+def _cut_after(marker: str) -> str:
+    lines = STARTUP.splitlines()
+    return "\n".join(lines[: next(i for i, ln in enumerate(lines) if marker in ln) + 1]) + "\n"
+
+
+def test_status_text_of_a_ready_job_shows_kv_cache_version_and_endpoint(env, capsys, health_server):
+    add_job("52", name="srv")
+    env.add("52", "RUNNING")
+    env.ex.files["/jobs/52/node-0.log"] = STARTUP
+    env.ex.files["/jobs/52/node-1.log"] = STARTUP
+    env.ex.files["/jobs/52/endpoint.json"] = endpoint("52", health_server)
+    code, out, err = env.run(capsys, "status", "srv")
+    assert code == 0, err
+    url = f"http://127.0.0.1:{health_server}"
+    assert out.splitlines() == [
+        f"job srv (52) on lab: RUNNING - ready at {url}",
+        "  model:     Qwen/Qwen3-8B (TP 1 x PP 2, 2 node(s))",
+        "  nodes:     lab-n[1-2]",
+        "  time left: 00:04:31 of 00:05:00",
+        "  KV cache:  100,752 tokens, max concurrency 1.54x at 65,536 tokens",
+        "  vLLM:      0.11.0",
+        f"  endpoint:  {url} (answering)",
+    ]
+
+
+def test_status_text_of_the_kv_cache_size_before_the_concurrency_line(env, capsys):
+    add_job("53")
+    env.add("53", "RUNNING")
+    env.ex.files["/jobs/53/node-0.log"] = _cut_after("GPU KV cache size")
+    code, out, _ = env.run(capsys, "status", "53")
+    assert code == 0
+    assert "  KV cache:  100,752 tokens" in out.splitlines()
+    assert "max concurrency" not in out and "endpoint:" not in out
+
+
+def test_status_text_names_the_failing_node(env, capsys):
+    add_job("54")
+    env.add("54", "FAILED")
+    env.ex.files["/jobs/54/node-1.log"] = (
+        "(EngineCore_DP0 pid=412) ValueError: No available memory for the cache blocks. "
+        "Try increasing `gpu_memory_utilization`.\n"
+    )
+    code, out, _ = env.run(capsys, "status", "54")
+    assert code == 1
+    lines = out.splitlines()
+    assert "  cause:     not enough GPU memory left for the KV cache (node 1)" in lines
+    assert (
+        "  line [node-1.log]: ValueError: No available memory for the cache blocks. "
+        "Try increasing `gpu_memory_utilization`." in lines
+    )
+    assert any(ln.startswith("  hint:      lower --max-model-len") for ln in lines)
+
+
+def test_status_watch_prints_each_change_under_a_time_line(env, capsys):
+    add_job("55", nodes=1)
+    env.add("55", "PENDING", reason="Resources")
+    env.script["55"] = ["PENDING", "COMPLETED"]
+    code, out, _ = env.run(capsys, "status", "55", "--watch", "--interval", "0.1")
+    assert code == 0
+    heads = [ln for ln in out.splitlines() if ln.startswith("job 55 on lab: ")]
+    assert [h.split(" - ")[0] for h in heads] == [
+        "job 55 on lab: PENDING",
+        "job 55 on lab: COMPLETED",
+    ]
+    between = out.split(heads[0], 1)[1].split(heads[1], 1)[0].splitlines()
+    assert re.fullmatch(r"--- \d\d:\d\d:\d\d", between[-1])
+
+
+def _unreachable(env: FakeCluster, site_name: str) -> Jobs:
+    """The fake cluster's client, except that ``site_name`` cannot be reached."""
+
+    def connect(name: str):
+        if name == site_name:
+            raise RemoteError(f"cannot connect to {name}: timed out")
+        return env.connect(name)
+
+    return Jobs(connect=connect, timing=FAST)
+
+
+def test_status_table_marks_the_jobs_of_an_unreachable_site(env, capsys):
+    add_job("56", name="here")
+    Registry().add(JobRecord("7", "far", "m", 1, 1, 1, "/jobs/7", time.time(), True, name="there"))
+    env.add("56", "RUNNING")
+    code, out, err = run_main(capsys, "status", obj=_unreachable(env, "far"))
+    assert code == 0
+    rows = [ln.split() for ln in out.splitlines()]
+    assert ["7", "there", "far", "?", "?", "-", "m"] in rows
+    assert any(r[:4] == ["56", "here", "lab", "RUNNING"] for r in rows)
+    assert err == "warning: far: cannot connect to far: timed out\n"
+
+
+def test_status_table_json(env, capsys):
+    add_job("57", name="here")
+    Registry().add(JobRecord("8", "far", "m", 1, 1, 1, "/jobs/8", time.time(), True))
+    env.add("57", "PENDING", reason="Priority")
+    code, out, _ = run_main(capsys, "status", "--json", obj=_unreachable(env, "far"))
+    assert code == 0
+    by_id = {d["record"]["job_id"]: d for d in json.loads(out)}
+    assert by_id["57"]["state"] == "PENDING" and by_id["57"]["record"]["name"] == "here"
+    assert by_id["8"]["error"] == "cannot connect to far: timed out"
+    assert "state" not in by_id["8"]
+
+
+def test_status_table_of_an_empty_registry(env, capsys):
+    code, out, _ = env.run(capsys, "status")
+    assert (code, out) == (0, "no jobs in the registry (`hpcserve submit` adds them)\n")
+    code, out, _ = env.run(capsys, "status", "--json")
+    assert (code, json.loads(out)) == (0, [])
+    assert env.ex.calls == []
+
+
+def test_wait_on_a_job_that_ended_without_a_failure(env, capsys):
+    add_job("58")
+    env.add("58", "COMPLETED")
+    code, out, err = env.run(capsys, "wait", "58", "-q")
+    assert (code, out) == (1, "")
+    assert err == "error: job 58 the server exited (job COMPLETED)\n"
+
+
+def test_list_json_and_an_empty_list(env, capsys):
+    code, out, _ = env.run(capsys, "list")
+    assert (code, out) == (0, "no jobs in the registry\n")
+    rec = add_job("83", name="x")
+    code, out, _ = env.run(capsys, "list", "--json")
+    assert code == 0
+    assert json.loads(out) == [rec.to_dict()]
+    assert env.ex.calls == []
+
+
+def test_prune_json_keeps_the_jobs_of_an_unreachable_site(env, capsys):
+    add_job("84", name="done", age_days=10)
+    old = time.time() - 10 * 86400
+    Registry().add(JobRecord("9", "far", "m", 1, 1, 1, "/jobs/9", old, True, name="kept"))
+    env.add("84", "COMPLETED")
+    code, out, err = run_main(capsys, "list", "--prune", "--json", obj=_unreachable(env, "far"))
+    assert code == 0
+    d = json.loads(out)
+    assert [r["job_id"] for r in d["removed"]] == ["84"]
+    assert d["kept_unreachable"] == ["far: cannot connect to far: timed out"]
+    assert err == "warning: kept jobs of far: cannot connect to far: timed out\n"
+    assert [r.job_id for r in Registry().list()] == ["9"]
+
+
+def test_prune_text_counts_what_it_kept(env, capsys):
+    add_job("85", name="running", age_days=10)
+    env.add("85", "RUNNING")
+    code, out, _ = env.run(capsys, "list", "--prune")
+    assert code == 0
+    assert out == (
+        "pruned 0 job(s) older than 7 day(s); kept 1 still queued or on unreachable sites\n"
+    )
+
+
+def test_logs_of_a_job_with_nothing_written_yet(env, capsys):
+    add_job("63", nodes=1)
+    code, out, _ = env.run(capsys, "logs", "63")
+    assert code == 0
+    assert out.splitlines() == [
+        "==> node-0.log (head): /jobs/63/node-0.log <==",
+        "(no output yet)",
+        "==> batch step: /jobs/63/slurm-63.out <==",
+        "(no output yet)",
+    ]
+    code, out, _ = env.run(capsys, "logs", "63", "--batch")
+    assert out == "(no output yet in /jobs/63/slurm-63.out)\n"
+    code, out, _ = env.run(capsys, "logs", "63", "--node", "0", "-n", "0")
+    assert out == "(no output yet in /jobs/63/node-0.log)\n"
+
+
+def test_logs_follow_of_every_node_heads_each_log_as_it_speaks(env, capsys):
+    add_job("64")
+    env.add("64", "COMPLETED")  # the first scheduler look while following: the job ended
+    env.ex.files["/jobs/64/node-0.log"] = "head 1\n"
+    env.ex.files["/jobs/64/node-1.log"] = "worker 1\n"
+    run = env.ex.run
+
+    def growing(argv, **kw):
+        res = run(argv, **kw)
+        if (
+            argv[0] == "tail"
+            and argv[-1] == "/jobs/64/slurm-64.out"
+            and "head 2" not in (env.ex.files["/jobs/64/node-0.log"])
+        ):  # every log read once: then both nodes write a line, node 1 an unfinished one
+            env.ex.files["/jobs/64/node-0.log"] += "head 2\n"
+            env.ex.files["/jobs/64/node-1.log"] += "worker 2\nworker 3 cut"
+        return res
+
+    env.ex.run = growing
+    code, out, err = env.run(capsys, "logs", "64", "-f")
+    assert code == 0
+    followed = out.split("(no output yet)\n", 1)[1].splitlines()
+    assert followed == [
+        "==> node-0.log (head) <==",
+        "head 2",
+        "==> node-1.log (worker 1) <==",
+        "worker 2",
+        "worker 3 cut",  # the last line, shown once the job ended
+    ]
+    assert err == "(job 64 is COMPLETED)\n"
+
+
+def test_status_reads_only_the_first_8_files_of_the_nccl_dir(env, capsys):
+    text = (Path(__file__).parent / "data" / "nccl" / "h200x4-socket.log").read_text()
+    add_job("59")
+    env.add("59", "RUNNING")
+    for k in range(8):
+        env.ex.files[f"/jobs/59/nccl/node-0.h.{k}.log"] = "INFO nothing from NCCL here\n"
+    env.ex.files["/jobs/59/nccl/node-0.h.8.log"] = text  # the 9th file
+    env.ex.files["/jobs/59/node-0.log"] = text  # a node log: not status's to read
+    code, out, _ = env.run(capsys, "status", "59")
+    assert code == 0 and "NCCL:" not in out
+    env.ex.files["/jobs/59/nccl/node-0.h.0.log"] = text
+    code, out, _ = env.run(capsys, "status", "59")
+    assert code == 0 and "  NCCL:      degraded" in out

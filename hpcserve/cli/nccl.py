@@ -8,62 +8,27 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
-import re
-import shlex
 import sys
-from pathlib import Path
 
 import click
 
-from hpcserve.errors import HpcserveError, UsageError
-from hpcserve.nccl import NcclReport, NcclScanner, one_line, open_log, wrap_stream
-
-_NODE_FILE_RE = re.compile(r"node-(\d+)")
-
-
-def _files_in(path: Path) -> list[str]:
-    if path.is_dir():
-        return sorted(str(p) for p in path.rglob("*") if p.is_file())
-    return [str(path)]
+from hpcserve.errors import ConfigError, UsageError
+from hpcserve.nccl import NcclReport, NcclScanner, one_line
+from hpcserve.nccl.scanner import scan_sources
 
 
 def _scan_job(scanner: NcclScanner, ref: str) -> None:
     """Read a registered job's NCCL and node logs where the job ran."""
-    from hpcserve.cluster.connect import executor_for
-    from hpcserve.jobs.record import NCCL_DIR
-    from hpcserve.jobs.registry import Registry
-    from hpcserve.sites.loader import load_site
+    from hpcserve.cli.jobs import _jobs
 
     try:
-        rec = Registry().get(ref)
+        handle = _jobs().open(ref)
+    except ConfigError:
+        raise
     except UsageError as e:
         raise UsageError(f"no such file or job: {ref} ({e})") from e
-
-    ex = executor_for(load_site(rec.site))
-    try:
-        jobdir = rec.job_dir
-        if jobdir == "~" or jobdir.startswith("~/"):
-            base = '"$HOME"' + (shlex.quote(jobdir[1:]) if len(jobdir) > 1 else "")
-        else:
-            base = shlex.quote(jobdir)
-        script = (
-            f"for f in {base}/{NCCL_DIR}/*.log {base}/node-*.log; "
-            'do [ -f "$f" ] && printf "%s\\n" "$f"; done; true'
-        )
-        res = ex.run(["sh", "-c", script], timeout=60)
-        files = [ln for ln in res.stdout.splitlines() if ln.strip()]
-        if not files:
-            raise HpcserveError(
-                f"job {rec.job_id}: no NCCL or node logs yet in {jobdir} "
-                "(has it started? were NCCL communicators created?)"
-            )
-        for path in files:
-            m = _NODE_FILE_RE.search(posixpath.basename(path))
-            scanner.begin_source(f"node-{m.group(1)}" if m else None)
-            scanner.feed_chunk(ex.read_text(path).encode("utf-8", "replace") + b"\n")
-    finally:
-        ex.close()
+    with handle:
+        handle.scan_nccl(scanner)
 
 
 def _human(r: NcclReport) -> str:
@@ -127,17 +92,7 @@ def nccl(sources: tuple[str, ...], as_json: bool, gdr_optional: bool) -> None:
     if jobs:
         _scan_job(scanner, jobs[0])
     else:
-        for src in sources:
-            if src == "-":
-                scanner.begin_source(None)
-                scanner.feed_stream(wrap_stream(sys.stdin.buffer))
-                continue
-            for path in _files_in(Path(src)):
-                try:
-                    with open_log(path) as f:
-                        scanner.feed_stream(f)
-                except (OSError, EOFError) as e:
-                    raise UsageError(f"cannot read {path}: {e}") from e
+        scan_sources(scanner, sources)
     report = scanner.report()
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

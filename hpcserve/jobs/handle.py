@@ -3,7 +3,8 @@
 A :class:`Job` holds the job's record, its site, one executor to that site (one SSH connection
 for the handle's lifetime on remote sites), the scheduler adapter and the registry. It is opened
 from a job reference (``Job.open("qwen")``) or returned by :func:`submit`. Every job command is
-a method here: ``status``, ``logs``, ``wait``, ``cancel``, ``forget`` and the API ``endpoint``.
+a method here: ``status``, ``logs``, ``wait``, ``cancel``, ``forget``,
+``scan_nccl`` and the API ``endpoint``.
 :class:`Jobs` is the registry's side: open a handle, list, the all-jobs status table (one
 ``squeue`` per site), ``prune``. Both take what they reach the cluster with as parameters (a
 site opener, the wait timing, the /health probe), so tests give fakes there.
@@ -12,6 +13,8 @@ site opener, the wait timing, the /health probe), so tests give fakes there.
 from __future__ import annotations
 
 import contextlib
+import posixpath
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,12 +26,20 @@ from hpcserve.errors import HpcserveError, RemoteError, UsageError
 from hpcserve.jobs.record import JobRecord, node_log_name
 from hpcserve.jobs.registry import Registry
 from hpcserve.jobs.state import JobStatus
-from hpcserve.jobs.watch import JobWatch, LogFollower, WaitResult, WaitTiming, wait_ready
+from hpcserve.jobs.watch import (
+    JobWatch,
+    LogFollower,
+    WaitResult,
+    WaitTiming,
+    nccl_log_files,
+    wait_ready,
+)
 from hpcserve.sites.schema import Site
 
 if TYPE_CHECKING:
     from hpcserve.launch.request import LaunchRequest
     from hpcserve.launch.submit import Submission
+    from hpcserve.nccl.scanner import NcclScanner
     from hpcserve.net.api import Client
 
 SiteOpener = Callable[[str], tuple[Site, Executor]]
@@ -327,6 +338,22 @@ class Job:
             fol = src.follower
             for text in fol.read_new(self.executor) + ([fol.partial] if fol.partial else []):
                 yield LogLine(src, text, final=True)
+
+    # -- NCCL --------------------------------------------------------------------------------
+    def scan_nccl(self, scanner: NcclScanner) -> None:
+        """Feed ``scanner`` the job's NCCL debug files and node logs where the job ran, each
+        ``node-K`` file as source ``node-K``; HpcserveError when there is none yet."""
+        rec = self.record
+        files = nccl_log_files(self.executor, rec.job_dir, node_logs=True)
+        if not files:
+            raise HpcserveError(
+                f"job {rec.job_id}: no NCCL or node logs yet in {rec.job_dir} "
+                "(has it started? were NCCL communicators created?)"
+            )
+        for path in files:
+            m = re.search(r"node-(\d+)", posixpath.basename(path))
+            scanner.begin_source(f"node-{m.group(1)}" if m else None)
+            scanner.feed_chunk(self.executor.read_text(path).encode("utf-8", "replace") + b"\n")
 
     # -- cancel / forget ---------------------------------------------------------------------
     def cancel(

@@ -10,12 +10,14 @@ seconds, backing off while the job is pending.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hpcserve.cluster.connect import expand_home
 from hpcserve.cluster.executor import Executor
 from hpcserve.cluster.slurm import SchedJob, Slurm
 from hpcserve.errors import RemoteError
@@ -220,16 +222,40 @@ class JobWatch:
         return self.status()
 
     def nccl_lines(self, max_files: int = 8) -> list[str]:
-        """Lines of the NCCL debug files of this job (for the NCCL helper's summary)."""
-        d = self.rec.path(NCCL_DIR)
-        res = self.executor.run(["find", d, "-maxdepth", "1", "-type", "f"], timeout=30)
-        if not res.ok:
-            return []
+        """Lines of the first ``max_files`` NCCL debug files of this job (for the NCCL
+        helper's summary)."""
         lines: list[str] = []
-        for path in sorted(res.stdout.split())[:max_files]:
+        for path in nccl_log_files(self.executor, self.rec.job_dir)[:max_files]:
             with contextlib.suppress(OSError, RemoteError):
                 lines.extend(self.executor.read_text(path).splitlines())
         return lines
+
+
+def nccl_log_files(executor: Executor, job_dir: str, *, node_logs: bool = False) -> list[str]:
+    """A job's NCCL debug files (``JOBDIR/nccl/*.log``, one per process), then with
+    ``node_logs`` its vLLM logs (``JOBDIR/node-*.log``); each group sorted, a missing
+    directory listing nothing. A ``~`` job directory is taken against the executor's home."""
+    if job_dir == "~" or job_dir.startswith("~/"):
+        job_dir = expand_home(job_dir, executor.home())
+    wanted = [(posixpath.join(job_dir, NCCL_DIR), "*.log")]
+    if node_logs:
+        wanted.append((job_dir, "node-*.log"))
+    return [path for folder, pattern in wanted for path in _files_in(executor, folder, pattern)]
+
+
+def _files_in(executor: Executor, folder: str, pattern: str) -> list[str]:
+    """The files directly in ``folder`` whose names match ``pattern``, sorted."""
+    res = executor.run(
+        ["find", folder, "-maxdepth", "1", "-type", "f", "-name", pattern], timeout=30
+    )
+    if not res.ok:
+        return []
+    folder = folder.rstrip("/")
+    return sorted(
+        p
+        for p in res.stdout.splitlines()
+        if posixpath.dirname(p) == folder and fnmatch.fnmatchcase(posixpath.basename(p), pattern)
+    )
 
 
 def _keep_first(into: dict[str, Failure], found: list[Failure]) -> None:

@@ -10,9 +10,12 @@ little more than reading them.
 from __future__ import annotations
 
 import gzip
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import IO
 
+from hpcserve.errors import UsageError
 from hpcserve.nccl.facts import RunFacts
 from hpcserve.nccl.lines import MSG_RE, MSG_RE_B
 from hpcserve.nccl.report import NcclReport
@@ -296,3 +299,28 @@ def scan_paths(paths: Iterable[str], expect_gdr: bool = True) -> NcclReport:
         with open_log(p) as f:
             s.feed_stream(f)
     return s.report()
+
+
+def scan_sources(
+    scanner: NcclScanner, sources: Iterable[str], stdin: IO[bytes] | None = None
+) -> None:
+    """Feed ``scanner`` each source: a log file (plain or gzip'd), every file under a
+    directory (sorted), or ``-`` for ``stdin`` (gzip'd or not; by default this process's
+    standard input); UsageError for a file that cannot be read."""
+    for src in sources:
+        if src == "-":
+            scanner.begin_source(None)
+            scanner.feed_stream(wrap_stream(stdin if stdin is not None else sys.stdin.buffer))
+            continue
+        for path in _files_under(Path(src)):
+            try:
+                with open_log(path) as f:
+                    scanner.feed_stream(f)
+            except (OSError, EOFError) as e:
+                raise UsageError(f"cannot read {path}: {e}") from e
+
+
+def _files_under(path: Path) -> list[str]:
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*") if p.is_file())
+    return [str(path)]
