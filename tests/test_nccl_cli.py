@@ -176,6 +176,31 @@ def test_an_unreadable_file_is_a_usage_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_missing_path_is_an_error_not_an_unknown_verdict(tmp_path, capsys):
+    code, out, err = nccl(capsys, str(tmp_path / "no" / "such.log"))
+    assert (code, out) == (2, "")
+    assert err == f"error: no such file or directory: {tmp_path / 'no' / 'such.log'}\n"
+
+
+def test_an_unlistable_directory_is_an_error_not_an_unknown_verdict(tmp_path, monkeypatch, capsys):
+    import os
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(SOCKET_2NODE, logs / "a.log")
+    real_walk = os.walk
+
+    def walk_denied(top, onerror=None, **kw):  # what os.walk does when scandir is refused
+        if onerror is not None:
+            onerror(PermissionError(13, "Permission denied", str(top)))
+        return real_walk(tmp_path / "empty-on-purpose")
+
+    monkeypatch.setattr(os, "walk", walk_denied)
+    code, out, err = nccl(capsys, str(logs))
+    assert (code, out) == (2, "")
+    assert err == f"error: cannot read directory {logs}: Permission denied\n"
+
+
 def test_an_unknown_job_reference_names_both_readings(registry, capsys):
     registry()
     code, _, err = nccl(capsys, "nope")

@@ -85,6 +85,8 @@ def nccl(sources: tuple[str, ...], as_json: bool, gdr_optional: bool) -> None:
         raise UsageError("give a job, one or more log files, or '-' for stdin")
     scanner = NcclScanner(expect_gdr=not gdr_optional)
     jobs = [s for s in sources if s != "-" and not os.path.exists(s)]
+    if any(os.sep in j for j in jobs):  # a job reference has no slash: a path that is not there
+        raise UsageError(f"no such file or directory: {next(j for j in jobs if os.sep in j)}")
     if jobs and len(sources) > 1:
         raise UsageError(f"no such file: {jobs[0]} (a job reference must be the only argument)")
     if sources.count("-") > 1:

@@ -10,6 +10,7 @@ little more than reading them.
 from __future__ import annotations
 
 import gzip
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -321,6 +322,17 @@ def scan_sources(
 
 
 def _files_under(path: Path) -> list[str]:
-    if path.is_dir():
-        return sorted(str(p) for p in path.rglob("*") if p.is_file())
-    return [str(path)]
+    """``path`` itself, or every file below the directory ``path`` (UsageError when a directory
+    cannot be listed: a verdict from the files that could be read would be a guess)."""
+    if not path.is_dir():
+        return [str(path)]
+
+    def refuse(e: OSError) -> None:
+        raise UsageError(f"cannot read directory {e.filename or path}: {e.strerror or e}") from e
+
+    found = [
+        os.path.join(top, name)
+        for top, _dirs, names in os.walk(path, onerror=refuse)
+        for name in names
+    ]
+    return sorted(p for p in found if os.path.isfile(p))
