@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from cliutil import run_hpcserve
 from hpcserve.lab import cluster
 from hpcserve.lab.config import (
     LabLayout,
+    job_id_sequence,
     render_cgroup_conf,
     render_slurm_conf,
     render_sshd_config,
@@ -52,6 +54,40 @@ def test_slurm_conf_names_host_bridge_and_one_address_per_node(tmp_path: Path) -
     for line in text.splitlines():
         if "File=" in line or "Location=" in line or "SpoolDir=" in line:
             assert str(tmp_path / "state") in line, line
+
+
+def _job_state(next_id: int) -> bytes:
+    """The head of a job_state file as slurmctld 22.05 writes it (checked against a real one)."""
+    name = b"PROTOCOL_VERSION\0"
+    return struct.pack(">I", len(name)) + name + struct.pack(">HQI", 0x2600, 1_796_000_000, next_id)
+
+
+def test_job_id_sequence_is_read_from_the_job_state_header() -> None:
+    assert job_id_sequence(_job_state(4) + b"\0" * 64) == 4
+    assert job_id_sequence(_job_state(123456)) == 123456
+    assert job_id_sequence(b"") is None
+    assert job_id_sequence(b"\0\0\0\x05hello" + b"\0" * 20) is None
+    assert job_id_sequence(_job_state(4)[:-2]) is None
+
+
+def test_slurm_conf_starts_at_the_kept_job_id(tmp_path: Path) -> None:
+    assert "FirstJobId=1\n" in render_slurm_conf(_lay(tmp_path))
+    assert "FirstJobId=4242\n" in render_slurm_conf(_lay(tmp_path), 4242)
+
+
+def test_down_keeps_the_next_job_id_and_up_starts_there(tmp_path: Path) -> None:
+    lay = _lay(tmp_path)
+    assert cluster.keep_job_id_counter(lay) is None  # nothing was copied: nothing changes
+    assert cluster.saved_next_job_id(lay) == 1
+    lay.kept_job_state.parent.mkdir(parents=True)
+    lay.kept_job_state.write_bytes(_job_state(17) + b"jobs...")
+    assert cluster.keep_job_id_counter(lay) == 17
+    assert not lay.kept_job_state.exists()  # only the number is kept
+    assert lay.next_job_id_file.read_text() == "17\n"
+    cluster.write_configs(lay)
+    assert "FirstJobId=17\n" in lay.slurm_conf.read_text()
+    lay.next_job_id_file.write_text("garbage\n")
+    assert cluster.saved_next_job_id(lay) == 1
 
 
 def test_cgroup_conf_uses_v1_plugin() -> None:
@@ -334,6 +370,27 @@ def test_up_again_restarts_a_dead_slurmd(lab: dict) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     assert int(pidfile.read_text()) != old
     assert _wait_idle() == {"node1": "idle", "node2": "idle"}
+
+
+def _sbatch_id() -> int:
+    p = _slurm("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true")
+    assert p.returncode == 0, p.stderr
+    return int(p.stdout.strip().split(";")[0])
+
+
+@pytest.mark.cluster
+@needs_root
+def test_job_ids_keep_counting_after_down_and_up(lab: dict) -> None:
+    """A real cluster's controller keeps its job-id counter across restarts; so does the lab,
+    or a job submitted after `lab down`/`lab up` would get the id of a job in the registry."""
+    before = _sbatch_id()
+    p = _hpcserve("lab", "down")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"next job id {before + 1}" in p.stdout
+    p = _hpcserve("lab", "up", "--nodes", "2", "--no-vllm")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert _wait_idle() == {"node1": "idle", "node2": "idle"}
+    assert _sbatch_id() > before
 
 
 def _lab_pids(lay: LabLayout) -> list[int]:

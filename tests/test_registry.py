@@ -193,3 +193,65 @@ def test_parallel_same_name_only_one_wins(tmp_path):
     codes = [p.wait(timeout=120) for p in procs]
     assert codes.count(0) == 1
     assert len(Registry(root).list()) == 1
+
+
+# -- a job id the scheduler hands out again ---------------------------------------------------
+
+
+def test_a_reissued_job_id_replaces_the_stale_record_and_its_secrets(tmp_path):
+    reg = Registry(tmp_path)
+    old = rec("1", name="old", at=time.time() - 3600)
+    old.job_dir = "/jobs/old"
+    reg.add(old)
+    reg.secret_path("1", "api_key").write_text("old-key\n")
+    reg.add(rec("2", name="other"))
+    new = rec("1", name="new")
+    new.job_dir = "/jobs/new"
+    replaced = reg.add_submitted(new)
+    assert replaced is not None and replaced.job_dir == "/jobs/old"
+    assert reg.get("local:1").job_dir == "/jobs/new"
+    assert reg.get("new").job_id == "1" and reg.find("old") is None
+    assert reg.get("other").job_id == "2"
+    assert reg.secret_path("1", "api_key").read_text() == ""  # the old job's key is gone
+    assert reg.add_submitted(rec("3")) is None
+
+
+def test_a_reissued_job_id_may_keep_the_stale_records_name(tmp_path):
+    reg = Registry(tmp_path)
+    reg.add(rec("1", name="demo", at=time.time() - 3600))
+    reg.add_submitted(rec("1", name="demo"))
+    assert [r.name for r in reg.list()] == ["demo"]
+
+
+def test_a_new_job_never_takes_a_name_another_job_holds(tmp_path):
+    reg = Registry(tmp_path)
+    reg.add(rec("1", name="demo"))
+    with pytest.raises(UsageError, match="already used by job local:1"):
+        reg.add_submitted(rec("2", name="demo"))
+    assert reg.find("local:2") is None
+
+
+def test_submit_after_the_scheduler_reissued_an_id_records_the_new_job(
+    cli, fake_path, registry, monkeypatch, tmp_path
+):
+    """A lab brought down and up without its state numbers jobs from 1 again: the job sbatch
+    accepted is recorded, replacing the record of the gone job with the same id."""
+    from conftest import site_to_yaml, venv_site
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("FAKE_JOB_ID", "1")
+    site = str(site_to_yaml(venv_site(), tmp_path / "cpu-venv.yaml"))
+    argv = ("submit", "--site", site, "--nodes", "2", "--model", "org/m")
+    code, _, err = cli(*argv, "--job-dir", str(home / "first"))
+    assert code == 0, err
+    code, out, err = cli(*argv, "--job-dir", str(home / "second"))
+    assert code == 0, err
+    assert out.strip() == "1"
+    assert "replaced" in err and str(home / "first") in err
+    got = registry().get("cpu-venv:1")
+    assert got.job_dir == str(home / "second")
+    key = (home / "second" / "secrets.env").read_text()
+    assert Path(got.api_key_file).read_text().strip() in key
+    assert len(registry().list()) == 1

@@ -193,6 +193,30 @@ class Registry:
                 self.check_free_name(rec.name)
             self._write(rec)
 
+    def add_submitted(self, rec: JobRecord) -> JobRecord | None:
+        """Register a job the scheduler has just accepted; returns the stale record it replaced.
+
+        Records are keyed ``SITE:JOB_ID``. slurmctld gives a new job only an id that no job it
+        holds has (``_set_job_id`` in slurmctld's job_mgr.c skips ids in use), so a record already
+        under that key names a job the scheduler no longer knows: its id came round again after
+        MaxJobId wrapped to FirstJobId, or after the controller lost its StateSaveLocation (a
+        rebuilt cluster, a lab brought up afresh). That record is replaced, with its secrets;
+        refusing it would leave the running job unrecorded. A name held by another job is still
+        refused (``submit`` checks it before ``sbatch``).
+        """
+        if rec.name is not None:
+            check_name(rec.name)
+        with self.locked():
+            path = self._record_path(rec.site, rec.job_id)
+            reused = path.exists()
+            stale = self._read(path) if reused else None
+            if rec.name is not None and (stale is None or stale.name != rec.name):
+                self.check_free_name(rec.name)
+            if reused:
+                self._forget_secrets(rec.site, rec.job_id)
+            self._write(rec)
+            return stale
+
     def update(self, rec: JobRecord) -> None:
         """Replace a known job's record (e.g. once endpoint.json gave the head address)."""
         with self.locked():
@@ -214,10 +238,13 @@ class Registry:
             rec = self.get(job_id)
             with contextlib.suppress(FileNotFoundError):
                 self._record_path(rec.site, rec.job_id).unlink()
-            secrets = self.root / "secrets" / rec.site / rec.job_id
-            if secrets.is_dir():
-                shutil.rmtree(secrets, ignore_errors=True)
+            self._forget_secrets(rec.site, rec.job_id)
             return rec
+
+    def _forget_secrets(self, site: str, job_id: str) -> None:
+        secrets = self.root / "secrets" / site / job_id
+        if secrets.is_dir():
+            shutil.rmtree(secrets, ignore_errors=True)
 
     def prune(
         self, older_than_s: float, keep: Callable[[JobRecord], bool] = lambda r: False

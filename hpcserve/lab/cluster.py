@@ -18,7 +18,9 @@ from typing import Any
 
 from hpcserve.errors import HpcserveError, UsageError
 from hpcserve.lab.config import (
+    MAX_JOB_ID,
     LabLayout,
+    job_id_sequence,
     render_cgroup_conf,
     render_slurm_conf,
     render_sshd_config,
@@ -93,7 +95,7 @@ def write_configs(lay: LabLayout) -> None:
         (lay.state_dir / d).mkdir(exist_ok=True)
     os.chmod(lay.state_dir, 0o755)
     files = {
-        "slurm.conf": render_slurm_conf(lay),
+        "slurm.conf": render_slurm_conf(lay, saved_next_job_id(lay)),
         "cgroup.conf": render_cgroup_conf(),
         "sshd_config": render_sshd_config(lay),
         "plugstack.conf": "",
@@ -101,6 +103,29 @@ def write_configs(lay: LabLayout) -> None:
     for name, text in files.items():
         (lay.etc / name).write_text(text)
     (lay.state_dir / "nodes").write_text(str(lay.nodes) + "\n")
+
+
+def saved_next_job_id(lay: LabLayout) -> int:
+    """The job id the last lab would have given next (1 when none was kept)."""
+    try:
+        n = int(lay.next_job_id_file.read_text().strip())
+    except (OSError, ValueError):
+        return 1
+    return n if 0 < n < MAX_JOB_ID else 1
+
+
+def keep_job_id_counter(lay: LabLayout) -> int | None:
+    """Keep the next job id from the copy of slurmctld's job_state that ``down.sh`` left in the
+    cache, then remove the copy; returns the id kept (None when there was no readable copy)."""
+    try:
+        data = lay.kept_job_state.read_bytes()
+    except OSError:
+        return None
+    lay.kept_job_state.unlink()
+    seq = job_id_sequence(data)
+    if seq is not None:
+        lay.next_job_id_file.write_text(f"{seq}\n")
+    return seq
 
 
 def up(lay: LabLayout, *, vllm: bool = True, echo: Echo = print) -> list[StepTime]:
@@ -135,10 +160,16 @@ def down(lay: LabLayout, *, purge: bool = False, echo: Echo = print) -> list[Ste
     require_root()
     times: list[StepTime] = []
     _timed("down", lambda: _run_script(lay, ["down.sh"], echo), echo, times)
+    kept = keep_job_id_counter(lay)
+    if kept is not None:
+        echo(f"    next job id {kept}: kept in {lay.next_job_id_file}")
     if purge and lay.cache_dir.exists():
         _timed(f"purge {lay.cache_dir}", lambda: shutil.rmtree(lay.cache_dir), echo, times)
     elif lay.cache_dir.exists():
-        echo(f"kept the cache {lay.cache_dir} (vLLM venv, tiny model); --purge removes it")
+        echo(
+            f"kept the cache {lay.cache_dir} (vLLM venv, tiny model, job-id counter); "
+            "--purge removes it"
+        )
     return times
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 STATE_DIR = Path(os.environ.get("HPCSERVE_LAB_STATE", "/var/lib/hpcserve-lab"))
 CACHE_DIR = Path(os.environ.get("HPCSERVE_LAB_CACHE", "/var/cache/hpcserve-lab"))
 VLLM_VERSION = "0.32.0"
+MAX_JOB_ID = 0x03FF0000  # slurm.conf MaxJobId's default (67043328); ids wrap to FirstJobId past it
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,21 @@ class LabLayout:
     def model(self) -> Path:
         return self.cache_dir / "models" / "tiny-llama"
 
+    @property
+    def job_state(self) -> Path:
+        """slurmctld's job state file (StateSaveLocation/job_state)."""
+        return self.state_dir / "slurmctld" / "job_state"
+
+    @property
+    def kept_job_state(self) -> Path:
+        """Where ``down.sh`` copies :attr:`job_state` before it removes the state dir."""
+        return self.cache_dir / "slurmctld" / "job_state"
+
+    @property
+    def next_job_id_file(self) -> Path:
+        """The job-id counter kept across ``lab down``/``lab up`` (one decimal number)."""
+        return self.cache_dir / "slurmctld" / "next_job_id"
+
     def script_env(self) -> dict[str, str]:
         """The environment the shell scripts read."""
         return {
@@ -112,8 +129,30 @@ class LabLayout:
         }
 
 
-def render_slurm_conf(lay: LabLayout) -> str:
+def job_id_sequence(job_state: bytes) -> int | None:
+    """The next job id slurmctld would give, from the header of its ``job_state`` file.
+
+    slurmctld (``dump_all_job_state`` in src/slurmctld/job_mgr.c) starts the file with a packed
+    string (big-endian u32 length counting the NUL, then the bytes: ``PROTOCOL_VERSION``), the
+    u16 protocol version, the u64 save time and the u32 ``job_id_sequence`` it keeps "so that the
+    job id remains persistent even after slurmctld is restarted". None when that is not there.
+    """
+    try:
+        (size,) = struct.unpack_from(">I", job_state, 0)
+        if job_state[4 : 4 + size] != b"PROTOCOL_VERSION\0":
+            return None
+        (seq,) = struct.unpack_from(">I", job_state, 4 + size + 2 + 8)
+    except struct.error:
+        return None
+    return int(seq) if 0 < seq < MAX_JOB_ID else None
+
+
+def render_slurm_conf(lay: LabLayout, first_job_id: int = 1) -> str:
     """slurm.conf: a controller on the bridge address, one node per namespace.
+
+    ``first_job_id`` is the counter kept from the last lab (``FirstJobId``): the state dir goes
+    with ``lab down``, so slurmctld would otherwise number jobs from 1 again, unlike a real
+    cluster, whose StateSaveLocation survives a restart.
 
     Nodes have ``cpus_per_node`` cores and are shared (cons_tres + CR_Core), so two jobs that
     ask one CPU per node run on the same nodes at once. No GRES: slurmd 22.05's gpu plugin
@@ -132,6 +171,7 @@ def render_slurm_conf(lay: LabLayout) -> str:
         "CredType=cred/munge",
         f"AuthInfo=socket={s}/munge/munge.socket",
         f"StateSaveLocation={s}/slurmctld",
+        f"FirstJobId={first_job_id}",
         f"SlurmdSpoolDir={s}/slurmd/%n",
         f"SlurmctldPidFile={s}/run/slurmctld.pid",
         f"SlurmdPidFile={s}/run/slurmd-%n.pid",

@@ -179,7 +179,12 @@ def submit(
 def _record(
     sub: Submission, req: LaunchRequest, *, remote: bool, api_key: str | None, name: str | None
 ) -> str | None:
-    """Add the job to the local registry; store its API key in a 0600 file. Returns that path."""
+    """Add the job to the local registry; store its API key in a 0600 file. Returns that path.
+
+    The job runs once sbatch has answered, so a record left under the same ``SITE:JOB_ID`` by a
+    job the scheduler no longer knows is replaced (:meth:`Registry.add_submitted`), with a
+    warning naming its job directory.
+    """
     from hpcserve.jobs.registry import Registry  # lazy: written by the jobs helper
 
     assert sub.job_id is not None
@@ -198,7 +203,12 @@ def _record(
         served_model_name=served if isinstance(served, str) else None,
     )
     registry = Registry()
-    registry.add(rec)
+    stale = registry.add_submitted(rec)
+    if stale is not None:
+        sub.warnings.append(
+            f"the scheduler gave job id {sub.job_id} again: replaced the record of the earlier "
+            f"job {stale.site}:{stale.job_id} ({stale.job_dir}), which it no longer knows"
+        )
     if api_key is None:
         return None
     path = Path(registry.secret_path(sub.job_id, "api_key"))

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Tear the local lab down: jobs, every process in the node namespaces (slurmd, slurmstepd, vLLM),
 # slurmctld, sshd (and its sessions), munged, the namespaces, veths, bridge, the /run/netns mount,
-# and the state directory. Idempotent: safe when the lab is half up or already down.
+# and the state directory (a copy of slurmctld's job_state goes to the cache first). Idempotent: safe when the lab is half up or already down.
 # Processes are found by their pid files and namespaces, never by name.
 #
-# Environment: LAB_STATE, LAB_BRIDGE, LAB_NS_PREFIX, LAB_VETH_PREFIX.
+# Environment: LAB_STATE, LAB_BRIDGE, LAB_NS_PREFIX, LAB_VETH_PREFIX; LAB_CACHE (optional).
 set -uo pipefail
 
 : "${LAB_STATE:?}" "${LAB_BRIDGE:?}" "${LAB_NS_PREFIX:?}" "${LAB_VETH_PREFIX:?}"
@@ -98,7 +98,15 @@ if mountpoint -q /run/netns 2>/dev/null && [ -z "$(ls -A /run/netns 2>/dev/null)
     umount /run/netns && echo "    umount /run/netns"
 fi
 
-# 5. State: config, logs, pid files, keys, job directories.
+# 5. The job-id counter: slurmctld wrote job_state when it stopped. A copy goes to the cache,
+#    where `lab down` keeps only the next job id from its header (the next `lab up` starts
+#    there: FirstJobId) and removes the copy.
+if [ -s "$LAB_STATE/slurmctld/job_state" ] && [ -n "${LAB_CACHE:-}" ]; then
+    mkdir -p "$LAB_CACHE/slurmctld"
+    cp "$LAB_STATE/slurmctld/job_state" "$LAB_CACHE/slurmctld/job_state"
+fi
+
+# 6. State: config, logs, pid files, keys, job directories.
 if [ -e "$LAB_STATE" ]; then
     rm -rf "$LAB_STATE" && echo "    rm -rf $LAB_STATE"
 fi
