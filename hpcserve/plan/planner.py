@@ -32,8 +32,8 @@ from hpcserve.plan.sizing import (
     WeightBytes,
     count_parameters,
     kv_dtype_bytes,
-    kv_memory_budget,
     kv_heads_per_rank,
+    kv_memory_budget,
     naive_kv_bytes_per_token,
     pp_partition,
     predict_kv_cache_tokens,
@@ -217,6 +217,7 @@ def make_plan(
     count = count_parameters(info)
     weights = weight_bytes(info, count)
     args = (length, utilization, kv_cache_dtype, overhead_gb, count)
+
     # A Plan of these inputs for a given fit (both branches below build one).
     def plan(fit: Fit, auto_nodes: bool, tried: list[str] | None = None) -> Plan:
         return Plan(
