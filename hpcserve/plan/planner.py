@@ -10,7 +10,6 @@ the ``--json`` output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any
 
 from hpcserve.errors import HpcserveError, UsageError
@@ -26,26 +25,28 @@ from hpcserve.plan.layout import (
 )
 from hpcserve.plan.modelinfo import ModelInfo
 from hpcserve.plan.sizing import (
-    ACTIVATION_OVERHEAD_GB,
     GB,
     KvPrediction,
+    MemoryBudget,
     ParamCount,
     WeightBytes,
     count_parameters,
     kv_dtype_bytes,
     kv_heads_per_rank,
+    kv_memory_budget,
     naive_kv_bytes_per_token,
     pp_partition,
     predict_kv_cache_tokens,
     ssm_state_dtype_bytes,
     stage_weight_bytes,
+    vllm_rules,
     weight_bytes,
 )
 from hpcserve.rules import resolve_dtype
 from hpcserve.sites.schema import Site
 
 MAX_AUTO_NODES = 64
-DEFAULT_UTILIZATION = 0.9  # vLLM's CacheConfig.gpu_memory_utilization default
+DEFAULT_UTILIZATION = 0.9  # vLLM's CacheConfig.gpu_memory_utilization default before 0.26
 
 
 @dataclass
@@ -57,6 +58,8 @@ class NodeShape:
     gpu_model: str = "GPU"
     site: str = "site"
     layout: str = PP_ACROSS_NODES  # the site's engine.layout: how TP and PP default over nodes
+    vllm_version: str | None = None  # the site's engine.vllm_version: whose memory rules apply
+    cpu_kv_space_gib: float | None = None  # engine.env VLLM_CPU_KVCACHE_SPACE (CPU builds)
 
     @property
     def device(self) -> str:
@@ -72,7 +75,19 @@ def node_shape(site: Site) -> NodeShape:
         gpu_model=site.node.gpu_model,
         site=site.name,
         layout=site.engine.layout,
+        vllm_version=site.engine.vllm_version,
+        cpu_kv_space_gib=_cpu_kv_space(site),
     )
+
+
+def _cpu_kv_space(site: Site) -> float | None:
+    """``VLLM_CPU_KVCACHE_SPACE`` (GiB) from the site's ``engine.env``; None when unset or 0."""
+    raw = site.engine.env.get("VLLM_CPU_KVCACHE_SPACE", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 @dataclass
@@ -84,6 +99,7 @@ class Fit:
     weights_per_gpu: list[float]  # bytes per GPU, per stage
     kv_budget_per_gpu: list[float]  # bytes per GPU, per stage
     kv: KvPrediction | None
+    budgets: list[MemoryBudget] = field(default_factory=list)  # per stage, vLLM's terms
 
     @property
     def fits(self) -> bool:
@@ -132,14 +148,34 @@ def evaluate(
     max_model_len: int,
     utilization: float,
     kv_cache_dtype: str,
-    overhead_gb: float,
+    overhead_gb: float | None,
     count: ParamCount,
 ) -> Fit:
-    """Weights per GPU, the KV budget left, and vLLM's KV numbers for one layout."""
+    """Weights per GPU, the KV budget left, and vLLM's KV numbers for one layout.
+
+    The budget is :func:`hpcserve.plan.sizing.kv_memory_budget` (vLLM's profiling, keyed on
+    the site's vLLM version); ``overhead_gb`` replaces its non-weight terms on GPU when given.
+    """
     stages = stage_weight_bytes(info, layout.pp, count)
     per_gpu = [s / layout.tp for s in stages]
-    usable = node.gpu_memory_gb * GB * utilization
-    budget = [usable - w - overhead_gb * GB for w in per_gpu]
+    rules = vllm_rules(node.vllm_version)
+    budgets = [
+        kv_memory_budget(
+            info,
+            node.gpu_memory_gb * GB,
+            utilization,
+            w,
+            layout.tp,
+            rules,
+            device=node.device,
+            cpu_kv_space_gib=node.cpu_kv_space_gib,
+        )
+        for w in per_gpu
+    ]
+    if overhead_gb is not None and node.device != "cpu":
+        budgets = [replace(b, activation=0.0, non_torch=overhead_gb * GB) for b in budgets]
+        budgets = [replace(b, available=b.requested - b.non_kv) for b in budgets]
+    budget = [b.available for b in budgets]
     kv = None
     if min(budget) > 0:
         kv = predict_kv_cache_tokens(
@@ -150,8 +186,9 @@ def evaluate(
             max_model_len=max_model_len,
             kv_cache_dtype=kv_cache_dtype,
             device=node.device,
+            report=rules.kv_report,
         )
-    return Fit(layout, stages, per_gpu, budget, kv)
+    return Fit(layout, stages, per_gpu, budget, kv, budgets)
 
 
 def make_plan(
@@ -163,9 +200,12 @@ def make_plan(
     max_model_len: int | None = None,
     utilization: float = DEFAULT_UTILIZATION,
     kv_cache_dtype: str = "auto",
-    overhead_gb: float = ACTIVATION_OVERHEAD_GB,
+    overhead_gb: float | None = None,
 ) -> Plan:
-    """Size ``info`` on ``node``-shaped nodes; ``nodes=None`` finds the smallest that fits."""
+    """Size ``info`` on ``node``-shaped nodes; ``nodes=None`` finds the smallest that fits.
+
+    ``overhead_gb`` None: the non-KV memory vLLM's profiling finds (``kv_memory_budget``).
+    """
     problems = vllm_flags.check_values(
         {"gpu_memory_utilization": utilization, "max_model_len": max_model_len}
     )
@@ -177,10 +217,14 @@ def make_plan(
     count = count_parameters(info)
     weights = weight_bytes(info, count)
     args = (length, utilization, kv_cache_dtype, overhead_gb, count)
+
     # A Plan of these inputs for a given fit (both branches below build one).
-    plan = partial(
-        Plan, info, node, length, utilization, kv_cache_dtype, overhead_gb, count, weights
-    )
+    def plan(fit: Fit, auto_nodes: bool, tried: list[str] | None = None) -> Plan:
+        return Plan(
+            info, node, length, utilization, kv_cache_dtype, _overhead_gb(fit), count,
+            weights, fit, auto_nodes, tried or [],
+        )  # fmt: skip
+
     if nodes is not None:
         layout = choose_layout(info, nodes, node.gpus, tp, pp, node.layout)
         fit = evaluate(info, node, layout, *args)
@@ -198,12 +242,17 @@ def make_plan(
         usable = world * node.gpu_memory_gb * GB * utilization
         tried.append(
             f"{n} node(s): {_gb(usable)} usable < {_gb(weights.total)} weights + "
-            f"{overhead_gb * world:g} GB overhead + KV for one {length:,}-token request"
+            f"{_overhead_gb(fit) * world:.2g} GB overhead + KV for one {length:,}-token request"
         )
     raise HpcserveError(
         f"{info.name} does not fit on up to {MAX_AUTO_NODES} nodes of {node.gpus} × "
         f"{node.gpu_memory_gb:g} GB at utilisation {utilization}"
     )
+
+
+def _overhead_gb(fit: Fit) -> float:
+    """Per-GPU memory besides weights and KV (the largest stage's), in GB."""
+    return max((b.non_kv - b.weights for b in fit.budgets), default=0.0) / GB
 
 
 def _auto_layout(
@@ -256,7 +305,7 @@ def plan_for_site(
         tp=tp,
         pp=pp,
         max_model_len=max_model_len,
-        utilization=DEFAULT_UTILIZATION
+        utilization=vllm_rules(site.engine.vllm_version).default_utilization
         if gpu_memory_utilization is None
         else gpu_memory_utilization,
         kv_cache_dtype=kv_cache_dtype or "auto",

@@ -47,9 +47,6 @@ from hpcserve.plan.modelinfo import DTYPE_BYTES, LINEAR_ATTENTION, ModelInfo, Qu
 GB = 1e9
 GIB = 1024**3
 
-#: Memory per GPU that is neither weights nor KV cache: CUDA context and NCCL buffers (~1 GB),
-#: the activation peak vLLM profiles with a max-size batch (~1.5 GB), CUDA graphs (~0.5 GB).
-ACTIVATION_OVERHEAD_GB = 3.0
 
 #: vLLM's default KV block size on CUDA (``CacheConfig.DEFAULT_BLOCK_SIZE``) and on CPU
 #: (``CpuPlatform.check_and_update_config``), and the smallest kernel block each backend takes
@@ -479,3 +476,147 @@ def parse_vllm_kv_log(text: str) -> dict[str, float]:
         out["max_model_len"] = float(m.group(1).replace(",", ""))
         out["max_concurrency"] = float(m.group(2))
     return out
+
+
+# --------------------------------------------------------------------------- memory budget
+
+#: The vLLM release whose rules apply when a site does not say (``engine.vllm_version``).
+DEFAULT_VLLM_VERSION = "0.32.0"
+
+#: ``max_num_batched_tokens`` and ``max_num_seqs`` of ``vllm serve`` on a data-centre GPU
+#: (``EngineArgs._set_default_args`` for the OpenAI server; the logs in ``tests/data`` print
+#: ``Chunked prefill is enabled with max_num_batched_tokens=8192``).
+PROFILE_TOKENS = 8192
+PROFILE_SEQS = 1024
+
+#: Torch memory the profile run holds whatever the model: persistent input buffers, the
+#: cuBLAS/attention workspaces (the tiny models of ``tests/data`` peak at 0.17-0.18 GiB).
+ACTIVATION_FLOOR = 0.1 * GIB
+
+#: Memory outside torch that appears between loading and the end of profiling (NCCL buffers,
+#: allocator slack): 0.06-0.22 GiB in the 0.26.0 logs of ``tests/data``.
+NON_TORCH = 0.2 * GIB
+
+#: The CPU worker's memory besides the KV cache and the weights (Python, torch, oneDNN).
+CPU_RUNTIME = 1.0 * GIB
+
+
+def _version(text: str) -> tuple[int, int]:
+    """``"0.26.0"`` -> ``(0, 26)``; anything unreadable is the default version."""
+    m = re.match(r"v?(\d+)\.(\d+)", text.strip())
+    if not m:
+        m = re.match(r"(\d+)\.(\d+)", DEFAULT_VLLM_VERSION)
+        assert m
+    return int(m.group(1)), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class VllmRules:
+    """The parts of vLLM's memory accounting that changed between releases."""
+
+    version: str
+    #: ``CacheConfig.gpu_memory_utilization`` default (0.26.0 logs: ``(0.92, ...)``).
+    default_utilization: float
+    #: How ``KV cache size: N tokens`` is computed: ``"capacity"`` (0.32: ``int(concurrency ×
+    #: max_model_len)``, ``get_kv_cache_capacity``) or ``"legacy"`` (older: ``num_blocks //
+    #: num_groups × block_size``, ``_report_kv_cache_config``).
+    kv_report: str
+    #: CPU backend without ``VLLM_CPU_KVCACHE_SPACE``: a fixed size in GiB (older
+    #: ``CpuPlatform.check_and_update_config``: 4) or None for the 0.32 ``cpu_worker.py`` rule
+    #: ``Auto set``: ``total × gpu_memory_utilization − the worker's RSS``.
+    cpu_kv_default_gib: float | None
+
+
+def vllm_rules(version: str | None) -> VllmRules:
+    """The rules of ``version`` (the site's ``engine.vllm_version``).
+
+    None: the newest known release's rules, except the utilisation default (0.9).
+    """
+    text = version or DEFAULT_VLLM_VERSION
+    v = _version(text)
+    return VllmRules(
+        version=text,
+        # unknown release: the long-standing 0.9, which leaves more room than 0.92
+        default_utilization=0.92 if version and v >= (0, 26) else 0.9,
+        kv_report="capacity" if v >= (0, 32) else "legacy",
+        cpu_kv_default_gib=None if v >= (0, 32) else 4.0,
+    )
+
+
+def activation_peak_bytes(info: ModelInfo, tp: int, tokens: int = PROFILE_TOKENS) -> float:
+    """Torch peak of vLLM's profile run (``gpu_model_runner.profile_run``) on one rank.
+
+    One forward of ``tokens`` tokens keeps a few hidden-size tensors and one MLP (or fused-MoE)
+    intermediate live at a time; the dummy sampler run makes float32 logits for
+    ``PROFILE_SEQS`` requests over the whole vocabulary (and a softmax copy).
+    """
+    b = info.dtype_bytes
+    mlp = info.intermediate_size or 4 * info.hidden_size
+    if info.is_moe and info.moe_intermediate_size:
+        mlp = info.moe_intermediate_size * max(info.experts_per_token, 1)
+    forward = tokens * b * (4 * info.hidden_size + 2 * mlp // tp)
+    sampler = PROFILE_SEQS * info.vocab_size * 4 * 2
+    return ACTIVATION_FLOOR + forward + sampler
+
+
+@dataclass
+class MemoryBudget:
+    """One rank's memory the way vLLM's worker splits it before sizing the KV cache."""
+
+    total: float  # the device's memory (on CPU: the rank's memory)
+    requested: float  # total × gpu_memory_utilization
+    weights: float
+    activation: float  # torch peak of the profile run (0 on CPU)
+    non_torch: float  # NCCL, allocator slack (on CPU: the worker's runtime)
+    available: float  # "Available KV cache memory" / the CPU worker's KV space
+
+    @property
+    def non_kv(self) -> float:
+        """What is not KV cache: weights, activation peak, non-torch memory."""
+        return self.weights + self.activation + self.non_torch
+
+
+def kv_memory_budget(
+    info: ModelInfo,
+    total_bytes: float,
+    utilization: float,
+    weight_bytes_per_rank: float,
+    tp: int,
+    rules: VllmRules,
+    device: str = "cuda",
+    cpu_kv_space_gib: float | None = None,
+) -> MemoryBudget:
+    """The KV memory of one rank, as vLLM's worker ``determine_available_memory`` finds it.
+
+    GPU (``vllm/v1/worker/gpu_worker.py``, ``vllm/utils/mem_utils.py`` ``memory_profiling``):
+    ``requested = total × utilization``; ``non_kv = weights + torch peak increase of the
+    profile run + non-torch increase``; ``available = requested − non_kv``. The CUDA-graph
+    estimate enters only with ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` (off by default:
+    the 0.26.0 logs print it but leave it out of the available figure).
+    CPU (``vllm/v1/worker/cpu_worker.py``): ``VLLM_CPU_KVCACHE_SPACE`` GiB when set (vLLM
+    refuses it when it exceeds the memory left), else ``rules.cpu_kv_default_gib`` or the
+    ``Auto set`` rule ``requested − RSS``.
+    """
+    requested = total_bytes * utilization
+    if device == "cpu":
+        return _cpu_budget(total_bytes, requested, weight_bytes_per_rank, rules, cpu_kv_space_gib)
+    act = activation_peak_bytes(info, tp)
+    non_kv = weight_bytes_per_rank + act + NON_TORCH
+    return MemoryBudget(
+        total_bytes, requested, weight_bytes_per_rank, act, NON_TORCH, requested - non_kv
+    )
+
+
+def _cpu_budget(
+    total: float, requested: float, weights: float, rules: VllmRules, space_gib: float | None
+) -> MemoryBudget:
+    """The CPU worker's KV space: explicit, the old fixed default, or ``Auto set``."""
+    explicit = space_gib if space_gib else rules.cpu_kv_default_gib
+    left = total - weights - CPU_RUNTIME
+    if explicit is None:
+        kv = requested - weights - CPU_RUNTIME
+    else:
+        kv = explicit * GIB
+        if kv > left:  # "Available memory on node ... is less than requested memory for kv"
+            kv = left - kv
+    return MemoryBudget(total, requested, weights, 0.0, CPU_RUNTIME, kv)

@@ -149,6 +149,14 @@ class Engine:
     """vLLM process settings that depend on the site, not on the model."""
 
     vllm: str = field(default="vllm", metadata=meta("The vllm executable (inside the container)."))
+    vllm_version: str | None = field(
+        default=None,
+        metadata=meta(
+            "vLLM release the image or venv holds, e.g. 0.26.0: `plan` applies that release's "
+            "memory rules (default utilisation, KV token count); unset: the newest known.",
+            example="0.26.0",
+        ),
+    )
     port: int = field(default=8000, metadata=meta("Lowest API port tried on the head.", min=1024))
     env: dict[str, str] = field(
         default_factory=dict, metadata=meta("Extra environment for vLLM, name -> value.")
