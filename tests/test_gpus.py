@@ -33,7 +33,7 @@ def site_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def plan_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
-    code, out, err = run_main(capsys, "plan", "--site", "s", *args, "--json")
+    code, out, err = run_main(capsys, "plan", "--site", "s", "--model", "m", *args, "--json")
     assert code in (0, 1), err
     data: dict[str, object] = json.loads(out)
     return data
@@ -67,7 +67,7 @@ def test_plan_prints_every_memory_figure_in_gib(
     capsys: pytest.CaptureFixture[str], site_dir: Path
 ) -> None:
     (site_dir / "s.yaml").write_text(site_text("{gpus: 4, gpu_model: A100-40GB}"))
-    code, out, _ = run_main(capsys, "plan", "--site", "s", "--config-json", GPTQ)
+    code, out, _ = run_main(capsys, "plan", "--site", "s", "--model", "m", "--config-json", GPTQ)
     assert code == 0
     assert " GB" not in out
     assert "usable per GPU: 40.0 GiB × 0.9 = 36.0 GiB; per node: 4 × 36.0 GiB = 144.0 GiB" in out
@@ -81,7 +81,7 @@ def test_the_reason_a_layout_does_not_fit_shows_every_term(
 ) -> None:
     (site_dir / "s.yaml").write_text(site_text("{gpus: 4, gpu_model: A100-40GB}"))
     code, out, _ = run_main(
-        capsys, "plan", "--site", "s", "--config-json", GPTQ, "--nodes", "1"
+        capsys, "plan", "--site", "s", "--model", "m", "--config-json", GPTQ, "--nodes", "1"
     )
     assert code == 1
     reason = next(line for line in out.splitlines() if line.startswith("does not fit:"))
@@ -110,7 +110,7 @@ def test_the_table_covers_common_data_centre_gpus() -> None:
 def test_four_t4s_take_two_lines() -> None:
     site = parse_site(site_text("\n  gpus: 4\n  gpu_model: T4"), "s.yaml")
     plan = plan_for_site(site, load_model_info("m", QWEN7B), nodes=1, max_model_len=4096)
-    assert plan.node.gpu_memory_mib == 15360 and plan.node.capability == (7, 5)
+    assert plan.node.gpu_memory_mib == 16 * 1024 and plan.node.capability == (7, 5)
 
 
 def test_an_unknown_gpu_without_memory_is_refused() -> None:
