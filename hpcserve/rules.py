@@ -126,3 +126,36 @@ def resolve_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     return DTYPE_ALIASES.get(dtype, dtype)
+
+
+def serving_dtype(
+    dtype: str, checkpoint: str, supported: tuple[str, ...], device: str = "GPU"
+) -> tuple[str, str | None]:
+    """The dtype vLLM serves in, and a note when it is not the checkpoint's: ``(dtype, note)``.
+
+    ``dtype`` is a ``--dtype`` word (:func:`resolve_dtype`), ``checkpoint`` the config's
+    ``torch_dtype``, ``supported`` the device's dtypes, preferred first. As
+    ``_resolve_auto_dtype`` in vLLM's ``vllm/config/model.py``: ``auto`` downcasts float32 to
+    the preferred dtype and keeps a supported checkpoint dtype, else takes the preferred one
+    (vLLM warns); an explicit bfloat16 the device lacks is refused as
+    ``CudaPlatform.check_if_supports_dtype`` refuses it.
+    """
+    word = resolve_dtype(dtype)
+    checkpoint = DTYPE_ALIASES.get(checkpoint, checkpoint)
+    if word != "auto":
+        if word not in supported:
+            raise UsageError(
+                f"--dtype {dtype}: {device} cannot run {word} ({word} needs compute capability "
+                "8.0); use --dtype half (float16)"
+            )
+        return word, None
+    if checkpoint not in ("float16", "bfloat16", "float32"):
+        return "auto", None  # not a dtype vLLM compares: the planner keeps its own reading
+    if checkpoint == "float32":
+        return supported[0], None
+    if checkpoint in supported:
+        return checkpoint, None
+    return supported[0], (
+        f"dtype auto: {device} has no {checkpoint}, so vLLM serves this {checkpoint} "
+        f"checkpoint in {supported[0]} (pass --dtype {supported[0]} to say so)"
+    )

@@ -48,7 +48,7 @@ def test_worked_example_prints_the_arithmetic(capsys: pytest.CaptureFixture[str]
         "0.9",
     )
     assert code == 0
-    assert "usable per GPU: 40 GB × 0.9 = 36.0 GB; per node: 4 × 36.0 GB = 144.0 GB" in out
+    assert "usable per GPU: 40.0 GiB × 0.9 = 36.0 GiB; per node: 4 × 36.0 GiB = 144.0 GiB" in out
     assert "weights: " in out and "× 0.5 B + scales" in out
     assert "layout: TP=4 × PP=2 = 8 GPUs on 2 node(s)" in out
     assert "GPU KV cache size:" in out
@@ -62,10 +62,10 @@ def test_json_gives_the_same_numbers(capsys: pytest.CaptureFixture[str]) -> None
     assert code == 0
     data = json.loads(out)
     assert (data["nodes"], data["tp"], data["pp"]) == (2, 4, 2)
-    assert data["usable_per_node_bytes"] == pytest.approx(144e9)
+    assert data["usable_per_node_bytes"] == pytest.approx(144 * 2**30)
     assert data["fits"] is True
     assert f"{data['kv']['tokens']:,} tokens" in text
-    assert f"{data['weights']['estimated_bytes'] / 1e9:.1f} GB" in text
+    assert f"{data['weights']['estimated_bytes'] / 2**30:.1f} GiB" in text
 
 
 def test_explicit_nodes_that_do_not_fit_exit_1(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,7 @@ from hpcserve.plan.sizing import (
 )
 
 DATA = Path(__file__).parent / "data" / "models"
-MELUXINA = NodeShape(gpus=4, gpu_memory_gb=40, gpu_model="A100-40GB", site="meluxina")
+MELUXINA = NodeShape(gpus=4, gpu_memory_mib=40 * 1024, gpu_model="A100-40GB", site="meluxina")
 
 
 def model(name: str) -> ModelInfo:
@@ -36,7 +36,7 @@ def model(name: str) -> ModelInfo:
 def test_worked_example_qwen35_397b_gptq_on_meluxina_needs_two_nodes() -> None:
     info = model("qwen3.5-397b-a17b-gptq-int4")
     plan = make_plan(info, MELUXINA, nodes=None, utilization=0.9)
-    assert plan.usable_per_node == pytest.approx(144 * GB)  # 4 × 40 GB × 0.9
+    assert plan.usable_per_node == pytest.approx(144 * GIB)  # 4 × 40 GiB × 0.9
     assert 395e9 < plan.params.total < 398e9  # "397B", all 512 experts counted
     assert 195 * GB < plan.weights.total < 215 * GB  # int4 ≈ 199 GB + scales + 16-bit parts
     assert plan.weights.total > plan.usable_per_node  # one node cannot hold the weights
@@ -228,7 +228,7 @@ def test_parse_vllm_kv_log_current_and_older_formats() -> None:
 
 
 def test_cpu_site_plans_with_cpu_blocks() -> None:
-    node = NodeShape(gpus=1, gpu_memory_gb=16, gpu_model="cpu", site="local")
+    node = NodeShape(gpus=1, gpu_memory_mib=16 * 1024, gpu_model="cpu", site="local")
     plan = make_plan(model("qwen2.5-7b-instruct"), node, nodes=2, max_model_len=4096)
     assert plan.fit.kv is not None and plan.fit.kv.layout.block_size == 128
     assert any('"CPU KV cache size:' in line for line in plan.lines())

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from hpcserve.errors import ConfigError, UsageError
+from hpcserve.plan.gpus import memory_mib
 from hpcserve.sites import loader as sitelib
 from hpcserve.sites.schema import Site
 
@@ -27,7 +28,9 @@ def _summary(site: Site, origin: str) -> dict[str, Any]:
         "description": site.description,
         "gpus_per_node": site.node.gpus,
         "gpu_model": site.node.gpu_model,
-        "gpu_memory_gb": site.node.gpu_memory_gb,
+        "gpu_memory_mib": memory_mib(
+            site.node.gpu_model, site.node.gpu_memory_mib, site.node.gpu_memory_gb
+        ),
         "login": site.login[0].host if site.login else None,
         "origin": origin,
         "path": site.path,

@@ -14,6 +14,7 @@ from typing import Any
 
 from hpcserve.errors import HpcserveError, UsageError
 from hpcserve.launch import vllm_flags
+from hpcserve.plan.gpus import MIB, GpuSpec, gpu_spec, kernel_notes, memory_mib
 from hpcserve.plan.layout import (
     PP_ACROSS_NODES,
     TP_ACROSS_NODES,
@@ -26,6 +27,7 @@ from hpcserve.plan.layout import (
 from hpcserve.plan.modelinfo import ModelInfo
 from hpcserve.plan.sizing import (
     GB,
+    GIB,
     KvPrediction,
     MemoryBudget,
     ParamCount,
@@ -42,41 +44,78 @@ from hpcserve.plan.sizing import (
     vllm_rules,
     weight_bytes,
 )
-from hpcserve.rules import resolve_dtype
+from hpcserve.rules import serving_dtype
 from hpcserve.sites.schema import Site
 
 MAX_AUTO_NODES = 64
 DEFAULT_UTILIZATION = 0.9  # vLLM's CacheConfig.gpu_memory_utilization default before 0.26
 
 
+#: What vLLM's CPU backend computes in (``CpuPlatform.supported_dtypes`` on x86/aarch64).
+CPU_DTYPES = ("bfloat16", "float16", "float32")
+
+
 @dataclass
 class NodeShape:
-    """What the planner needs of a site's node."""
+    """What the planner needs of a site's node: memory per GPU in MiB, as nvidia-smi prints it,
+    and the GPU's table entry (``gpu``; None for a CPU build or a GPU the table lacks)."""
 
     gpus: int
-    gpu_memory_gb: float
+    gpu_memory_mib: float
     gpu_model: str = "GPU"
     site: str = "site"
     layout: str = PP_ACROSS_NODES  # the site's engine.layout: how TP and PP default over nodes
     vllm_version: str | None = None  # the site's engine.vllm_version: whose memory rules apply
     cpu_kv_space_gib: float | None = None  # engine.env VLLM_CPU_KVCACHE_SPACE (CPU builds)
+    gpu: GpuSpec | None = None
 
     @property
     def device(self) -> str:
         """``cpu`` for CPU-only sites (vLLM's CPU backend pages KV in blocks of 128)."""
         return "cpu" if self.gpu_model.lower().startswith("cpu") else "cuda"
 
+    @property
+    def gpu_memory_bytes(self) -> float:
+        return self.gpu_memory_mib * MIB
+
+    @property
+    def capability(self) -> tuple[int, int] | None:
+        return self.gpu.capability if self.gpu else None
+
+    def describe(self) -> str:
+        """``T4 (compute capability 7.5)``: the device as notes and errors name it."""
+        if self.gpu is None:
+            return self.gpu_model
+        return f"{self.gpu.name} (compute capability {self.gpu.capability_text})"
+
+    @property
+    def supported_dtypes(self) -> tuple[str, ...]:
+        """The device's dtypes, preferred first (an unknown GPU is taken to have bf16)."""
+        if self.device == "cpu" or self.gpu is None:
+            return CPU_DTYPES
+        return self.gpu.supported_dtypes
+
 
 def node_shape(site: Site) -> NodeShape:
-    """The planner's view of ``site``'s nodes, its ``engine.layout`` included."""
+    """The planner's view of ``site``'s nodes: memory from ``gpu_memory_mib``,
+    ``gpu_memory_gb`` (as GiB) or the GPU table (:mod:`hpcserve.plan.gpus`), its
+    ``engine.layout`` included."""
+    node = site.node
+    mib = memory_mib(node.gpu_model, node.gpu_memory_mib, node.gpu_memory_gb)
+    if mib is None:  # the loader refuses such a site; a Site built in code may still be one
+        raise UsageError(
+            f"site {site.name}: node.gpu_model {node.gpu_model!r} is not in the GPU table; "
+            "give node.gpu_memory_mib"
+        )
     return NodeShape(
-        gpus=site.node.gpus,
-        gpu_memory_gb=site.node.gpu_memory_gb,
-        gpu_model=site.node.gpu_model,
+        gpus=node.gpus,
+        gpu_memory_mib=mib,
+        gpu_model=node.gpu_model,
         site=site.name,
         layout=site.engine.layout,
         vllm_version=site.engine.vllm_version,
         cpu_kv_space_gib=_cpu_kv_space(site),
+        gpu=gpu_spec(node.gpu_model),
     )
 
 
@@ -88,6 +127,12 @@ def _cpu_kv_space(site: Site) -> float | None:
     except ValueError:
         return None
     return value if value > 0 else None
+
+
+def overhead_bytes(overhead_gb: float) -> float:
+    """Memory per GPU that is neither weights nor KV cache: the one place the planner asks
+    :mod:`hpcserve.plan.sizing` for it."""
+    return overhead_gb * GB
 
 
 @dataclass
@@ -128,7 +173,11 @@ class Plan:
 
     @property
     def usable_per_gpu(self) -> float:
-        return self.node.gpu_memory_gb * GB * self.utilization
+        return self.node.gpu_memory_bytes * self.utilization
+
+    @property
+    def overhead_bytes(self) -> float:
+        return overhead_bytes(self.overhead_gb)
 
     @property
     def usable_per_node(self) -> float:
@@ -162,7 +211,7 @@ def evaluate(
     budgets = [
         kv_memory_budget(
             info,
-            node.gpu_memory_gb * GB,
+            node.gpu_memory_bytes,
             utilization,
             w,
             layout.tp,
@@ -238,15 +287,53 @@ def make_plan(
         fit = evaluate(info, node, layout_or_why, *args)
         if fit.fits:
             return plan(fit, auto_nodes=True, tried=tried)
-        world = layout_or_why.world_size
-        usable = world * node.gpu_memory_gb * GB * utilization
-        tried.append(
-            f"{n} node(s): {_gb(usable)} usable < {_gb(weights.total)} weights + "
-            f"{_overhead_gb(fit) * world:.2g} GB overhead + KV for one {length:,}-token request"
-        )
+        tried.append(f"{n} node(s): {shortfall(info, node, fit, *args)}")
     raise HpcserveError(
         f"{info.name} does not fit on up to {MAX_AUTO_NODES} nodes of {node.gpus} × "
-        f"{node.gpu_memory_gb:g} GB at utilisation {utilization}"
+        f"{_gib(node.gpu_memory_bytes)} at utilisation {utilization}"
+    )
+
+
+def request_kv_bytes(
+    info: ModelInfo, node: NodeShape, fit: Fit, max_model_len: int, kv_cache_dtype: str
+) -> list[float]:
+    """KV bytes per GPU, per PP stage, that one request of ``max_model_len`` tokens takes."""
+    lay = fit.layout
+    kv = fit.kv or predict_kv_cache_tokens(
+        info,
+        [0.0] * lay.pp,
+        tp=lay.tp,
+        pp=lay.pp,
+        max_model_len=max_model_len,
+        kv_cache_dtype=kv_cache_dtype,
+        device=node.device,
+    )
+    return [float(kv.blocks_per_request * b) for b in kv.bytes_per_block]
+
+
+def shortfall(
+    info: ModelInfo,
+    node: NodeShape,
+    fit: Fit,
+    max_model_len: int,
+    utilization: float,
+    kv_cache_dtype: str,
+    overhead_gb: float | None = None,
+    count: ParamCount | None = None,
+) -> str:
+    """Why ``fit`` does not fit, every term per GPU of its fullest stage: usable memory against
+    weights + non-KV overhead (vLLM's profiled terms, :attr:`Fit.budgets`) + KV for one
+    ``max_model_len``-token request."""
+    req = request_kv_bytes(info, node, fit, max_model_len, kv_cache_dtype)
+    over = [b.non_kv - b.weights for b in fit.budgets]
+    need = [w + o + r for w, o, r in zip(fit.weights_per_gpu, over, req, strict=True)]
+    s = max(range(len(need)), key=need.__getitem__)
+    usable = fit.budgets[s].requested
+    where = f" (stage {s} of {len(need)})" if len(need) > 1 else ""
+    return (
+        f"per GPU{where}: {_gib(usable)} usable < {_gib(fit.weights_per_gpu[s])} weights + "
+        f"{_gib(over[s])} non-KV overhead + {_gib(req[s])} KV for one {max_model_len:,}-token "
+        f"request = {_gib(need[s])}"
     )
 
 
@@ -297,10 +384,10 @@ def plan_for_site(
     problems = vllm_flags.check_values(values)
     if problems:
         raise UsageError("; ".join(problems))
-    served = resolve_dtype(dtype or "auto")
+    node = node_shape(site)
     return make_plan(
-        replace(info, served_dtype=served),
-        node_shape(site),
+        for_node(info, node, dtype or "auto"),
+        node,
         nodes=nodes,
         tp=tp,
         pp=pp,
@@ -312,11 +399,22 @@ def plan_for_site(
     )
 
 
+def for_node(info: ModelInfo, node: NodeShape, dtype: str) -> ModelInfo:
+    """``info`` as vLLM would serve it on ``node``: the dtype ``dtype`` resolves to
+    (:func:`hpcserve.rules.serving_dtype`), and a note for each thing the GPU cannot run."""
+    served, note = serving_dtype(dtype, info.torch_dtype, node.supported_dtypes, node.describe())
+    notes = list(info.notes) + ([note] if note else [])
+    if node.gpu is not None and info.quant is not None:
+        notes += kernel_notes(info.quant.method, node.gpu)
+    return replace(info, served_dtype=served, notes=notes)
+
+
 # --------------------------------------------------------------------------- printing
 
 
-def _gb(x: float) -> str:
-    return f"{x / GB:.1f} GB"
+def _gib(x: float) -> str:
+    """Memory as vLLM logs it: GiB (2^30 bytes)."""
+    return f"{x / GIB:.1f} GiB"
 
 
 def _e9(x: float) -> str:
@@ -324,7 +422,7 @@ def _e9(x: float) -> str:
 
 
 def _mb(x: float) -> str:
-    return f"{x / 1e6:.2f} MB" if x >= 1e6 else f"{x / 1e3:.1f} kB"
+    return f"{x / MIB:.2f} MiB" if x >= MIB else f"{x / 1024:.1f} KiB"
 
 
 def _model_line(info: ModelInfo) -> str:
@@ -347,16 +445,16 @@ def _model_line(info: ModelInfo) -> str:
 
 def weight_line(w: WeightBytes, info: ModelInfo) -> str:
     if info.quant is None:
-        line = f"weights: {_e9(w.params)} params × {w.dtype_bytes} B = {_gb(w.estimated_total)}"
+        line = f"weights: {_e9(w.params)} params × {w.dtype_bytes} B = {_gib(w.estimated_total)}"
     else:
         line = (
             f"weights: {_e9(w.quantised_params)} params × {w.bytes_per_quantised_param:g} B"
-            f" + scales {_gb(w.scale_bytes)}"
+            f" + scales {_gib(w.scale_bytes)}"
             f" + {_e9(w.unquantised_params)} unquantised × {w.dtype_bytes} B"
-            f" ({_gb(w.unquantised_bytes)}) = {_gb(w.estimated_total)}"
+            f" ({_gib(w.unquantised_bytes)}) = {_gib(w.estimated_total)}"
         )
     if w.exact_total:
-        line += f"; safetensors index says {_gb(w.exact_total)} (used)"
+        line += f"; safetensors index says {_gib(w.exact_total)} (used)"
     return line
 
 
@@ -366,9 +464,7 @@ def plan_lines(p: Plan) -> list[str]:
     out = [_model_line(info)]
     if info.config_path:
         out.append(f"config: {info.config_path}")
-    out.append(
-        f"site: {node.site}: {node.gpus} × {node.gpu_model} ({node.gpu_memory_gb:g} GB) per node"
-    )
+    out.append(f"site: {node.site}: {node.gpus} × {_gpu_text(node)} per node")
     cats = p.params.by_category
     top = sorted(((v, k) for k, v in cats.items() if v), reverse=True)[:4]
     out.append(
@@ -381,9 +477,9 @@ def plan_lines(p: Plan) -> list[str]:
     if p.weights.unquantised_categories:
         out.append("  kept in 16 bit: " + ", ".join(p.weights.unquantised_categories))
     out.append(
-        f"usable per GPU: {node.gpu_memory_gb:g} GB × {p.utilization:g} = "
-        f"{_gb(p.usable_per_gpu)}; per node: {node.gpus} × {_gb(p.usable_per_gpu)} = "
-        f"{_gb(p.usable_per_node)}"
+        f"usable per GPU: {_gib(node.gpu_memory_bytes)} × {p.utilization:g} = "
+        f"{_gib(p.usable_per_gpu)}; per node: {node.gpus} × {_gib(p.usable_per_gpu)} = "
+        f"{_gib(p.usable_per_node)}"
     )
     for t in p.tried:
         out.append(f"  {t}")
@@ -396,14 +492,29 @@ def plan_lines(p: Plan) -> list[str]:
         zip(fit.stage_weights, fit.weights_per_gpu, fit.kv_budget_per_gpu, strict=True)
     ):
         out.append(
-            f"stage {s} ({parts[s]} layers): weights {_gb(sw)} / TP {lay.tp} = {_gb(wg)} per GPU;"
-            f" KV budget {_gb(p.usable_per_gpu)} − {_gb(wg)} − {p.overhead_gb:g} GB overhead"
-            f" = {_gb(bud)}"
+            f"stage {s} ({parts[s]} layers): weights {_gib(sw)} / TP {lay.tp} = {_gib(wg)} per GPU;"
+            f" KV budget {_gib(p.usable_per_gpu)} − {_gib(wg)} − {_gib(p.overhead_bytes)}"
+            " non-KV overhead"
+            f" = {_gib(bud)}"
         )
     out += kv_lines(p)
     out += [f"note: {n}" for n in info.notes]
+    if not fit.fits:
+        out.append("does not fit: " + shortfall(info, node, fit, *_fit_args(p)))
     out.append(verdict(p))
     return out
+
+
+def _fit_args(p: Plan) -> tuple[int, float, str, float]:
+    return p.max_model_len, p.utilization, p.kv_cache_dtype, p.overhead_gb
+
+
+def _gpu_text(node: NodeShape) -> str:
+    """``A100-40GB (40.0 GiB = 40,960 MiB, compute capability 8.0)``."""
+    parts = [f"{_gib(node.gpu_memory_bytes)} = {node.gpu_memory_mib:,.0f} MiB"]
+    if node.gpu is not None:
+        parts.append(f"compute capability {node.gpu.capability_text}")
+    return f"{node.gpu_model} ({', '.join(parts)})"
 
 
 def _layout_note(lay: Layout, node: NodeShape) -> str:
@@ -460,7 +571,7 @@ def kv_lines(p: Plan) -> list[str]:
         )
     for s, (bud, bpb) in enumerate(zip(fit.kv_budget_per_gpu, kv.bytes_per_block, strict=True)):
         out.append(
-            f"stage {s} blocks: {_gb(bud)} / ({bpb // lay.page_bytes} layers × "
+            f"stage {s} blocks: {_gib(bud)} / ({bpb // lay.page_bytes} layers × "
             f"{_mb(lay.page_bytes)}) = {int(bud // bpb)}"
         )
     pool = "CPU" if p.node.device == "cpu" else "GPU"
@@ -492,7 +603,7 @@ def verdict(p: Plan) -> str:
         )
     return (
         f"verdict: does NOT fit on {lay.nodes} node(s): weights and one "
-        f"{p.max_model_len}-token request exceed {_gb(p.usable_per_node * lay.nodes)}; "
+        f"{p.max_model_len}-token request exceed {_gib(p.usable_per_node * lay.nodes)}; "
         "try --nodes auto, a smaller --max-model-len, or --kv-cache-dtype fp8"
     )
 
@@ -507,14 +618,19 @@ def plan_dict(p: Plan) -> dict[str, Any]:
         "config_path": info.config_path,
         "site": p.node.site,
         "gpus_per_node": p.node.gpus,
-        "gpu_memory_gb": p.node.gpu_memory_gb,
+        "gpu_model": p.node.gpu_model,
+        "gpu_memory_mib": p.node.gpu_memory_mib,
+        "gpu_memory_gib": p.node.gpu_memory_bytes / GIB,
+        "compute_capability": p.node.gpu.capability_text if p.node.gpu else None,
+        "bf16": "bfloat16" in p.node.supported_dtypes,
+        "fp8": p.node.gpu.fp8 if p.node.gpu else None,
         "gpu_memory_utilization": p.utilization,
         "max_model_len": p.max_model_len,
         "kv_cache_dtype": p.kv_cache_dtype,
         "dtype": info.served_dtype or "auto",
         "dtype_bytes": info.dtype_bytes,
         "layout_mode": p.node.layout,
-        "overhead_gb_per_gpu": p.overhead_gb,
+        "overhead_bytes_per_gpu": p.overhead_bytes,
         "params": p.params.total,
         "params_by_category": p.params.by_category,
         "weights": {
@@ -537,6 +653,9 @@ def plan_dict(p: Plan) -> dict[str, Any]:
         "stage_weight_bytes": fit.stage_weights,
         "weights_per_gpu_bytes": fit.weights_per_gpu,
         "kv_budget_per_gpu_bytes": fit.kv_budget_per_gpu,
+        "kv_bytes_per_request_per_gpu": request_kv_bytes(
+            info, p.node, fit, p.max_model_len, p.kv_cache_dtype
+        ),
         "kv": None
         if kv is None
         else {

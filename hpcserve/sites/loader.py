@@ -27,6 +27,7 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from hpcserve.errors import ConfigError, UsageError
+from hpcserve.plan.gpus import known_names, memory_mib
 from hpcserve.resources import site_configs_dir
 from hpcserve.rules import is_env_name, is_slurm_time
 from hpcserve.sites.schema import Site
@@ -418,6 +419,28 @@ def _check_login(site: Site, rep: _Report) -> None:
             rep.add(at(f"{key}.host"), f"{key}.host", msg)
 
 
+def _check_node(site: Site, rep: _Report) -> None:
+    """Memory per GPU comes from one place: gpu_memory_mib, gpu_memory_gb or the GPU table."""
+    if rep.broken("node"):
+        return
+    node, at = site.node, rep.line_of
+    if node.gpu_memory_mib is not None and node.gpu_memory_gb is not None:
+        rep.add(
+            at("node.gpu_memory_gb"),
+            "node.gpu_memory_gb",
+            "give gpu_memory_mib or gpu_memory_gb, not both",
+        )
+    if memory_mib(node.gpu_model, node.gpu_memory_mib, node.gpu_memory_gb) is None:
+        close = did_you_mean(node.gpu_model, known_names())
+        hint = f"did you mean {close!r}? " if close else ""
+        rep.add(
+            at("node.gpu_model"),
+            "node.gpu_model",
+            f"{node.gpu_model!r} is not in the GPU table ({hint}known: "
+            f"{', '.join(known_names())}): name one, or give node.gpu_memory_mib",
+        )
+
+
 def _check_engine_port(site: Site, rep: _Report) -> None:
     if not rep.broken("engine.port") and site.engine.port > 65535:
         msg = f"expected a port <= 65535, found {site.engine.port}"
@@ -484,6 +507,7 @@ _SITE_RULES: tuple[Callable[[Site, _Report], None], ...] = (
     _check_name,
     _check_container,
     _check_login,
+    _check_node,
     _check_engine_port,
     _check_time,
     _check_extra_sbatch,

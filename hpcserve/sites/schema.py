@@ -79,8 +79,31 @@ class Node:
     """Shape of one compute node."""
 
     gpus: int = field(metadata=meta("GPUs per node; becomes the tensor-parallel size.", min=1))
-    gpu_model: str = field(metadata=meta("GPU model, e.g. A100-40GB, H100, GH200."))
-    gpu_memory_gb: float = field(metadata=meta("Memory per GPU in GB (10^9 bytes).", min=0.1))
+    gpu_model: str = field(
+        metadata=meta(
+            "GPU model. A name from the GPU table (T4, V100-16GB, V100-32GB, A10, L4, L40S, "
+            "A100-40GB, A100-64GB, A100-80GB, H100, H200, GH200, B200, MI250X, MI300X; "
+            "docs/plan.md) gives memory and compute capability; any other name (or 'cpu' "
+            "for a CPU build) needs gpu_memory_mib or gpu_memory_gb.",
+            example="A100-40GB",
+        )
+    )
+    gpu_memory_mib: int | None = field(
+        default=None,
+        metadata=meta(
+            "Memory per GPU as nvidia-smi prints it (memory.total in MiB, e.g. 81920); "
+            "overrides the GPU table.",
+            min=1,
+        ),
+    )
+    gpu_memory_gb: float | None = field(
+        default=None,
+        metadata=meta(
+            "Memory per GPU as sold ('80GB'), read as GiB like vLLM (80 -> 81920 MiB); "
+            "overrides the GPU table. Give this or gpu_memory_mib, not both.",
+            min=0.1,
+        ),
+    )
     cpus: int | None = field(default=None, metadata=meta("CPU cores per node.", min=1))
     memory_gb: float | None = field(default=None, metadata=meta("Host RAM per node in GB.", min=1))
 
