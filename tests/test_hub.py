@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from hub_server import COMMIT, HubServer, HubState, Repo
 
-from hpcserve.errors import UsageError
-from hpcserve.plan.modelinfo import load_model_info, local_model_info
+from hpcserve.plan.modelinfo import local_model_info
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "models"
@@ -188,18 +187,43 @@ def test_unknown_repo_says_it_does_not_exist(hub: tuple[HubState, str], tmp_path
     assert "org/no-such-model" in lines[0] and "does not exist" in lines[0]
 
 
+def api(env: dict[str, str], code: str) -> dict[str, object]:
+    """Run ``code`` (it binds ``out``; ``MODEL`` is bound) in a fresh interpreter with ``env``;
+    ``out`` read back as JSON."""
+    head = f"import json\nfrom hpcserve.plan.modelinfo import load_model_info\nMODEL = {MODEL!r}"
+    script = f"{head}\n{code}\nprint(json.dumps(out))"
+    r = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    result: dict[str, object] = json.loads(r.stdout)
+    return result
+
+
 def test_unknown_revision_says_it_does_not_exist(hub: tuple[HubState, str], tmp_path: Path) -> None:
     _, url = hub
-    env = _env(tmp_path, url)
-    with pytest.raises(UsageError, match="revision 'v9' .*does not exist"):
-        load_model_info(MODEL, env=env, revision="v9")
+    code = (
+        "try:\n    load_model_info(MODEL, revision='v9')\n    out = {}\n"
+        "except Exception as e:\n    out = {'type': type(e).__name__, 'msg': str(e)}"
+    )
+    out = api(_env(tmp_path, url), code)
+    assert out["type"] == "UsageError"
+    assert "revision 'v9'" in str(out["msg"]) and "does not exist" in str(out["msg"])
 
 
 def test_python_api_takes_the_same_path(hub: tuple[HubState, str], tmp_path: Path) -> None:
-    state, url = hub
-    info = load_model_info(MODEL, env=_env(tmp_path, url))
-    assert info.safetensors_total_size == EXACT
-    assert info.hidden_size == 3584
+    _, url = hub
+    code = (
+        "i = load_model_info(MODEL)\n"
+        "out = {'bytes': i.safetensors_total_size, 'hidden': i.hidden_size}"
+    )
+    assert api(_env(tmp_path, url), code) == {"bytes": EXACT, "hidden": 3584}
 
 
 def test_repo_without_an_index_estimates_the_weights(
@@ -207,18 +231,19 @@ def test_repo_without_an_index_estimates_the_weights(
 ) -> None:
     state, url = hub
     del state.repos[MODEL].files["model.safetensors.index.json"]
-    info = load_model_info(MODEL, env=_env(tmp_path, url))
-    assert info.safetensors_total_size is None
-    assert info.config_path is not None and info.config_path.endswith("config.json")
+    code = "i = load_model_info(MODEL)\nout = {'bytes': i.safetensors_total_size}"
+    assert api(_env(tmp_path, url), code) == {"bytes": None}
+    assert any(p.endswith("/model.safetensors.index.json") for p in _resolves(state))
 
 
 def test_local_model_info_never_asks_the_hub(hub: tuple[HubState, str], tmp_path: Path) -> None:
     state, url = hub
-    assert local_model_info(MODEL, env=_env(tmp_path, url)) is None
+    env = _env(tmp_path, url)
+    assert local_model_info(MODEL, env=env) is None
     assert state.seen == []
-    load_model_info(MODEL, env=_env(tmp_path, url))  # now it is in the cache
+    assert plan(env, "--model", MODEL).returncode == 0  # now it is in the cache
     state.seen.clear()
-    info = local_model_info(MODEL, env=_env(tmp_path, url))
+    info = local_model_info(MODEL, env=env)
     assert info is not None and info.safetensors_total_size == EXACT
     assert state.seen == []
 

@@ -2,10 +2,10 @@
 
 Only :func:`hpcserve.plan.modelinfo.locate_model` calls this, after the local places; it imports
 ``huggingface_hub`` here so that commands which never fetch do not pay for the import.
-``hf_hub_download`` stores the files in the HF cache and honours ``HF_ENDPOINT``, ``HF_TOKEN``
-(or a stored ``hf auth login``) and ``HF_HUB_OFFLINE``; errors are told apart as
-``huggingface_hub.utils.hf_raise_for_status`` classifies the hub's ``X-Error-Code``. The token
-is handed to the library only, never put in a message.
+``hf_hub_download`` stores the files in the HF cache and honours ``HF_ENDPOINT`` and ``HF_TOKEN``
+(or a stored ``hf auth login``); ``HF_HUB_OFFLINE`` is read here at each call. Errors are told
+apart as ``huggingface_hub.utils.hf_raise_for_status`` classifies the hub's ``X-Error-Code``.
+The token is handed to the library only, never put in a message.
 """
 
 from __future__ import annotations
@@ -76,7 +76,6 @@ def _download(req: HubRequest, filename: str) -> Path:
             cache_dir=req.cache_dir,
             endpoint=req.env.get("HF_ENDPOINT") or None,
             token=req.env.get("HF_TOKEN") or None,
-            local_files_only=is_offline(req.env),
         )
     return Path(path)
 
@@ -117,10 +116,13 @@ def _http_message(req: HubRequest, filename: str, err: Any) -> str:
     return f"{req.endpoint} answered HTTP {status} for {req.model}/{filename}"
 
 
-def _missing_message(req: HubRequest, filename: str) -> str:
+def missing_message(req: HubRequest, filename: str) -> str:
+    """The line for a file that is not in the HF cache when the hub is out of reach."""
     cause = "HF_HUB_OFFLINE is set" if is_offline(req.env) else f"could not reach {req.endpoint}"
-    where = f"is not in the HF cache ({req.cache_dir}) and {cause}"
-    return f"{filename} of {req.model} {where}: {req.how_to_get(filename)}"
+    return (
+        f"no {filename} for model {req.model!r}: not in the HF cache ({req.cache_dir}) and "
+        f"{cause}; {req.how_to_get(filename)}"
+    )
 
 
 def _explain(req: HubRequest, filename: str, err: Exception) -> HpcserveError:
@@ -133,7 +135,7 @@ def _explain(req: HubRequest, filename: str, err: Exception) -> HpcserveError:
     )
 
     if isinstance(err, LocalEntryNotFoundError):
-        return UsageError(_missing_message(req, filename))
+        return UsageError(missing_message(req, filename))
     if isinstance(err, EntryNotFoundError):
         return UsageError(
             f"model {req.model!r} has no {filename} on {req.endpoint}; pass --config-json PATH"
@@ -154,7 +156,13 @@ def _explain(req: HubRequest, filename: str, err: Exception) -> HpcserveError:
 
 
 def fetch_config(req: HubRequest) -> Path:
-    """The cached path of the model's ``config.json``, downloaded when not cached yet."""
+    """The cached path of the model's ``config.json``, downloaded when not cached yet.
+
+    Offline (``HF_HUB_OFFLINE``), the caller has already looked in the cache: the miss is said
+    without importing the library, whose offline switch is read once, at import.
+    """
+    if is_offline(req.env):
+        raise UsageError(missing_message(req, CONFIG))
     try:
         return _download(req, CONFIG)
     except Exception as err:  # the library's boundary: every failure becomes one line
@@ -164,6 +172,8 @@ def fetch_config(req: HubRequest) -> Path:
 def fetch_index(req: HubRequest) -> Path | None:
     """The model's safetensors index, or None when it has none (single-file checkpoints) or it
     cannot be had: it only refines the weight estimate."""
+    if is_offline(req.env):
+        return None
     try:
         return _download(req, INDEX)
     except Exception:  # any failure: the estimate from the config stands
