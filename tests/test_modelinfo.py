@@ -1,4 +1,4 @@
-"""Finding and parsing config.json: local dir, HF cache, --config-json; never the network."""
+"""Finding and parsing config.json: --config-json, local dir, HF cache (the hub: test_hub.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from hpcserve.errors import UsageError
 from hpcserve.plan.modelinfo import (
     FULL_ATTENTION,
     LINEAR_ATTENTION,
-    find_config,
     hub_cache_dir,
     load_model_info,
+    local_model_info,
+    locate_model,
     parse_config,
 )
 
@@ -39,26 +40,51 @@ def test_hub_cache_env_precedence(tmp_path: Path) -> None:
 def test_finds_the_hf_cache_snapshot(tmp_path: Path) -> None:
     expected = _cache_model(tmp_path / "hub", "meta-llama/Llama-3.1-70B")
     env = {"HF_HOME": str(tmp_path)}
-    assert find_config("meta-llama/Llama-3.1-70B", env=env) == expected
+    assert locate_model("meta-llama/Llama-3.1-70B", env=env, network=False).config == expected
 
 
 def test_local_directory_and_explicit_file(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
-    assert find_config(str(tmp_path)) == tmp_path / "config.json"
-    assert find_config("anything", config_json=str(DATA / "llama-3.1-70b.json")).is_file()
+    assert locate_model(str(tmp_path)).config == tmp_path / "config.json"
+    assert locate_model("anything", config_json=str(DATA / "llama-3.1-70b.json")).config.is_file()
 
 
 def test_missing_config_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as e:
-        find_config("org/missing-model", env={"HF_HUB_CACHE": str(tmp_path)})
+        locate_model("org/missing-model", env={"HF_HUB_CACHE": str(tmp_path)}, network=False)
     msg = str(e.value)
     assert "models--org--missing-model" in msg
-    assert "--config-json" in msg and "hpcserve download" in msg
+    assert "--config-json" in msg and "`hpcserve plan` on a machine with internet" in msg
 
 
 def test_missing_config_json_file() -> None:
     with pytest.raises(UsageError, match="no such file"):
-        find_config("m", config_json="/nonexistent/config.json")
+        locate_model("m", config_json="/nonexistent/config.json")
+
+
+def test_a_missing_directory_is_never_looked_up_on_the_hub(tmp_path: Path) -> None:
+    env = {"HF_HUB_CACHE": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    with pytest.raises(UsageError, match="not a directory"):
+        locate_model(str(tmp_path / "no-such-model"), env=env)
+    with pytest.raises(UsageError, match="not a directory"):
+        locate_model("./models/org/name", env=env)
+
+
+def test_cached_index_gives_the_exact_weight_bytes(tmp_path: Path) -> None:
+    config = _cache_model(tmp_path / "hub", "meta-llama/Llama-3.1-70B")
+    index = config.with_name("model.safetensors.index.json")
+    index.write_text(json.dumps({"metadata": {"total_size": 141107412992}, "weight_map": {}}))
+    info = local_model_info("meta-llama/Llama-3.1-70B", env={"HF_HOME": str(tmp_path)})
+    assert info is not None and info.safetensors_total_size == 141107412992
+    assert locate_model("meta-llama/Llama-3.1-70B", env={"HF_HOME": str(tmp_path)}).index == index
+
+
+def test_cache_lookup_by_revision(tmp_path: Path) -> None:
+    _cache_model(tmp_path / "hub", "org/m", snapshot="abc123")
+    env = {"HF_HOME": str(tmp_path)}
+    assert locate_model("org/m", env=env, revision="abc123", network=False).source == "cache"
+    with pytest.raises(UsageError):
+        locate_model("org/m", env=env, revision="v2", network=False)
 
 
 def test_multimodal_wrapper_reads_text_config() -> None:

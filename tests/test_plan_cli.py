@@ -80,6 +80,7 @@ def test_missing_config_exits_2_with_a_hint(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # not in the cache, and the hub out of reach
     code, out, err = run(capsys, "--model", "org/nothing-here", "--site", "meluxina")
     assert code == 2
     assert err.startswith("error: no config.json for model 'org/nothing-here'")

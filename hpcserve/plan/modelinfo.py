@@ -1,9 +1,11 @@
-"""Find and read a model's ``config.json`` (never the network) into a :class:`ModelInfo`.
+"""Find and read a model's ``config.json`` into a :class:`ModelInfo`.
 
-Where a config comes from, in order: ``--config-json PATH``; a local model directory; the local
-Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``,
-``models--ORG--NAME/snapshots/*/config.json``). A ``model.safetensors.index.json`` beside it gives
-the exact weight size (``metadata.total_size``) when present.
+Where a config comes from, in order (:func:`locate_model`): ``--config-json PATH``; a local model
+directory; the local Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+``~/.cache/huggingface/hub``, ``models--ORG--NAME/snapshots/*/config.json``); then, for ``plan``
+and the Python API only, the Hugging Face Hub (:mod:`hpcserve.plan.hub`). A
+``model.safetensors.index.json`` beside it gives the exact weight size (``metadata.total_size``)
+when present.
 
 Parsing is a pure function (:func:`parse_config`) so the sizing logic is tested on plain dicts.
 """
@@ -23,6 +25,8 @@ from hpcserve.rules import resolve_dtype
 FULL_ATTENTION = "full_attention"
 LINEAR_ATTENTION = "linear_attention"  # Gated DeltaNet (Qwen3-Next / Qwen3.5)
 SLIDING_ATTENTION = "sliding_attention"
+
+INDEX_FILE = "model.safetensors.index.json"
 
 DTYPE_BYTES = {
     "float32": 4,
@@ -144,30 +148,47 @@ def hub_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     return base / "huggingface" / "hub"
 
 
-def _snapshot_config(repo_dir: Path) -> Path | None:
-    """config.json of the snapshot refs/main points at, else of the newest snapshot."""
+def _snapshot_config(repo_dir: Path, revision: str | None = None) -> Path | None:
+    """config.json of the snapshot ``refs/REVISION`` (default main) names, or of the snapshot
+    named REVISION; with no revision given, else of the newest snapshot."""
     snapshots = repo_dir / "snapshots"
-    ref = repo_dir / "refs" / "main"
-    if ref.is_file():
-        candidate = snapshots / ref.read_text().strip() / "config.json"
+    ref = repo_dir / "refs" / (revision or "main")
+    names = [ref.read_text().strip()] if ref.is_file() else []
+    names += [revision] if revision else []
+    for name in names:
+        candidate = snapshots / name / "config.json"
         if candidate.is_file():
             return candidate
+    if revision:
+        return None
     found = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
-def find_config(
-    model: str, config_json: str | None = None, env: Mapping[str, str] | None = None
-) -> Path:
-    """Locate the config.json for ``model`` locally; UsageError saying where it looked."""
-    if config_json:
-        path = Path(config_json).expanduser()
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise UsageError(f"--config-json {config_json}: no such file")
-        return path
-    looked: list[str] = []
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's config is, and its safetensors index when there is one."""
+
+    config: Path
+    index: Path | None = None
+    source: str = "local"  # config-json, local, cache or hub
+
+
+def _beside(config: Path, source: str) -> ModelFiles:
+    index = config.with_name(INDEX_FILE)
+    return ModelFiles(config, index if index.is_file() else None, source)
+
+
+def _explicit(config_json: str) -> Path:
+    path = Path(config_json).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise UsageError(f"--config-json {config_json}: no such file")
+    return path
+
+
+def _local_config(model: str, looked: list[str]) -> Path | None:
     local = Path(model).expanduser()
     if local.is_dir():
         if (local / "config.json").is_file():
@@ -177,35 +198,77 @@ def find_config(
         return local
     else:
         looked.append(f"{local} (not a directory)")
-    hub = hub_cache_dir(env)
-    repo_dir = hub / ("models--" + model.strip("/").replace("/", "--"))
-    found = _snapshot_config(repo_dir) if repo_dir.is_dir() else None
-    if found is not None:
-        return found
+    return None
+
+
+def _is_path(model: str) -> bool:
+    """Whether ``model`` names a directory rather than a hub id (ORG/NAME or NAME)."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1
+
+
+def locate_model(
+    model: str,
+    config_json: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    revision: str | None = None,
+    network: bool = True,
+) -> ModelFiles:
+    """Find the model's config.json: the one lookup order every command uses.
+
+    ``--config-json PATH``; a local model directory; the HF cache (:func:`hub_cache_dir`); and,
+    with ``network`` (``plan`` and the Python API, never ``render``/``submit``), the Hugging
+    Face Hub through :mod:`hpcserve.plan.hub`, which stores what it fetches in that cache. A
+    ``model.safetensors.index.json`` beside the config (fetched too when the hub has one) gives
+    the exact weight bytes. Not found: UsageError saying where it looked and what to do.
+    """
+    env = os.environ if env is None else env
+    if config_json:
+        return _beside(_explicit(config_json), "config-json")
+    looked: list[str] = []
+    local = _local_config(model, looked)
+    if local is not None:
+        return _beside(local, "local")
+    cache = hub_cache_dir(env)
+    repo_dir = cache / ("models--" + model.strip("/").replace("/", "--"))
+    cached = _snapshot_config(repo_dir, revision) if repo_dir.is_dir() else None
+    if cached is not None:
+        return _beside(cached, "cache")
     looked.append(str(repo_dir / "snapshots" / "*" / "config.json"))
+    if network and not _is_path(model):
+        from hpcserve.plan import hub
+
+        req = hub.HubRequest(model, revision, env, cache)
+        return ModelFiles(hub.fetch_config(req), hub.fetch_index(req), "hub")
+    where = "" if _is_path(model) else "; `hpcserve plan` on a machine with internet fetches it"
     raise UsageError(
         f"no config.json for model {model!r}; looked in: {'; '.join(looked)}. "
-        "Pass --config-json PATH, or fetch the model first with `hpcserve download`."
+        f"Pass --config-json PATH{where}."
     )
 
 
-def read_safetensors_total(config_path: Path) -> int | None:
-    """``metadata.total_size`` of model.safetensors.index.json beside the config, if any."""
-    index = config_path.with_name("model.safetensors.index.json")
-    if not index.is_file():
+def read_safetensors_total(index: Path | None) -> int | None:
+    """``metadata.total_size`` of a model.safetensors.index.json, if readable."""
+    if index is None or not index.is_file():
         return None
     try:
         total = json.loads(index.read_text())["metadata"]["total_size"]
         return int(total)
-    except (ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def load_model_info(
-    model: str, config_json: str | None = None, env: Mapping[str, str] | None = None
+    model: str,
+    config_json: str | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    revision: str | None = None,
+    network: bool = True,
 ) -> ModelInfo:
-    """Find, read and parse the config of ``model``."""
-    path = find_config(model, config_json, env)
+    """Find (:func:`locate_model`), read and parse the config of ``model``."""
+    files = locate_model(model, config_json, env=env, revision=revision, network=network)
+    path = files.config
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -214,7 +277,7 @@ def load_model_info(
         raise UsageError(f"{path}: expected a JSON object")
     info = parse_config(data, name=model)
     info.config_path = str(path)
-    info.safetensors_total_size = read_safetensors_total(path)
+    info.safetensors_total_size = read_safetensors_total(files.index)
     return info
 
 
@@ -400,12 +463,13 @@ def parse_config(data: Mapping[str, Any], name: str = "model") -> ModelInfo:
 
 
 def local_model_info(model: str, env: Mapping[str, str] | None = None) -> ModelInfo | None:
-    """The model's config when it is here (a local directory or this machine's HF cache).
+    """The model's config when it is here (a local directory or this machine's HF cache); never
+    the network.
 
     None when it is not, or when it cannot be parsed: ``render``/``submit`` then check the
     layout's shape only (``hpcserve plan`` reports such problems with their cause).
     """
     try:
-        return load_model_info(model, env=env)
+        return load_model_info(model, env=env, network=False)
     except UsageError:
         return None
