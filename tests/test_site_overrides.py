@@ -178,10 +178,19 @@ def test_submit_dry_run_also_stops_before_the_cluster(
 
 
 def test_render_warns_about_missing_values(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(["render", "--site", "meluxina", "--model", "org/m"], capsys)
+    args = ["render", "--site", "meluxina", "--model", "org/m", "--image", "/p/v.sif"]
+    code, out, err = run_cli(args, capsys)
     assert code == 0 and out.startswith("#!")
-    assert "warning: meluxina: scheduler.account is not set" in err
-    assert "warning: meluxina: container.image is not set" in err
+    assert "warning: meluxina: scheduler.account is not set" in err and "--account" in err
+
+
+def test_render_without_the_image_says_which_pull_to_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run_cli(["render", "--site", "leonardo", "--model", "org/m"], capsys)
+    assert code == 2 and out == ""
+    assert f"error: leonardo: container.image is not set" in err
+    assert f"singularity pull ~/hpcserve/vllm-openai-v0.33.0.sif {PIN}" in err
 
 
 def test_missing_values_of_each_shipped_site() -> None:
