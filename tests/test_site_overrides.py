@@ -114,9 +114,7 @@ def test_sites_list_warns_about_a_broken_file_and_lists_the_rest(
 
 def test_overrides_are_one_function_checked_like_the_file() -> None:
     site = sites.load_site("meluxina")
-    out = sites.apply_overrides(
-        site, account="p9", image="/p/v.sif", hf_cache="/p/hf", venv=None
-    )
+    out = sites.apply_overrides(site, account="p9", image="/p/v.sif", hf_cache="/p/hf", venv=None)
     assert (out.scheduler.account, out.container.image, out.storage.hf_cache) == (
         "p9",
         "/p/v.sif",
@@ -164,7 +162,7 @@ def test_submit_names_every_missing_value_before_contacting_the_cluster(
     assert code == 2 and "Traceback" not in err and "cluster was contacted" not in err
     assert "scheduler.account is not set" in err and "--account" in err
     assert "scheduler: {account: " in err and "~/.config/hpcserve/sites/meluxina.yaml" in err
-    assert "container.image is not set" in err and f"apptainer pull " in err and PIN in err
+    assert "container.image is not set" in err and "apptainer pull " in err and PIN in err
     assert "--image" in err
 
 
@@ -189,13 +187,14 @@ def test_render_without_the_image_says_which_pull_to_run(
 ) -> None:
     code, out, err = run_cli(["render", "--site", "leonardo", "--model", "org/m"], capsys)
     assert code == 2 and out == ""
-    assert f"error: leonardo: container.image is not set" in err
+    assert "error: leonardo: container.image is not set" in err
     assert f"singularity pull ~/hpcserve/vllm-openai-v0.33.0.sif {PIN}" in err
 
 
 def test_missing_values_of_each_shipped_site() -> None:
-    missing = {p.stem: [m.field for m in sites.missing_values(sites.load_site(p.stem))]
-               for p in SHIPPED}
+    missing = {
+        p.stem: [m.field for m in sites.missing_values(sites.load_site(p.stem))] for p in SHIPPED
+    }
     assert missing["local"] == []
     assert missing["meluxina"][:2] == ["scheduler.account", "container.image"]
     assert "container.venv" in missing["perlmutter"]
