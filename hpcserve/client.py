@@ -20,13 +20,39 @@ if TYPE_CHECKING:
     from hpcserve.plan.planner import Plan
 
 
-def load_site(site: str | Site) -> Site:
-    """``site`` itself, or the site of that name or YAML file (:mod:`hpcserve.sites.loader`)."""
-    if isinstance(site, Site):
-        return site
-    from hpcserve.sites.loader import load_site as load
+def load_site(
+    site: str | Site,
+    *,
+    account: str | None = None,
+    image: str | None = None,
+    venv: str | None = None,
+    hf_cache: str | None = None,
+) -> Site:
+    """``site`` itself, or the site of that name or YAML file (:mod:`hpcserve.sites.loader`),
+    with the per-user values given here laid on top (``--account``, ``--image``, ``--venv``,
+    ``--hf-cache``: :func:`hpcserve.sites.loader.apply_overrides`)."""
+    from hpcserve.sites import loader
 
-    return load(site)
+    s = site if isinstance(site, Site) else loader.load_site(site)
+    return loader.apply_overrides(s, account=account, image=image, venv=venv, hf_cache=hf_cache)
+
+
+def _launch_site(site: str | Site, options: dict[str, Any], *, submitting: bool) -> Site:
+    """The site with the launch ``options``' per-user values (``image``, ``venv``,
+    ``hf_cache`` taken out of ``options``; ``sbatch['account']``), its must-have values checked
+    before anything contacts the cluster: errors when ``submitting``, else warnings."""
+    from hpcserve.sites.loader import check_values
+
+    account = (options.get("sbatch") or {}).get("account")
+    s = load_site(
+        site,
+        account=account,
+        image=options.pop("image", None),
+        venv=options.pop("venv", None),
+        hf_cache=options.pop("hf_cache", None),
+    )
+    check_values(s, submitting=submitting)
+    return s
 
 
 def plan(
@@ -73,7 +99,7 @@ def render(model: str, site: str | Site, **options: Any) -> str:
     """The sbatch launcher ``hpcserve render`` prints (``options`` as for :func:`submit`)."""
     from hpcserve.launch.render import render as render_launcher
 
-    s = load_site(site)
+    s = _launch_site(site, options, submitting=False)
     return render_launcher(s, _request(model, s, options))
 
 
@@ -83,13 +109,15 @@ def submit(model: str, site: str | Site, *, api_key: bool = True, **options: Any
     ``options`` are :func:`hpcserve.launch.request.build_request`'s, checked there: ``nodes``,
     ``name``, ``tp``, ``pp``, ``vllm_options`` (the Python names of ``hpcserve submit``'s vLLM
     options, e.g. ``max_model_len``), ``vllm_args``, ``sbatch`` (sbatch keys such as ``time``),
-    ``sbatch_args`` (``KEY=VALUE`` as ``--sbatch-arg``), ``job_dir``. The handle's
+    ``sbatch_args`` (``KEY=VALUE`` as ``--sbatch-arg``), ``job_dir``; and the per-user site
+    values ``image``, ``venv``, ``hf_cache`` (``sbatch['account']`` too). A must-have value the
+    site still lacks is an error before anything contacts the cluster. The handle's
     ``submission`` holds what submit did (job directory, launcher, warnings). Close the handle
     (or use it in a ``with`` block) when done; the job keeps running until cancelled.
     """
     from hpcserve.jobs.handle import submit as submit_job
 
-    s = load_site(site)
+    s = _launch_site(site, options, submitting=True)
     req = _request(model, s, options)
     return submit_job(s, req, name=options.get("name"), api_key=api_key)
 
@@ -99,7 +127,7 @@ def dry_run(model: str, site: str | Site, *, api_key: bool = True, **options: An
     from hpcserve.cluster.connect import executor_for
     from hpcserve.launch.submit import submit as submit_launcher
 
-    s = load_site(site)
+    s = _launch_site(site, options, submitting=True)
     req = _request(model, s, options)
     executor = executor_for(s)
     try:
@@ -108,13 +136,15 @@ def dry_run(model: str, site: str | Site, *, api_key: bool = True, **options: An
         executor.close()
 
 
-def download(model: str, site: str | Site, *, revision: str | None = None) -> str:
-    """Fetch ``model`` into the site's shared HF cache from its login node, as
-    ``hpcserve download`` does; the download's last line."""
+def download(
+    model: str, site: str | Site, *, revision: str | None = None, hf_cache: str | None = None
+) -> str:
+    """Fetch ``model`` into the site's shared HF cache (``hf_cache`` overrides it) from its
+    login node, as ``hpcserve download`` does; the download's last line."""
     from hpcserve.cluster.connect import executor_for
     from hpcserve.launch.submit import download as download_model
 
-    s = load_site(site)
+    s = load_site(site, hf_cache=hf_cache)
     executor = executor_for(s)
     try:
         return download_model(s, model, revision, executor)

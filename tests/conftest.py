@@ -79,7 +79,14 @@ def singularity_site() -> Site:
 
 
 def _real_sites() -> list[Site]:
-    return [load_site_file(str(p)) for p in sorted((REPO / "site_configs").glob("*.yaml"))]
+    """The shipped sites as a user completes them: a container site gets the image it lacks."""
+    from hpcserve.sites.loader import apply_overrides
+
+    shipped = [load_site_file(str(p)) for p in sorted((REPO / "site_configs").glob("*.yaml"))]
+    return [
+        s if s.container.runtime == "none" else apply_overrides(s, image="/images/vllm.sif")
+        for s in shipped
+    ]
 
 
 def all_test_sites() -> list[Site]:
@@ -90,6 +97,7 @@ def all_test_sites() -> list[Site]:
 def site_to_yaml(site: Site, path: Path) -> Path:
     data = dataclasses.asdict(site)
     data.pop("path", None)
+    data.pop("provenance", None)  # set by the loader, like path
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

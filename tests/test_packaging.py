@@ -54,7 +54,7 @@ def test_installed_package_renders_from_its_own_data(wheel: Path, tmp_path: Path
     assert sites.returncode == 0 and "meluxina" in sites.stdout, sites.stderr
     script = subprocess.run(
         [sys.executable, "-m", "hpcserve", "render", "--site", "meluxina", "--nodes", "2",
-         "--model", "Qwen/Qwen3-8B"],
+         "--model", "Qwen/Qwen3-8B", "--image", "/p/vllm.sif"],
         **run,
     )  # fmt: skip
     assert script.returncode == 0, script.stderr

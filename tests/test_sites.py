@@ -322,12 +322,14 @@ def test_broken_file_blocks_only_the_site_it_defines(
     assert sites.load_site("meluxina").description == "fixed in env"
 
 
-def test_file_whose_name_is_unreadable_blocks_every_lookup(isolated: Path) -> None:
+def test_file_whose_name_is_unreadable_breaks_the_site_of_its_file_name(isolated: Path) -> None:
     user_dir = isolated / ".config" / "hpcserve" / "sites"
     user_dir.mkdir(parents=True)
     (user_dir / "broken.yaml").write_text("name: [oops\n")
+    with pytest.warns(sites.SiteWarning, match="site 'broken' is skipped: .*broken.yaml:2:1"):
+        assert sites.load_site("leonardo").name == "leonardo"
     with pytest.raises(ConfigError, match="broken.yaml:2:1: YAML syntax error"):
-        sites.load_site("leonardo")
+        sites.load_site("broken")
 
 
 def test_same_name_twice_in_one_directory_is_an_error(tmp_path: Path, monkeypatch) -> None:
@@ -414,7 +416,8 @@ def test_cli_show_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(out)
     assert code == 0 and data["container"]["gpu_flag"] == "--nvccli"
     assert data["scheduler"]["submit"] == "auto"  # default filled in
-    assert "container.image" in data["unconfirmed"]
+    assert "container.image" in data["must_set"]  # no guessed path: each user supplies it
+    assert any("container.image is not set" in m for m in data["missing"])
 
 
 def test_cli_show_unknown_site_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

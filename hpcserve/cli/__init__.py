@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from typing import NoReturn
 
 import click
@@ -82,6 +83,21 @@ def _fail_known(e: BaseException) -> NoReturn:
     _fail("aborted" if isinstance(e, click.Abort) else "interrupted", 130)
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """hpcserve's own warnings (e.g. a site still lacking a value) as ``warning: ...``."""
+    if category.__module__.startswith("hpcserve"):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        click.echo(warnings.formatwarning(message, category, filename, lineno, line), err=True)
+
+
 def main(argv: list[str] | None = None, *, obj: object = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and an exit code.
 
@@ -89,7 +105,10 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> None:
     fakes, which the job commands then use).
     """
     try:
-        rv = cli.main(args=argv, prog_name="hpcserve", standalone_mode=False, obj=obj)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = _show_warning
+            rv = cli.main(args=argv, prog_name="hpcserve", standalone_mode=False, obj=obj)
         # Under standalone_mode=False click returns ctx.exit(n)'s code instead of exiting.
         if isinstance(rv, int) and rv != 0:
             sys.exit(rv)

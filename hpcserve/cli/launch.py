@@ -18,6 +18,15 @@ from hpcserve import client
 from hpcserve.launch import vllm_flags
 
 
+def _site_value_options() -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """--image, --venv, --hf-cache: the per-user site values (the site file's otherwise)."""
+    return [
+        click.option("--image", metavar="PATH", help="container.image: the .sif on the cluster."),
+        click.option("--venv", metavar="DIR", help="container.venv (container.runtime none)."),
+        click.option("--hf-cache", metavar="DIR", help="storage.hf_cache: the shared HF_HOME."),
+    ]
+
+
 def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by render and submit (vLLM options generated from the flag table)."""
     decorators = [
@@ -44,6 +53,7 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--partition", "-p", help="sbatch --partition."),
         click.option("--account", "-A", help="sbatch --account."),
         click.option("--qos", help="sbatch --qos."),
+        *_site_value_options(),
         click.option(
             "--sbatch-arg",
             "sbatch_args",
@@ -82,6 +92,9 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
         "sbatch_args": opts["sbatch_args"],
         "job_dir": opts["job_dir"],
         "name": opts["job_name"],
+        "image": opts["image"],
+        "venv": opts["venv"],
+        "hf_cache": opts["hf_cache"],
     }
 
 
@@ -120,9 +133,10 @@ def submit(**opts: Any) -> None:
 @click.argument("model")
 @click.option("--site", "-s", "site_name", required=True, help="Site name or YAML file.")
 @click.option("--revision", help="Branch, tag or commit of the model.")
-def download(model: str, site_name: str, revision: str | None) -> None:
+@click.option("--hf-cache", metavar="DIR", help="storage.hf_cache: the shared HF_HOME.")
+def download(model: str, site_name: str, revision: str | None, hf_cache: str | None) -> None:
     """Fetch MODEL into the site's shared HF cache, from the login node (token via stdin)."""
-    site = client.load_site(site_name)
+    site = client.load_site(site_name, hf_cache=hf_cache)
     last = client.download(model, site, revision=revision)
     click.echo(
         f"{model} is in {site.storage.hf_cache} on {site.name}" + (f": {last}" if last else "")

@@ -84,27 +84,40 @@ def _is_unconfirmed(dotted: str, unconfirmed: set[str]) -> bool:
 @sites.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
-def show(name: str, as_json: bool) -> None:
-    """Show a site's resolved config.
+@click.option("--account", "-A", help="As render/submit's --account.")
+@click.option("--image", metavar="PATH", help="As render/submit's --image.")
+@click.option("--venv", metavar="DIR", help="As render/submit's --venv.")
+@click.option("--hf-cache", metavar="DIR", help="As render/submit's --hf-cache.")
+def show(name: str, as_json: bool, **values: str | None) -> None:
+    """Show a site's resolved config and where each value came from.
 
-    Defaults are filled in; values the site file lists as unconfirmed are marked.
+    Each line ends with its origin (shipped file, user file, $HPCSERVE_SITES file, option, or
+    default); values the site files list as unconfirmed are marked, and each must-have value
+    still missing is named with how to set it.
     """
-    site = sitelib.load_site(name)
-    data = dataclasses.asdict(site)
+    from hpcserve import client
+
+    site = client.load_site(name, **values)
     if as_json:
+        data = dataclasses.asdict(site)
+        data["missing"] = [m.message() for m in sitelib.missing_values(site)]
         click.echo(json.dumps(data, indent=2))
         return
     unconfirmed = {re.sub(r"\[\d+\]", "", u) for u in site.unconfirmed}
-    skip = {"sources", "unconfirmed", "path"}
+    skip = {"sources", "unconfirmed", "path", "provenance", "must_set"}
     leaves = [(k, v) for k, v in _flatten(site) if k.split(".")[0] not in skip]
-    width = max(len(k) for k, _ in leaves)
+    shown = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in leaves]
+    width = max(len(k) for k, _ in shown)
+    vwidth = min(max(len(v) for _, v in shown), 40)
     click.echo(f"# {site.name}: {site.path}")
-    for key, value in leaves:
-        shown = value if isinstance(value, str) else json.dumps(value)
+    for key, value in shown:
         mark = "   # unconfirmed" if _is_unconfirmed(key, unconfirmed) else ""
-        click.echo(f"{key:<{width}}  {shown}{mark}")
+        origin = sitelib.origin_of(site, key)
+        click.echo(f"{key:<{width}}  {value:<{vwidth}}  # {origin}{mark}")
     for src in site.sources:
         click.echo(f"# source: {src}")
+    for missing in sitelib.missing_values(site):
+        click.echo(f"# missing: {missing.message()}")
 
 
 @sites.command("validate")

@@ -9,19 +9,24 @@ collected and raised together as one :class:`ConfigError`, one line each::
     site_configs/x.yaml:7: node.gpu: unknown key (did you mean 'gpus'?)
 
 Sites are searched in the shipped ``site_configs/``, then ``~/.config/hpcserve/sites/``, then
-each directory or file in ``$HPCSERVE_SITES`` (``os.pathsep``-separated); a later site
-replaces an earlier one of the same ``name``.
+each directory or file in ``$HPCSERVE_SITES`` (``os.pathsep``-separated). A later file of a
+site's ``name`` sets just the fields it gives (mappings merge, lists are replaced); the merged
+site is validated, each problem naming the file that set the value. :func:`apply_overrides` lays
+the command line's per-user values on top, :func:`check_values` names what a site still lacks.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import io
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
@@ -66,34 +71,44 @@ class SiteFileError(ConfigError):
         self.name = name
 
 
-@dataclass
-class _Report:
-    """Problems of one file, and the line of every key seen (for cross-field checks)."""
+class Loc(NamedTuple):
+    """Where a value was set: the file as shown to the user, and the line."""
 
     file: str
-    problems: list[tuple[int, int, str]] = field(default_factory=list)  # (line, seq, text)
-    lines: dict[str, int] = field(default_factory=dict)
+    line: int
+
+
+@dataclass
+class _Report:
+    """Problems of one site, and where every key seen was set (for cross-field checks and
+    ``sites show``). ``files`` are the site's files, earliest first (problems sort by them)."""
+
+    file: str
+    problems: list[tuple[int, int, int, str]] = field(default_factory=list)  # file, line, seq
+    lines: dict[str, Loc] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
     invalid: set[str] = field(default_factory=set)  # dotted fields whose value was rejected
 
     def broken(self, dotted: str) -> bool:
         """True when ``dotted``, a part of it or a section holding it was rejected."""
         return any(_related(dotted, bad) for bad in self.invalid)
 
-    def add(self, line: int, dotted: str, message: str) -> None:
+    def add(self, loc: Loc, dotted: str, message: str) -> None:
         where = f"{dotted}: " if dotted else ""
-        text = f"{self.file}:{line}: {where}{message}"
-        self.problems.append((line, len(self.problems), text))
+        text = f"{loc.file}:{loc.line}: {where}{message}"
+        order = self.files.index(loc.file) if loc.file in self.files else len(self.files)
+        self.problems.append((order, loc.line, len(self.problems), text))
 
-    def line_of(self, dotted: str) -> int:
-        """Line of ``dotted`` or of its nearest parent that was in the file (else 1)."""
+    def line_of(self, dotted: str) -> Loc:
+        """Where ``dotted`` or its nearest parent was set (else line 1 of the last file)."""
         while dotted:
             if dotted in self.lines:
                 return self.lines[dotted]
             dotted = dotted.rpartition(".")[0]
-        return 1
+        return Loc(self.file, 1)
 
     def sorted(self) -> list[str]:
-        return [text for _, _, text in sorted(self.problems)]
+        return [text for *_, text in sorted(self.problems)]
 
 
 def _related(a: str, b: str) -> bool:
@@ -106,6 +121,11 @@ def _related(a: str, b: str) -> bool:
 
 def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
+
+
+def _loc(node: yaml.Node) -> Loc:
+    """Where ``node`` is: files are composed under their shown name (:func:`_compose`)."""
+    return Loc(str(node.start_mark.name), _line(node))
 
 
 def _join(prefix: str, key: str) -> str:
@@ -174,7 +194,7 @@ def _convert(node: yaml.Node, hint: Any, dotted: str, rep: _Report) -> Any:
 def _expected(node: yaml.Node, hint: Any, dotted: str, rep: _Report, hint_text: str = "") -> Any:
     extra = f" ({hint_text})" if hint_text else ""
     rep.add(
-        _line(node), dotted, f"expected {describe(hint, article=True)}, found {_found(node)}{extra}"
+        _loc(node), dotted, f"expected {describe(hint, article=True)}, found {_found(node)}{extra}"
     )
     return _INVALID
 
@@ -206,7 +226,7 @@ def _convert_dataclass(node: yaml.Node, cls: type, dotted: str, rep: _Report) ->
         if name not in values and is_required(f):
             sub = _join(dotted, name)
             if name not in seen:
-                line = rep.line_of(dotted) if dotted else _line(node)
+                line = rep.line_of(dotted) if dotted else _loc(node)
                 expected = _expectation(f, hints[name])
                 rep.add(line, sub, f"required field is missing (expected {expected})")
             rep.invalid.add(sub)
@@ -220,12 +240,12 @@ def _entries(
     rep: _Report,
     key_tags: tuple[str, ...],
     seen: dict[str, int],
-) -> Iterator[tuple[str, str, int, yaml.Node]]:
+) -> Iterator[tuple[str, str, Loc, yaml.Node]]:
     """(key, dotted path, line, value node) of each entry of a mapping; keys that are not
     text (a tag in ``key_tags``) or repeat an earlier one are reported and skipped. ``seen``
     collects the line of each key given."""
     for key_node, value_node in node.value:
-        line = _line(key_node)
+        line = _loc(key_node)
         if not isinstance(key_node, ScalarNode) or key_node.tag not in key_tags:
             rep.add(line, dotted, f"keys must be text, found {_found(key_node)}")
             continue
@@ -234,7 +254,7 @@ def _entries(
         if key in seen:
             rep.add(line, sub, f"duplicate key (first given on line {seen[key]})")
             continue
-        seen[key] = line
+        seen[key] = line.line
         yield key, sub, line, value_node
 
 
@@ -265,7 +285,7 @@ def _convert_list(node: yaml.Node, item: Any, dotted: str, rep: _Report) -> Any:
     out = []
     for i, child in enumerate(node.value):
         sub = f"{dotted}[{i}]"
-        rep.lines[sub] = _line(child)
+        rep.lines[sub] = _loc(child)
         value = _convert(child, item, sub, rep)
         if value is _INVALID:
             rep.invalid.add(sub)
@@ -345,11 +365,11 @@ def _check_metadata(
         listed = ", ".join(repr(c) for c in choices)
         close = did_you_mean(str(value), [str(c) for c in choices if c])
         hint = f" (did you mean {close!r}?)" if close else ""
-        rep.add(_line(node), dotted, f"expected one of {listed}, found {value!r}{hint}")
+        rep.add(_loc(node), dotted, f"expected one of {listed}, found {value!r}{hint}")
         return _INVALID
     minimum = f.metadata.get("min")
     if minimum is not None and isinstance(value, (int, float)) and value < minimum:
-        rep.add(_line(node), dotted, f"expected a value >= {minimum}, found {value}")
+        rep.add(_loc(node), dotted, f"expected a value >= {minimum}, found {value}")
         return _INVALID
     return value
 
@@ -379,7 +399,7 @@ def _check_container(site: Site, rep: _Report) -> None:
     if rep.broken("container"):
         return
     c, at = site.container, rep.line_of
-    if c.runtime in ("apptainer", "singularity") and not c.image:
+    if c.runtime in ("apptainer", "singularity") and not c.image and not _user_sets(site, "image"):
         rep.add(
             at("container.image"),
             "container.image",
@@ -397,6 +417,24 @@ def _check_container(site: Site, rep: _Report) -> None:
             "container.venv",
             f"only used when container.runtime is 'none', not {c.runtime!r}",
         )
+
+
+def _user_sets(site: Site, key: str) -> bool:
+    """The site says the user supplies ``container.KEY`` (``must_set``): unset is not an error."""
+    return f"container.{key}" in site.must_set
+
+
+def _check_must_set(site: Site, rep: _Report) -> None:
+    if rep.broken("must_set"):
+        return
+    known = dotted_names(Site)
+    for name in site.must_set:
+        if name not in known:
+            rep.add(
+                rep.line_of(f"must_set.{name}"),
+                f"must_set.{name}",
+                f"{name!r} is not a site field {_suggest_field(name, known)}",
+            )
 
 
 def _check_login(site: Site, rep: _Report) -> None:
@@ -513,6 +551,7 @@ _SITE_RULES: tuple[Callable[[Site, _Report], None], ...] = (
     _check_extra_sbatch,
     _check_env_names,
     _check_unconfirmed,
+    _check_must_set,
 )
 
 
@@ -545,11 +584,12 @@ def _syntax_error(e: yaml.MarkedYAMLError) -> str:
     return text
 
 
-def parse_site(text: str, file: str) -> Site:
-    """Validate the YAML ``text`` of a site file; ``file`` names it in the messages."""
-    rep = _Report(file)
+def _compose(text: str, file: str) -> MappingNode:
+    """The top-level mapping of a site file, its nodes marked with ``file`` (:func:`_loc`)."""
+    stream = io.StringIO(text)
+    stream.name = file
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        root = yaml.compose(stream, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         raise SiteFileError([f"{file}:{_syntax_error(e)}"]) from None
     except yaml.YAMLError as e:
@@ -565,20 +605,90 @@ def parse_site(text: str, file: str) -> Site:
                 f"at the top level, found {_found(root)}"
             ]
         )
+    return root
+
+
+def _name_in(root: MappingNode) -> str | None:
+    """The ``name`` a composed site file gives, if it is plain text."""
+    for key, value in root.value:
+        if isinstance(key, ScalarNode) and key.value == "name" and isinstance(value, ScalarNode):
+            return str(value.value) if value.tag in (_STR, _INT, _FLOAT) else None
+    return None
+
+
+def _key(node: yaml.Node) -> object:
+    return str(node.value) if isinstance(node, ScalarNode) else id(node)
+
+
+def _sub_hints(hint: Any) -> Callable[[object], Any] | None:
+    """For a section or a name -> value mapping: the type of each key; None for anything else."""
+    inner, _ = unwrap_optional(hint)
+    if is_dataclass_type(inner):
+        hints = type_hints(inner)
+        return lambda key: hints.get(str(key))
+    kv = dict_types(inner)
+    if kv is not None:
+        return lambda key: kv[1]
+    return None
+
+
+def _merge(base: yaml.Node, over: yaml.Node, hint: Any) -> yaml.Node:
+    """``over`` laid on ``base``: sections and name -> value mappings merge key by key (deep),
+    anything else (lists, text, numbers) is replaced as a whole."""
+    sub_hint = _sub_hints(hint)
+    if sub_hint is None or not (isinstance(base, MappingNode) and isinstance(over, MappingNode)):
+        return over
+    _CTOR.flatten_mapping(base)
+    _CTOR.flatten_mapping(over)
+    given = {_key(k) for k, _ in over.value}
+    entries = [(k, v) for k, v in base.value if _key(k) not in given]
+    earlier = {_key(k): v for k, v in base.value}
+    for k, v in over.value:
+        key = _key(k)
+        if key in earlier:
+            v = _merge(earlier.pop(key), v, sub_hint(key))
+        entries.append((k, v))
+    return MappingNode(over.tag, entries, over.start_mark, over.end_mark)
+
+
+@dataclass
+class _Layer:
+    """One file of a site: where it was found (shipped, user, $HPCSERVE_SITES) and its tree."""
+
+    origin: str
+    path: Path
+    shown: str
+    root: MappingNode
+
+
+def _build(layers: list[_Layer]) -> Site:
+    """The site the files define together, later files setting just the fields they give;
+    checked after the merge, each problem naming the file and line that set the value."""
+    root: yaml.Node = layers[0].root
+    for layer in layers[1:]:
+        root = _merge(root, layer.root, Site)
+    files = [layer.shown for layer in layers]
+    rep = _Report(files[-1], files=files)
     site: Site = _convert(root, Site, "", rep)  # a Site: the root is a mapping
     _check_site(site, rep)
     if rep.problems:
-        name = None if rep.broken("name") else site.name
-        raise SiteFileError(rep.sorted(), name)
+        raise SiteFileError(rep.sorted(), None if rep.broken("name") else site.name)
+    origin = {layer.shown: layer.origin for layer in layers}
+    site.provenance = {
+        dotted: f"{origin.get(loc.file, 'file')}: {loc.file}:{loc.line}"
+        for dotted, loc in rep.lines.items()
+    }
     return site
 
 
-def load_site_file(path: str | os.PathLike[str]) -> Site:
-    """Load and validate one site file; raise :class:`ConfigError` listing all its problems."""
-    p = Path(path).expanduser()
-    shown = display_path(p)
+def parse_site(text: str, file: str) -> Site:
+    """Validate the YAML ``text`` of a site file; ``file`` names it in the messages."""
+    return _build([_Layer("file", Path(file), file, _compose(text, file))])
+
+
+def _read(p: Path, shown: str) -> str:
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"{shown}: no such site file") from None
     except IsADirectoryError:
@@ -587,12 +697,23 @@ def load_site_file(path: str | os.PathLike[str]) -> Site:
         raise SiteFileError([f"{shown}:1: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     except OSError as e:
         raise UsageError(f"{shown}: cannot read: {e.strerror}") from None
-    site = parse_site(text, shown)
+
+
+def load_site_file(path: str | os.PathLike[str]) -> Site:
+    """Load and validate one site file on its own; :class:`ConfigError` lists all its problems."""
+    p = Path(path).expanduser()
+    shown = display_path(p)
+    site = _build([_Layer("file", p, shown, _compose(_read(p, shown), shown))])
     site.path = str(p.resolve())
     return site
 
 
 # --------------------------------------------------------------------------- search path
+
+
+class SiteWarning(UserWarning):
+    """A site file that was skipped, or a value a site still needs (the CLI prints
+    ``warning: ...``)."""
 
 
 def user_sites_dir() -> Path:
@@ -601,7 +722,7 @@ def user_sites_dir() -> Path:
 
 
 def search_path() -> list[tuple[str, Path]]:
-    """Where sites come from, earliest first, as ``(origin, path)``; later ones win by name."""
+    """Where sites come from, earliest first, as ``(origin, path)``; later ones win by field."""
     out: list[tuple[str, Path]] = [("shipped", site_configs_dir()), ("user", user_sites_dir())]
     for entry in os.environ.get(ENV_VAR, "").split(os.pathsep):
         if entry.strip():
@@ -624,57 +745,79 @@ class SiteScan:
     """Every site file on the search path, loaded or not."""
 
     sites: dict[str, Site] = field(default_factory=dict)  # valid sites by name
-    origins: dict[str, str] = field(default_factory=dict)  # name -> shipped/user/$HPCSERVE_SITES
-    broken: dict[str, list[str]] = field(default_factory=dict)  # name -> problems (last wins)
-    unnamed: list[str] = field(default_factory=list)  # problems of files whose name is unknown
+    origins: dict[str, str] = field(default_factory=dict)  # name -> e.g. shipped+user
+    broken: dict[str, list[str]] = field(default_factory=dict)  # name -> problems
 
     @property
     def problems(self) -> list[str]:
-        return [p for ps in self.broken.values() for p in ps] + self.unnamed
+        return [p for ps in self.broken.values() for p in ps]
+
+
+def _add_file(
+    origin: str, f: Path, here: dict[str, str], scan: SiteScan, layers: dict[str, list[_Layer]]
+) -> None:
+    """Compose one file into the layers of the site it names (its file name when the ``name``
+    cannot be read: ``meluxina.yaml`` is taken to be about ``meluxina``)."""
+    shown = display_path(f)
+    try:
+        root = _compose(_read(f, shown), shown)
+    except SiteFileError as e:
+        scan.broken.setdefault(e.name or f.stem, []).extend(e.problems)
+        return
+    name = _name_in(root) or f.stem
+    if name in here:
+        scan.broken.setdefault(name, []).append(
+            f"{shown}:1: name: site {name!r} is also defined in {here[name]} (same directory)"
+        )
+        return
+    here[name] = shown
+    layers.setdefault(name, []).append(_Layer(origin, f, shown, root))
 
 
 def scan_sites() -> SiteScan:
-    """Load every site on the search path, later files replacing earlier ones by name.
+    """Load every site on the search path; a later file of a site's name sets just the fields
+    it gives (mappings merged, lists replaced), and the merged site is validated.
 
-    A broken file does not stop the others from loading: its problems are kept under the name
-    it defines (or in ``unnamed`` when even that could not be read). A later valid file of the
-    same name replaces a broken one, and the other way round.
+    A broken file breaks only the site it is about: its problems are kept under that name.
     """
     scan = SiteScan()
+    layers: dict[str, list[_Layer]] = {}
     for origin, entry in search_path():
-        defined_here: dict[str, str] = {}
+        here: dict[str, str] = {}
         for f in _files_in(origin, entry):
-            try:
-                site = load_site_file(f)
-            except SiteFileError as e:
-                if e.name is None:
-                    scan.unnamed.extend(e.problems)
-                else:
-                    scan.sites.pop(e.name, None)
-                    scan.broken[e.name] = e.problems
-                continue
-            if site.name in defined_here:
-                scan.unnamed.append(
-                    f"{display_path(f)}:1: name: site {site.name!r} is also defined "
-                    f"in {defined_here[site.name]} (same directory)"
-                )
-                continue
-            defined_here[site.name] = display_path(f)
-            scan.broken.pop(site.name, None)
-            scan.sites[site.name] = site
-            scan.origins[site.name] = origin
+            _add_file(origin, f, here, scan, layers)
+    for name, stack in layers.items():
+        if name in scan.broken:
+            continue
+        try:
+            site = _build(stack)
+        except SiteFileError as e:
+            scan.broken[name] = e.problems
+            continue
+        site.path = str(stack[-1].path.resolve())
+        scan.sites[name] = site
+        scan.origins[name] = "+".join(dict.fromkeys(layer.origin for layer in stack))
     return scan
 
 
+def _warn_broken(scan: SiteScan, wanted: str) -> None:
+    for name, problems in scan.broken.items():
+        if name != wanted:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            warnings.warn(
+                SiteWarning(f"site {name!r} is skipped: {problems[0]}{more}"), stacklevel=3
+            )
+
+
 def load_site(name: str) -> Site:
-    """The site called ``name`` (a path to a .yaml file works too)."""
+    """The site called ``name`` (a path to a .yaml file works too); a broken file of another
+    site is a :class:`SiteWarning`, not an error."""
     if name.endswith(SUFFIXES) or os.sep in name:
         return load_site_file(name)
     scan = scan_sites()
-    # A broken file blocks only the site it defines (or every site, when its name is unknown).
-    blocking = scan.broken.get(name, []) + scan.unnamed
-    if blocking:
-        raise ConfigError(blocking)
+    if name in scan.broken:
+        raise ConfigError(scan.broken[name])
+    _warn_broken(scan, name)
     if name in scan.sites:
         return scan.sites[name]
     known = sorted(set(scan.sites) | set(scan.broken))
@@ -682,3 +825,140 @@ def load_site(name: str) -> Site:
     hint = f" (did you mean {close!r}?)" if close else ""
     listed = ", ".join(known) if known else "none"
     raise UsageError(f"unknown site {name!r}{hint}; known sites: {listed}")
+
+
+def origin_of(site: Site, dotted: str) -> str:
+    """Where a value of ``site`` came from: ``shipped: FILE:LINE``, ``user: FILE:LINE``,
+    ``$HPCSERVE_SITES: FILE:LINE``, ``option: --image`` or ``default``."""
+    single = re.sub(r"\[0\]", "", dotted, count=1)  # `login: {host: x}` sets login.host
+    return site.provenance.get(dotted) or site.provenance.get(single) or "default"
+
+
+# --------------------------------------------------------------------------- per-user values
+
+# The one image every shipped container site and apptainer/README.md name (apptainer/vllm.def).
+PINNED_IMAGE = "docker://vllm/vllm-openai:v0.33.0"
+IMAGE_FILE = "~/hpcserve/vllm-openai-v0.33.0.sif"
+
+# Value -> the command-line option that sets it (render, submit, download, sites show).
+OPTIONS = {
+    "scheduler.account": "--account",
+    "container.image": "--image",
+    "container.venv": "--venv",
+    "storage.hf_cache": "--hf-cache",
+}
+_PLACEHOLDERS = {"container.image": IMAGE_FILE, "storage.hf_cache": "DIR", "container.venv": "DIR"}
+
+
+def apply_overrides(
+    site: Site,
+    *,
+    account: str | None = None,
+    image: str | None = None,
+    venv: str | None = None,
+    hf_cache: str | None = None,
+) -> Site:
+    """``site`` with the per-user values given on the command line (a copy; ``site`` itself
+    when none is given), checked as the site file's own rules check them."""
+    given = {
+        "scheduler.account": account,
+        "container.image": image,
+        "container.venv": venv,
+        "storage.hf_cache": hf_cache,
+    }
+    values = {k: v for k, v in given.items() if v is not None}
+    if not values:
+        return site
+    out = copy.deepcopy(site)
+    for dotted, value in values.items():
+        _check_override(out, OPTIONS[dotted], value)
+        section, key = dotted.split(".")
+        setattr(getattr(out, section), key, value)
+        out.provenance[dotted] = f"option: {OPTIONS[dotted]}"
+    return out
+
+
+def _check_override(site: Site, option: str, value: str) -> None:
+    runtime = site.container.runtime
+    if not value.strip():
+        raise UsageError(f"{option}: expected a value, found {value!r}")
+    if option == "--image" and runtime == "none":
+        raise UsageError(
+            f"--image: site {site.name} runs vLLM from a venv (container.runtime is 'none'); "
+            "use --venv"
+        )
+    if option == "--venv" and runtime != "none":
+        raise UsageError(
+            f"--venv: site {site.name} runs vLLM in a container "
+            f"(container.runtime is {runtime!r}); use --image"
+        )
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A value ``site`` needs before a job can run there, and why."""
+
+    site: str
+    field: str
+    why: str
+    runtime: str = "apptainer"
+
+    def message(self) -> str:
+        """``SITE: FIELD is not set (WHY): how to set it`` (the option and the user-file line)."""
+        section, _, key = self.field.rpartition(".")
+        value = _PLACEHOLDERS.get(self.field, "VALUE")
+        pull = ""
+        if self.field == "container.image":
+            pull = f"on the login node run `{pull_command(self.runtime)}`, then "
+        option = OPTIONS.get(self.field)
+        line = f"`{section}: {{{key}: {value}}}`" if section else f"`{key}: {value}`"
+        return (
+            f"{self.site}: {self.field} is not set ({self.why}): {pull}"
+            + (f"pass {option} {value} or " if option else "")
+            + f"add {line} to ~/.config/hpcserve/sites/{self.site}.yaml (with `name: {self.site}`)"
+        )
+
+
+def pull_command(runtime: str = "apptainer") -> str:
+    """The one ``apptainer pull`` (or ``singularity pull``) of the pinned image."""
+    tool = "singularity" if runtime == "singularity" else "apptainer"
+    return f"{tool} pull {IMAGE_FILE} {PINNED_IMAGE}"
+
+
+def _value(site: Site, dotted: str) -> object:
+    value: object = site
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def missing_values(site: Site) -> list[Missing]:
+    """Every must-have value ``site`` lacks: those its file lists in ``must_set``, the image of
+    a container runtime, and the shared HF cache when compute nodes are offline."""
+    wanted = dict(site.must_set)
+    if site.container.runtime != "none":
+        wanted.setdefault("container.image", "the vLLM image on the cluster")
+    if site.storage.offline:
+        wanted.setdefault("storage.hf_cache", "compute nodes are offline: models come from it")
+    runtime = site.container.runtime
+    return [
+        Missing(site.name, dotted, why, runtime)
+        for dotted, why in wanted.items()
+        if _value(site, dotted) in (None, "", [], {})
+    ]
+
+
+# What the launcher itself cannot be written without (render stops; other values only warn).
+_RENDER_NEEDS = frozenset({"container.image"})
+
+
+def check_values(site: Site, *, submitting: bool) -> None:
+    """Before anything contacts the cluster: every missing must-have value is an error when
+    ``submitting`` (one line each), else a :class:`SiteWarning` (render)."""
+    missing = missing_values(site)
+    fatal = [m for m in missing if submitting or m.field in _RENDER_NEEDS]
+    for m in missing:
+        if m not in fatal:
+            warnings.warn(SiteWarning(m.message()), stacklevel=2)
+    if fatal:
+        raise ConfigError([m.message() for m in fatal])

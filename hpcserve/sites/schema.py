@@ -227,6 +227,15 @@ class Site:
     sources: list[str] = field(
         default_factory=list, metadata=meta("Where the node facts come from (URLs, documents).")
     )
+    must_set: dict[str, str] = field(
+        default_factory=dict,
+        metadata=meta(
+            "Values each user must supply, dotted field -> why (e.g. scheduler.account). "
+            "submit refuses and render warns while one is unset, naming the option or the "
+            "user-file line that sets it; a container image and, with storage.offline, "
+            "storage.hf_cache are must-haves on every site."
+        ),
+    )
     unconfirmed: list[str] = field(
         default_factory=list,
         metadata=meta("Dotted field names whose value could not be confirmed from a source."),
@@ -234,4 +243,12 @@ class Site:
     path: str | None = field(
         default=None,
         metadata=meta("Set by the loader: the file this site came from.", internal=True),
+    )
+    provenance: dict[str, str] = field(
+        default_factory=dict,
+        metadata=meta(
+            "Set by the loader: dotted field -> where its value was set "
+            "('shipped: FILE:LINE', 'user: FILE:LINE', 'option: --image').",
+            internal=True,
+        ),
     )
