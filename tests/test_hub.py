@@ -251,7 +251,8 @@ def test_local_model_info_never_asks_the_hub(hub: tuple[HubState, str], tmp_path
 def test_render_never_asks_the_hub(hub: tuple[HubState, str], tmp_path: Path) -> None:
     state, url = hub
     r = subprocess.run(
-        [sys.executable, "-m", "hpcserve", "render", "--site", "meluxina", "--model", MODEL],
+        [sys.executable, "-m", "hpcserve", "render", "--site", "meluxina", "--model", MODEL]
+        + ["--image", "/project/vllm.sif"],
         capture_output=True,
         text=True,
         timeout=120,
