@@ -315,7 +315,7 @@ def test_default_job_dir_is_one_function(cli: Cli, env: Path, tmp_path: Path, mo
     site: Site = venv_site()
     script = render_script(cli, site_path, model, "--name", "demo")
     assert default_job_dir(site, "demo") == "~/hpcserve-jobs/demo"
-    assert 'JOBDIR="${HOME}"/hpcserve-jobs/demo\n' in script
+    assert 'JOBDIR="${HOME}"/hpcserve-jobs/demo-"${SLURM_JOB_ID}"\n' in script
     submitted, _ = submit_dry(cli, site_path, model, "--name", "demo")
     prefix = default_job_dir(site, "demo", home=str(env)) + "-"
     assert submitted["job_dir"].startswith(prefix) and submitted["job_dir"] != prefix
