@@ -121,7 +121,8 @@ def check_request(site: Site, req: LaunchRequest) -> Layout:
     problems += _name_problems(req.job_name)
     problems += _job_dir_problems(req.job_dir)
     problems += _option_problems(req)
-    problems += vllm_flags.check_extra_args(req.vllm_args)
+    set_flags = (*vllm_flags.ALWAYS_SET, *req.vllm_options)
+    problems += vllm_flags.check_extra_args(req.vllm_args, set_flags)
     problems += _sbatch_problems(req.sbatch)
     if problems:
         raise UsageError("; ".join(problems))
