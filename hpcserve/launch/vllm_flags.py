@@ -241,6 +241,31 @@ def check_values(values: Mapping[str, Any]) -> list[str]:
     return [p for p in problems if p]
 
 
+LONG_MAX_MODEL_LEN = "VLLM_ALLOW_LONG_MAX_MODEL_LEN"
+
+
+def context_problems(
+    max_model_len: int | None, max_position_embeddings: int | None, env: Mapping[str, object]
+) -> list[str]:
+    """``--max-model-len`` beyond the model's ``max_position_embeddings``, which vLLM refuses
+    (``_get_and_verify_max_len`` in ``vllm/config/model.py``) unless ``env`` (the site's
+    ``engine.env``) sets ``VLLM_ALLOW_LONG_MAX_MODEL_LEN`` true (``vllm/envs.py``: 1 or true).
+
+    The one rule of ``plan``, ``render`` and ``submit``; unknown lengths pass.
+    """
+    if not max_model_len or not max_position_embeddings:
+        return []
+    if max_model_len <= max_position_embeddings:
+        return []
+    if str(env.get(LONG_MAX_MODEL_LEN, "0")).strip().lower() in ("1", "true"):
+        return []
+    return [
+        f"--max-model-len {max_model_len} exceeds the model's max_position_embeddings "
+        f"({max_position_embeddings}): vLLM refuses it unless {LONG_MAX_MODEL_LEN}=1 is in the "
+        "site's engine.env (outputs beyond the trained length may be wrong)"
+    ]
+
+
 # vLLM's short spellings of table flags (``arg_utils.py`` registers ``-tp`` and ``-pp``).
 SHORT: dict[str, str] = {"-tp": "tensor_parallel_size", "-pp": "pipeline_parallel_size"}
 # Flags hpcserve passes on every launch (the layout); other options only when they are given.
@@ -331,7 +356,8 @@ def markdown() -> str:
         "goes through `--vllm-arg` (repeatable, one argv element each, e.g. "
         "`--vllm-arg=--max-num-seqs=64`). `--api-key` is refused: the API key reaches vLLM as "
         "`VLLM_API_KEY` in the environment. A `--vllm-arg` that repeats a flag hpcserve passes "
-        "(the launcher's, the layout's, or an option given) is refused too. A value outside its *values* column is refused with "
+        "(the launcher's, the layout's, or an option given) is refused too. A value outside "
+        "its *values* column is refused with "
         "one line (exit 2) by `render`, `submit` and `plan` alike; `plan` takes "
         f"{', '.join(f'`{f.flag}`' for f in PLAN_OPTIONS)} from this table too.",
         "",

@@ -246,6 +246,9 @@ def plan_for_site(
         "dtype": dtype,
     }
     problems = vllm_flags.check_values(values)
+    problems += vllm_flags.context_problems(
+        max_model_len, info.max_position_embeddings, site.engine.env
+    )
     if problems:
         raise UsageError("; ".join(problems))
     served = resolve_dtype(dtype or "auto")
