@@ -7,7 +7,6 @@ import shutil
 import socket
 
 from hpcserve.cluster.executor import Executor, LocalExecutor
-from hpcserve.cluster.sshconfig import resolve
 from hpcserve.errors import UsageError
 from hpcserve.sites.schema import Site
 
@@ -38,14 +37,8 @@ def submits_locally(site: Site, hostname: str | None = None) -> bool:
 
 def submit_target(site: Site) -> str:
     """Where ``submit`` runs sbatch for ``site``: ``local`` or ``user@host:port`` (after
-    ``~/.ssh/config``)."""
-    if submits_locally(site):
-        return "local"
-    if not site.login:
-        return "local"  # executor_for refuses it with the reason
-    lh = site.login[0]
-    route = resolve(lh.host, site_user=lh.user, site_port=lh.port, site_jump=lh.jump)
-    return route.target.describe()
+    ``~/.ssh/config``); nothing is contacted."""
+    return describe_executor(executor_for(site))
 
 
 def describe_executor(executor: Executor) -> str:
