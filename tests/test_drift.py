@@ -316,9 +316,47 @@ def test_default_job_dir_is_one_function(cli: Cli, env: Path, tmp_path: Path, mo
     site: Site = venv_site()
     script = render_script(cli, site_path, model, "--name", "demo")
     assert default_job_dir(site, "demo") == "~/hpcserve-jobs/demo"
-    assert 'JOBDIR="${HOME}"/hpcserve-jobs/demo\n' in script
+    assert 'JOBDIR="${HOME}"/hpcserve-jobs/demo-"${SLURM_JOB_ID}"\n' in script
     submitted, _ = submit_dry(cli, site_path, model, "--name", "demo")
     prefix = default_job_dir(site, "demo", home=str(env)) + "-"
     assert submitted["job_dir"].startswith(prefix) and submitted["job_dir"] != prefix
     again, _ = submit_dry(cli, site_path, model, "--name", "demo")
     assert again["job_dir"] != submitted["job_dir"]  # submit never reuses a directory
+
+
+# --------------------------------------------------------------------------- context length
+
+
+def test_max_model_len_beyond_the_model_is_refused_by_every_command(
+    cli: Cli, env: Path, tmp_path: Path, model: str
+) -> None:
+    """vLLM refuses max_model_len > max_position_embeddings (2048 here) without
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN; every command says so, with that hint."""
+    errors = refusals(cli, three(site_file(tmp_path), model, "--max-model-len", "4096"))
+    assert len(set(errors)) == 1
+    assert "4096" in errors[0] and "2048" in errors[0]
+    assert "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in errors[0]
+    engine = dataclasses.replace(venv_site().engine, env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"})
+    (tmp_path / "long").mkdir()
+    allowed = site_file(tmp_path / "long", engine=engine)
+    assert plan_json(cli, allowed, model, "--max-model-len", "4096")["max_model_len"] == 4096
+    assert flag_value(render_script(cli, allowed, model, "--max-model-len", "4096"),
+                      "--max-model-len") == "4096"  # fmt: skip
+
+
+def test_a_vllm_arg_repeating_an_option_hpcserve_sets_is_refused(
+    cli: Cli, env: Path, tmp_path: Path, model: str
+) -> None:
+    site = site_file(tmp_path)
+    for args in (
+        ("--vllm-arg=--tensor-parallel-size=2",),
+        ("--vllm-arg", "-tp", "--vllm-arg", "2"),
+        ("--max-model-len", "512", "--vllm-arg=--max_model_len=1024"),
+    ):
+        for command in ("render", "submit"):
+            extra = ("--dry-run",) if command == "submit" else ()
+            code, out, err = cli(command, *extra, "--site", site, "--model", model, *args)
+            assert code == 2 and err.count("\n") == 1 and "--vllm-arg" in err, (args, err)
+    # an option hpcserve does not set may still go through --vllm-arg
+    script = render_script(cli, site, model, "--vllm-arg=--max-num-seqs=8")
+    assert "--max-num-seqs=8" in script

@@ -105,3 +105,44 @@ def test_alternatives_only_list_accepted_layouts() -> None:
     assert [(a.tp, a.pp) for a in alts[:3]] == [(4, 2), (2, 4), (1, 8)]
     assert (4, 1) in [(a.tp, a.pp) for a in alts[3:]]
     assert all(not layout_problems(info, a.tp, a.pp) for a in alts)
+
+
+def test_a_huge_node_count_is_refused_by_the_layout_rule() -> None:
+    """No layout vLLM accepts has more ranks than attention heads × layers (TP divides the
+    heads, PP ≤ layers): 10^6 nodes are refused at once, not searched; and no node count
+    beyond what SLURM can count (a uint32) is accepted, whatever the model."""
+    info = model("qwen2.5-7b-instruct")
+    with pytest.raises(UsageError, match="at most 784 ranks"):
+        choose_layout(info, nodes=10**6, gpus_per_node=8)
+    with pytest.raises(UsageError, match="--nodes"):
+        choose_layout(None, nodes=10**20, gpus_per_node=8)
+
+
+def test_plan_with_a_huge_node_count_is_one_line(cli: Any) -> None:
+    code, out, err = cli(
+        "plan", "--site", "local", "--model", "tiny", "--config-json",
+        str(DATA / "tiny-llama.json"), "--nodes", "99999999999999999999",
+    )  # fmt: skip
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+
+
+def test_auto_mode_tells_no_layout_apart_from_does_not_fit() -> None:
+    from hpcserve.plan.planner import NodeShape, make_plan
+
+    info = model("qwen2.5-7b-instruct")  # 28 heads: TP=8 is refused on every node count
+    with pytest.raises(UsageError) as e:
+        make_plan(info, NodeShape(gpus=8, gpu_memory_mib=80 * 1024))
+    msg = str(e.value)
+    assert "no layout vLLM accepts" in msg and "does not fit" not in msg
+    assert "attention heads (28) are not divisible by TP=8" in msg
+    assert "--tp 4" in msg  # a layout that works
+
+
+def test_weights_alone_too_big_do_not_suggest_a_shorter_context() -> None:
+    from hpcserve.plan.planner import NodeShape, make_plan, verdict
+
+    p = make_plan(model("llama-3.1-70b"), NodeShape(gpus=1, gpu_memory_mib=24 * 1024), nodes=1)
+    assert not p.fit.fits
+    line = verdict(p)
+    assert "does NOT fit" in line and "weights" in line
+    assert "--max-model-len" not in line and "--kv-cache-dtype" not in line

@@ -438,3 +438,55 @@ def test_a_listening_port_is_skipped(fake_path: Path, tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         api_port = json.loads((job / "endpoint.json").read_text())["api_port"]
         assert api_port == 18000 + job_id + 1
+
+
+def sbatch_like(
+    text: str, job_id: str, tmp_path: Path, home: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run ``text`` as sbatch does: a private copy of the script, run from the submit directory."""
+    spool = tmp_path / f"spool-{job_id}"
+    spool.mkdir()
+    script = spool / "slurm_script"
+    script.write_text(text)
+    env = {**os.environ, "HOME": str(home), "SLURM_JOB_ID": job_id, "TMPDIR": str(tmp_path)}
+    return subprocess.run(
+        ["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+
+
+def test_each_default_rendered_launcher_runs_what_it_says(fake_path: Path, tmp_path: Path) -> None:
+    """Two `render`s without --job-dir, sbatched one after the other: each serves its own model."""
+    home = tmp_path / "home"
+    home.mkdir()
+    site = venv_site()
+    first = render(site, request(1, model="org/FIRST", job_dir=""))
+    second = render(
+        site, request(1, model="org/SECOND", job_dir="", vllm_options={"max_model_len": 4096})
+    )
+    seen = []
+    for text, job_id in ((first, "101"), (second, "102")):
+        proc = sbatch_like(text, job_id, tmp_path, home)
+        assert proc.returncode == 0, proc.stderr
+        seen.append(read_nul(fake_path / "vllm-argv.0"))
+    assert seen[0][:2] == ["serve", "org/FIRST"] and "--max-model-len" not in seen[0]
+    assert seen[1][:2] == ["serve", "org/SECOND"]
+    assert seen[1][seen[1].index("--max-model-len") + 1] == "4096"
+
+
+def test_a_job_directory_belongs_to_one_job(fake_path: Path, tmp_path: Path) -> None:
+    """Another launcher (or another job) in an explicit --job-dir is refused, never run."""
+    home = tmp_path / "home"
+    home.mkdir()
+    site = venv_site()
+    first = render(site, request(1, model="org/FIRST", job_dir="~/jobs/x"))
+    second = render(site, request(1, model="org/SECOND", job_dir="~/jobs/x"))
+    assert sbatch_like(first, "201", tmp_path, home).returncode == 0
+    (fake_path / "vllm-argv.0").unlink()
+    proc = sbatch_like(second, "202", tmp_path, home)
+    assert proc.returncode != 0
+    assert not (fake_path / "vllm-argv.0").exists()
+    log = (home / "jobs" / "x" / "slurm-202.out").read_text()
+    assert "belongs to job 201" in log or "another launcher" in log
+    proc = sbatch_like(first, "203", tmp_path, home)  # the same script again: still another job
+    assert proc.returncode != 0 and not (fake_path / "vllm-argv.0").exists()
+    assert "belongs to job 201" in (home / "jobs" / "x" / "slurm-203.out").read_text()

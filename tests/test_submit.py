@@ -189,10 +189,12 @@ def test_offline_site_warns_when_model_not_cached(
     registry: Callable[[], Any], tmp_path: Path,
 ) -> None:  # fmt: skip
     cache = tmp_path / "hf"
+    base = apptainer_site()
     site = apptainer_site(
         storage=dataclasses.replace(
-            apptainer_site().storage, hf_cache=str(cache), workdir=str(tmp_path / "jobs")
-        )
+            base.storage, hf_cache=str(cache), workdir=str(tmp_path / "jobs")
+        ),
+        scheduler=dataclasses.replace(base.scheduler, submit="local"),  # this is its login node
     )
     path = site_file(site)
     code, _, err = cli("submit", "--site", path, "--nodes", "2", "--model", "org/big")
@@ -235,3 +237,50 @@ def test_local_executor_for_local_site() -> None:
     from hpcserve.cluster.executor import LocalExecutor
 
     assert isinstance(executor_for(venv_site()), LocalExecutor)
+
+
+def remote_site(**scheduler: Any) -> Site:
+    from hpcserve.sites.schema import LoginHost
+
+    return venv_site(
+        login=[LoginHost(host="login.example.org", port=8822, user="u123")],
+        scheduler=Scheduler(gpus_directive="none", exclusive=False, submit="auto", **scheduler),
+    )
+
+
+def test_auto_submits_through_the_login_host_even_with_sbatch_here(
+    fake_path: Path, home: Path
+) -> None:
+    """A site with a login host is never submitted to whatever sbatch is on PATH here."""
+    import shutil
+
+    from hpcserve.cluster.connect import submit_target, submits_locally
+
+    assert shutil.which("sbatch")  # the fake one
+    site = remote_site()
+    assert not submits_locally(site)
+    assert executor_for(site).remote
+    assert submit_target(site) == "u123@login.example.org:8822"
+
+
+def test_auto_submits_here_on_the_sites_login_node(fake_path: Path, home: Path) -> None:
+    import socket
+
+    from hpcserve.cluster.connect import submit_target, submits_locally
+
+    here = socket.gethostname()
+    site = remote_site(login_hostnames=[here[:1] + "*", "login*.example.org"])
+    assert submits_locally(site) and not executor_for(site).remote
+    assert submit_target(site) == "local"
+    assert not submits_locally(remote_site(login_hostnames=["login*.example.org"]))
+
+
+def test_dry_run_json_says_where_and_what_it_would_run(
+    cli: Cli, home: Path, fake_path: Path, site_file: Callable[[Site], str]
+) -> None:
+    site = site_file(venv_site())
+    code, out, err = cli("submit", "--site", site, "--model", "m", "--dry-run", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["submit_to"] == "local"
+    assert data["command"] == ["sbatch", "--parsable", data["launcher"]]

@@ -7,6 +7,7 @@ Each command lives in a small module of this package and is imported only when i
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -17,6 +18,8 @@ import click
 
 from hpcserve import __version__
 from hpcserve.errors import ConfigError, HpcserveError
+
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 # command name -> (module under hpcserve.cli, attribute, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -109,17 +112,49 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> None:
             warnings.simplefilter("always", UserWarning)
             warnings.showwarning = _show_warning
             rv = cli.main(args=argv, prog_name="hpcserve", standalone_mode=False, obj=obj)
+        sys.stdout.flush()  # a write error shows here, as one line, not at the exit's flush
         # Under standalone_mode=False click returns ctx.exit(n)'s code instead of exiting.
         if isinstance(rv, int) and rv != 0:
             sys.exit(rv)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:
+        _fail(_usage_line(e), e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except (click.Abort, HpcserveError, KeyboardInterrupt, BrokenPipeError) as e:
         _fail_known(e)
-    except Exception as e:  # a bug: still no traceback unless asked for
-        if os.environ.get("HPCSERVE_DEBUG"):
-            raise
-        _fail(f"internal error: {type(e).__name__}: {e} (HPCSERVE_DEBUG=1 shows the traceback)", 70)
+    except OSError as e:
+        if _stdout_broken(e):
+            _fail(f"error: cannot write the output: {e.strerror or e}", 1)
+        _internal(e)
+    except Exception as e:
+        _internal(e)
+
+
+def _internal(e: Exception) -> NoReturn:
+    """A bug: one line, still no traceback unless asked for."""
+    if os.environ.get("HPCSERVE_DEBUG"):
+        raise e
+    _fail(f"internal error: {type(e).__name__}: {e} (HPCSERVE_DEBUG=1 shows the traceback)", 70)
+
+
+def _usage_line(e: click.UsageError) -> str:
+    """click's usage error as one line (click prints the usage, a hint and the error on three)."""
+    path = e.ctx.command_path if e.ctx is not None else "hpcserve"
+    return f"error: {e.format_message()} (see '{path} --help')"
+
+
+def _stdout_broken(e: OSError) -> bool:
+    """True for a failed write with no file named (stdout on a full disk or ``/dev/full``);
+    stdout is then pointed at /dev/null so that the exit's own flush does not fail again."""
+    if e.filename is not None or e.errno not in _WRITE_ERRNOS:
+        return False
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return True

@@ -9,6 +9,7 @@ function in :mod:`hpcserve.client`, which builds and checks the request once
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -124,7 +125,11 @@ def submit(**opts: Any) -> None:
     if opts["as_json"]:
         click.echo(json.dumps(sub.to_dict(), indent=2))
     elif sub.job_id is None:
-        click.echo(f"dry run: wrote {sub.launcher} (not submitted)")
+        where = "here" if sub.submit_to == "local" else f"on {sub.submit_to}"
+        click.echo(
+            f"dry run: wrote {sub.launcher} (not submitted; would run "
+            f"{shlex.join(sub.command)} {where})"
+        )
     else:
         click.echo(sub.job_id)
 

@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
+import socket
 
 from hpcserve.cluster.executor import Executor, LocalExecutor
 from hpcserve.errors import UsageError
 from hpcserve.sites.schema import Site
 
 
-def submits_locally(site: Site) -> bool:
-    """True when ``sbatch`` runs on this machine for ``site``."""
+def on_login_node(site: Site, hostname: str | None = None) -> bool:
+    """True when this machine (``hostname``, default its own) matches one of the site's
+    ``scheduler.login_hostnames`` (full name or first label)."""
+    name = (hostname if hostname is not None else socket.gethostname()).lower()
+    names = {name, name.split(".", 1)[0]}
+    patterns = [p.lower() for p in site.scheduler.login_hostnames]
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+
+
+def submits_locally(site: Site, hostname: str | None = None) -> bool:
+    """True when ``sbatch`` runs on this machine for ``site``.
+
+    ``auto``: a site with login hosts submits through the first of them unless this machine is
+    one of its login nodes (:func:`on_login_node`), never to whatever ``sbatch`` is on PATH; a
+    site without login hosts submits here when ``sbatch`` is on PATH.
+    """
     mode = site.scheduler.submit
-    return mode == "local" or (mode == "auto" and shutil.which("sbatch") is not None)
+    if mode != "auto":
+        return mode == "local"
+    if site.login:
+        return on_login_node(site, hostname)
+    return shutil.which("sbatch") is not None
+
+
+def submit_target(site: Site) -> str:
+    """Where ``submit`` runs sbatch for ``site``: ``local`` or ``user@host:port`` (after
+    ``~/.ssh/config``); nothing is contacted."""
+    return describe_executor(executor_for(site))
+
+
+def describe_executor(executor: Executor) -> str:
+    """``local`` or ``user@host:port`` of the login host ``executor`` runs commands on."""
+    if not executor.remote:
+        return "local"
+    from hpcserve.cluster.ssh import SshExecutor, route_for
+
+    if isinstance(executor, SshExecutor):
+        route, _ = route_for(executor.login, executor.overrides)
+        return route.target.describe()
+    return "remote"
 
 
 def executor_for(site: Site) -> Executor:

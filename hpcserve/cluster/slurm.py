@@ -248,6 +248,11 @@ def is_transient(result: CommandResult) -> bool:
 
 
 # -- the adapter -------------------------------------------------------------------------------
+def sbatch_argv(script: str, args: Sequence[str] = ()) -> list[str]:
+    """The command :meth:`Slurm.submit` runs: ``sbatch --parsable ARGS SCRIPT``."""
+    return ["sbatch", "--parsable", *args, script]
+
+
 class Slurm:
     """SLURM commands through one executor, with retries for transient controller errors."""
 
@@ -358,7 +363,7 @@ class Slurm:
         """``sbatch --parsable ARGS SCRIPT`` -> (job id, cluster); RemoteError "sbatch failed: ..."
         when sbatch refuses it or prints no job id."""
         try:
-            res = self.run(["sbatch", "--parsable", *args, script])
+            res = self.run(sbatch_argv(script, args))
             return parse_sbatch_parsable(res.stdout)
         except RemoteError as e:
             raise RemoteError(f"sbatch failed: {e}") from e

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from hpcserve.cluster.sbatch import merged, sbatch_directives
@@ -34,6 +34,7 @@ TEMPLATE = "launcher.sbatch.j2"
 SRUN_WAIT_S = 30  # seconds srun waits after the first node's task ends before ending the rest
 PORT_SPREAD = 100  # API/master search starts at base + (job id % PORT_SPREAD)
 MASTER_PORT_GAP = 1000  # master ports are searched from engine.port + this
+JOB_CLAIM = ".hpcserve-job"  # in the job directory: the id of the one job it belongs to
 
 
 @dataclass(frozen=True)
@@ -179,12 +180,20 @@ def _in_job(first: str, *rest: Part) -> Word:
     return (Var("JOBDIR"), "/" + first, *rest)
 
 
+def _job_dir_word(site: Site, req: LaunchRequest) -> Word:
+    """The job directory as a word: ``req.job_dir``, or with none ``<workdir>/<name>-<job id>``
+    (a job directory belongs to one job, so two launchers rendered alike never share one)."""
+    if req.job_dir:
+        return path_word(req.job_dir.rstrip("/") or "/")
+    base = path_word(default_job_dir(site, req.job_name))
+    return (*(base if isinstance(base, tuple) else (base,)), "-", Var("SLURM_JOB_ID"))
+
+
 def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
     """Everything the template needs, decided here (an empty ``job_dir`` is the default one)."""
     layout = check_request(site, req)
-    if not req.job_dir:
-        req = replace(req, job_dir=default_job_dir(site, req.job_name))
-    job_dir = path_word(req.job_dir.rstrip("/") or "/")
+    per_job = not req.job_dir
+    job_dir = _job_dir_word(site, req)
     absolute = isinstance(job_dir, str)
     sched = site.scheduler
     gpus = layout.ranks_per_node
@@ -217,6 +226,8 @@ def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
         "layout": layout,
         "directives": directives,
         "job_dir": job_dir,
+        "job_dir_per_job": per_job,
+        "claim_path": _in_job(JOB_CLAIM),
         "redirect_batch_output": not absolute,
         "modules": _modules(site),
         "env": _env(site),

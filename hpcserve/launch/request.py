@@ -121,8 +121,14 @@ def check_request(site: Site, req: LaunchRequest) -> Layout:
     problems += _name_problems(req.job_name)
     problems += _job_dir_problems(req.job_dir)
     problems += _option_problems(req)
-    problems += vllm_flags.check_extra_args(req.vllm_args)
+    set_flags = (*vllm_flags.ALWAYS_SET, *req.vllm_options)
+    problems += vllm_flags.check_extra_args(req.vllm_args, set_flags)
     problems += _sbatch_problems(req.sbatch)
+    problems += vllm_flags.context_problems(
+        req.vllm_options.get("max_model_len"),
+        req.model_info.max_position_embeddings if req.model_info else None,
+        site.engine.env,
+    )
     if problems:
         raise UsageError("; ".join(problems))
     site_problems = vllm_flags.check_extra_args(site.engine.extra_args)

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hpcserve.cluster.connect import expand_home
+from hpcserve.cluster.connect import describe_executor, expand_home
 from hpcserve.cluster.executor import Executor
-from hpcserve.cluster.slurm import Slurm
+from hpcserve.cluster.slurm import Slurm, sbatch_argv
 from hpcserve.errors import HpcserveError, RemoteError, UsageError
 from hpcserve.jobs import record as jobrecord
 from hpcserve.launch.render import LaunchRequest, choose_layout, path_word, render, shell_word
@@ -41,6 +41,8 @@ class Submission:
     pp: int
     api_key_file: str | None = None
     warnings: list[str] = field(default_factory=list)
+    submit_to: str = "local"  # where sbatch runs: local, or user@host:port of the login host
+    command: list[str] = field(default_factory=list)  # what runs there
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -55,6 +57,8 @@ class Submission:
             "api_key_file": self.api_key_file,
             "dry_run": self.job_id is None,
             "warnings": self.warnings,
+            "submit_to": self.submit_to,
+            "command": self.command,
         }
 
 
@@ -161,6 +165,8 @@ def submit(
         tp=layout.tp,
         pp=layout.pp,
         warnings=warnings,
+        submit_to=describe_executor(executor),
+        command=sbatch_argv(launcher),
     )
     if dry_run:
         return sub

@@ -241,19 +241,72 @@ def check_values(values: Mapping[str, Any]) -> list[str]:
     return [p for p in problems if p]
 
 
-def check_extra_args(args: Iterable[str]) -> list[str]:
-    """Problems with ``--vllm-arg`` values: reserved flags hpcserve sets itself."""
-    problems = []
-    for arg in args:
-        name = arg.split("=", 1)[0]
-        if name in RESERVED:
-            why = (
-                "it would put the key on a command line; hpcserve passes VLLM_API_KEY instead"
-                if name == "--api-key"
-                else "hpcserve sets it for each node"
-            )
-            problems.append(f"--vllm-arg {arg!r}: {name} is not allowed ({why})")
-    return problems
+LONG_MAX_MODEL_LEN = "VLLM_ALLOW_LONG_MAX_MODEL_LEN"
+
+
+def context_problems(
+    max_model_len: int | None, max_position_embeddings: int | None, env: Mapping[str, object]
+) -> list[str]:
+    """``--max-model-len`` beyond the model's ``max_position_embeddings``, which vLLM refuses
+    (``_get_and_verify_max_len`` in ``vllm/config/model.py``) unless ``env`` (the site's
+    ``engine.env``) sets ``VLLM_ALLOW_LONG_MAX_MODEL_LEN`` true (``vllm/envs.py``: 1 or true).
+
+    The one rule of ``plan``, ``render`` and ``submit``; unknown lengths pass.
+    """
+    if not max_model_len or not max_position_embeddings:
+        return []
+    if max_model_len <= max_position_embeddings:
+        return []
+    if str(env.get(LONG_MAX_MODEL_LEN, "0")).strip().lower() in ("1", "true"):
+        return []
+    return [
+        f"--max-model-len {max_model_len} exceeds the model's max_position_embeddings "
+        f"({max_position_embeddings}): vLLM refuses it unless {LONG_MAX_MODEL_LEN}=1 is in the "
+        "site's engine.env (outputs beyond the trained length may be wrong)"
+    ]
+
+
+# vLLM's short spellings of table flags (``arg_utils.py`` registers ``-tp`` and ``-pp``).
+SHORT: dict[str, str] = {"-tp": "tensor_parallel_size", "-pp": "pipeline_parallel_size"}
+# Flags hpcserve passes on every launch (the layout); other options only when they are given.
+ALWAYS_SET: tuple[str, ...] = ("tensor_parallel_size", "pipeline_parallel_size")
+
+
+def table_name(arg: str) -> str | None:
+    """The python name of the table flag that argv element ``arg`` spells (``--x``, ``--x=v``,
+    ``--no-x``, ``--x_y``: vLLM's ``FlexibleArgumentParser`` reads ``_`` as ``-``), or None."""
+    name = arg.split("=", 1)[0]
+    if name in SHORT:
+        return SHORT[name]
+    if not name.startswith("--"):
+        return None
+    body = name[2:].replace("-", "_")
+    if body in BY_NAME:
+        return body
+    negated = BY_NAME.get(body[3:]) if body.startswith("no_") else None
+    return negated.name if negated is not None and negated.type is bool else None
+
+
+def _extra_arg_problem(arg: str, set_by_hpcserve: frozenset[str]) -> str | None:
+    name = arg.split("=", 1)[0]
+    known = table_name(arg)
+    if name == "--api-key":
+        why = "it would put the key on a command line; hpcserve passes VLLM_API_KEY instead"
+    elif name in RESERVED or (known is not None and not BY_NAME[known].option):
+        why = "hpcserve sets it for each node"
+    elif known in set_by_hpcserve:
+        why = f"hpcserve already passes {BY_NAME[known].flag}: use {BY_NAME[known].spelling}"
+    else:
+        return None
+    return f"--vllm-arg {arg!r}: {name} is not allowed ({why})"
+
+
+def check_extra_args(args: Iterable[str], set_by_hpcserve: Iterable[str] = ALWAYS_SET) -> list[str]:
+    """Problems with ``--vllm-arg`` values: flags hpcserve sets itself (per node, the layout, and
+    the options in ``set_by_hpcserve``, python names) would be repeated on the command line."""
+    given = frozenset(set_by_hpcserve)
+    problems = (_extra_arg_problem(arg, given) for arg in args)
+    return [p for p in problems if p]
 
 
 def click_options(
@@ -302,7 +355,9 @@ def markdown() -> str:
         "through to `vllm serve`; the others are set by the launcher for each node. Anything else "
         "goes through `--vllm-arg` (repeatable, one argv element each, e.g. "
         "`--vllm-arg=--max-num-seqs=64`). `--api-key` is refused: the API key reaches vLLM as "
-        "`VLLM_API_KEY` in the environment. A value outside its *values* column is refused with "
+        "`VLLM_API_KEY` in the environment. A `--vllm-arg` that repeats a flag hpcserve passes "
+        "(the launcher's, the layout's, or an option given) is refused too. A value outside "
+        "its *values* column is refused with "
         "one line (exit 2) by `render`, `submit` and `plan` alike; `plan` takes "
         f"{', '.join(f'`{f.flag}`' for f in PLAN_OPTIONS)} from this table too.",
         "",

@@ -21,11 +21,14 @@ when the model's config.json is known. They mirror vLLM (read from its source):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from hpcserve.errors import UsageError
 from hpcserve.plan.modelinfo import ModelInfo
 
+# SLURM counts nodes in a uint32 (``job_desc_msg_t.min_nodes``, ``slurm.h``; 0xfffffffe: NO_VAL).
+MAX_SLURM_NODES = 0xFFFFFFFD
 PP_ACROSS_NODES = "pp-across-nodes"
 TP_ACROSS_NODES = "tp-across-nodes"
 
@@ -139,7 +142,8 @@ def layout_problems(info: ModelInfo, tp: int, pp: int) -> list[str]:
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
 
 
 def alternatives(info: ModelInfo, nodes: int, gpus_per_node: int) -> list[Layout]:
@@ -189,8 +193,10 @@ def requested_layout(
 ) -> tuple[int, int]:
     """(TP, PP) from what the user named: neither is the site's default (``mode``); one names the
     other from all the GPUs; UsageError when it does not divide them."""
-    if nodes < 1:
-        raise UsageError(f"--nodes must be at least 1, got {nodes}")
+    if nodes < 1 or nodes > MAX_SLURM_NODES:
+        raise UsageError(
+            f"--nodes must be in [1, {MAX_SLURM_NODES}] (SLURM's node count), got {nodes}"
+        )
     world = nodes * gpus_per_node
     if tp is None and pp is None:
         return default_layout(nodes, gpus_per_node, mode)
@@ -206,8 +212,27 @@ def requested_layout(
     return tp, pp
 
 
+def max_ranks(info: ModelInfo) -> int:
+    """The most ranks any layout vLLM accepts can have: TP divides the attention heads and
+    PP ≤ layers, and each node needs one rank, so no more nodes than this either."""
+    return info.num_attention_heads * info.num_layers
+
+
+def node_count_problems(info: ModelInfo | None, nodes: int) -> list[str]:
+    """More nodes than any layout of this model can use (checked before any layout search)."""
+    if info is None or nodes <= max_ranks(info):
+        return []
+    return [
+        f"{nodes} nodes: a layout of this model has at most {max_ranks(info)} ranks "
+        f"({info.num_attention_heads} attention heads × {info.num_layers} layers), one a node"
+    ]
+
+
 def refusals(info: ModelInfo | None, nodes: int, gpus_per_node: int, tp: int, pp: int) -> list[str]:
     """Why TP×PP cannot run on these nodes: the shape, then (``info`` known) the model."""
+    problems = node_count_problems(info, nodes)
+    if problems:
+        return problems
     problems = shape_problems(nodes, gpus_per_node, tp, pp)
     if info is not None and not problems:
         problems = layout_problems(info, tp, pp)
@@ -218,6 +243,8 @@ def _hint(info: ModelInfo | None, nodes: int, gpus_per_node: int, mode: str) -> 
     if info is None:
         dtp, dpp = default_layout(nodes, gpus_per_node, mode)
         return f"try --tp {dtp} --pp {dpp}"
+    if node_count_problems(info, nodes):
+        return f"try --nodes {max(1, max_ranks(info) // gpus_per_node)} or fewer"
     alts = alternatives(info, nodes, gpus_per_node)
     if alts:
         return "a layout that works: " + ", ".join(_describe(a) for a in alts[:3])

@@ -21,6 +21,7 @@ from hpcserve.plan.layout import (
     Layout,
     choose_layout,
     default_layout,
+    max_ranks,
     refusals,
     requested_layout,
 )
@@ -279,7 +280,10 @@ def make_plan(
         fit = evaluate(info, node, layout, *args)
         return plan(fit, auto_nodes=False)
     tried: list[str] = []
-    for n in range(1, MAX_AUTO_NODES + 1):
+    last = min(MAX_AUTO_NODES, max_ranks(info))
+    if all(isinstance(_auto_layout(info, node, n, tp, pp), str) for n in range(1, last + 1)):
+        _no_layout(info, node, last, tp, pp)  # a layout refusal, not a memory verdict
+    for n in range(1, last + 1):
         layout_or_why = _auto_layout(info, node, n, tp, pp)
         if isinstance(layout_or_why, str):
             tried.append(f"{n} node(s): {layout_or_why}")
@@ -289,7 +293,7 @@ def make_plan(
             return plan(fit, auto_nodes=True, tried=tried)
         tried.append(f"{n} node(s): {shortfall(info, node, fit, *args)}")
     raise HpcserveError(
-        f"{info.name} does not fit on up to {MAX_AUTO_NODES} nodes of {node.gpus} × "
+        f"{info.name} does not fit on up to {last} nodes of {node.gpus} × "
         f"{_gib(node.gpu_memory_bytes)} at utilisation {utilization}"
     )
 
@@ -342,6 +346,18 @@ def _overhead_gb(fit: Fit) -> float:
     return max((b.non_kv - b.weights for b in fit.budgets), default=0.0) / GB
 
 
+def _no_layout(info: ModelInfo, node: NodeShape, last: int, tp: int | None, pp: int | None) -> None:
+    """Raise: no node count up to ``last`` has a layout vLLM accepts (not a memory verdict);
+    the reason and a layout that works are :func:`choose_layout`'s, on one node."""
+    try:
+        choose_layout(info, 1, node.gpus, tp, pp, node.layout)
+    except UsageError as e:
+        raise UsageError(
+            f"no layout vLLM accepts for {info.name} on 1 to {last} node(s) of {node.gpus} GPUs "
+            f"(before any memory check); on 1 node: {e}"
+        ) from e
+
+
 def _auto_layout(
     info: ModelInfo, node: NodeShape, nodes: int, tp: int | None, pp: int | None
 ) -> Layout | str:
@@ -382,6 +398,9 @@ def plan_for_site(
         "dtype": dtype,
     }
     problems = vllm_flags.check_values(values)
+    problems += vllm_flags.context_problems(
+        max_model_len, info.max_position_embeddings, site.engine.env
+    )
     if problems:
         raise UsageError("; ".join(problems))
     node = node_shape(site)
@@ -600,6 +619,13 @@ def verdict(p: Plan) -> str:
         return (
             f"verdict: {p.info.name} {how} {lay.nodes} node(s) of {p.node.site} "
             f"(TP={lay.tp}, PP={lay.pp})"
+        )
+    if p.fit.kv is None:  # no memory left for any KV cache: the context length is not the cause
+        return (
+            f"verdict: does NOT fit on {lay.nodes} node(s): the weights "
+            f"({_gib(max(p.fit.weights_per_gpu))} a GPU) and the non-KV memory exceed the "
+            f"{_gib(p.usable_per_gpu)} usable a GPU; try --nodes auto (more GPUs), a quantised "
+            "model or a higher --gpu-memory-utilization"
         )
     return (
         f"verdict: does NOT fit on {lay.nodes} node(s): weights and one "

@@ -67,9 +67,18 @@ class Scheduler:
     submit: str = field(
         default="auto",
         metadata=meta(
-            "Where sbatch runs: 'local' (this machine), 'ssh' (the login host) or 'auto' "
-            "(local when sbatch is on PATH, else ssh).",
+            "Where sbatch runs: 'local' (this machine), 'ssh' (the first login host) or 'auto' "
+            "(a site with login hosts: here only on one of its login_hostnames, else through "
+            "SSH; a site without: local when sbatch is on PATH).",
             choices=["auto", "local", "ssh"],
+        ),
+    )
+    login_hostnames: list[str] = field(
+        default_factory=list,
+        metadata=meta(
+            "Hostname patterns (shell globs) of the site's own login nodes: with submit 'auto', "
+            "a machine whose hostname matches one submits with its own sbatch.",
+            example=["login*.lxp.lu"],
         ),
     )
 
