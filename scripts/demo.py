@@ -98,7 +98,7 @@ def main() -> int:
         run("hpcserve", "tunnel", "--stop", job)
     finally:
         say("6. cancel the job; every vLLM process on every node exits")
-        run("hpcserve", "cancel", job, check=False)
+        run("hpcserve", "cancel", job, "--forget", check=False)  # the name is free for a rerun
 
     if args.down:
         run("hpcserve", "lab", "down")
