@@ -38,12 +38,15 @@ def load_site(
 
 
 def _launch_site(site: str | Site, options: dict[str, Any], *, submitting: bool) -> Site:
-    """The site with the launch ``options``' per-user values (``image``, ``venv``,
-    ``hf_cache`` taken out of ``options``; ``sbatch['account']``), its must-have values checked
-    before anything contacts the cluster: errors when ``submitting``, else warnings."""
+    """The site with the launch ``options``' per-user values (``image``, ``venv``, ``hf_cache``
+    taken out of ``options``; the account of ``sbatch`` or ``sbatch_args``), its must-have
+    values checked before anything contacts the cluster: errors when ``submitting``, else
+    warnings."""
+    from hpcserve.cluster.sbatch import parse_sbatch_args
     from hpcserve.sites.loader import check_values
 
-    account = (options.get("sbatch") or {}).get("account")
+    sbatch = {**(options.get("sbatch") or {}), **parse_sbatch_args(options.get("sbatch_args", ()))}
+    account = sbatch.get("account")  # --account or --sbatch-arg account=X, as sbatch sees it
     s = load_site(
         site,
         account=account,

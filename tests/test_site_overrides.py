@@ -175,6 +175,15 @@ def test_submit_dry_run_also_stops_before_the_cluster(
     assert "scheduler.account" not in err  # --account supplied it
 
 
+def test_an_account_given_as_sbatch_arg_counts_as_the_account(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["render", "--site", "meluxina", "--model", "org/m", "--image", "/p/v.sif"]
+    code, out, err = run_cli([*args, "--sbatch-arg", "account=p200123"], capsys)
+    assert code == 0 and "#SBATCH --account=p200123" in out
+    assert "scheduler.account" not in err
+
+
 def test_render_warns_about_missing_values(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["render", "--site", "meluxina", "--model", "org/m", "--image", "/p/v.sif"]
     code, out, err = run_cli(args, capsys)
