@@ -139,6 +139,20 @@ def test_explicit_bfloat16_on_t4_is_refused_as_vllm_refuses_it() -> None:
         plan_for_site(site, load_model_info("m", QWEN7B), nodes=1, dtype="bfloat16")
 
 
+def test_plan_render_and_submit_refuse_bfloat16_on_t4_alike(
+    site_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (site_dir / "s.yaml").write_text(site_text("{gpus: 4, gpu_model: T4}"))
+    model = ["--site", "s", "--model", "m", "--dtype", "bfloat16"]
+    errors = []
+    for cmd in (["plan", "--config-json", str(QWEN7B)], ["render"], ["submit", "--dry-run"]):
+        code, out, err = run_main(capsys, *cmd, *model)
+        assert code == 2, (cmd, out, err)
+        errors.append(err)
+    assert len(set(errors)) == 1 and errors[0].count("\n") == 1, errors
+    assert "bfloat16 needs compute capability 8.0" in errors[0]
+
+
 def test_marlin_kernels_are_flagged_below_their_capability() -> None:
     site = parse_site(site_text("{gpus: 4, gpu_model: V100-32GB}"), "s.yaml")
     plan = plan_for_site(site, load_model_info("m", GPTQ), nodes=8, max_model_len=4096)

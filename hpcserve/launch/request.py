@@ -22,7 +22,7 @@ from hpcserve.launch import vllm_flags
 from hpcserve.plan import layout as layout_mod
 from hpcserve.plan.layout import Layout
 from hpcserve.plan.modelinfo import ModelInfo, local_model_info
-from hpcserve.rules import check_job_name, check_slurm_time, resolve_dtype
+from hpcserve.rules import check_job_name, check_slurm_time, resolve_dtype, serving_dtype
 from hpcserve.sites.schema import Site
 
 DEFAULT_JOB_NAME = "hpcserve"  # SLURM job name when the user gave no --name
@@ -115,12 +115,29 @@ def _sbatch_problems(sbatch: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _dtype_problems(site: Site, req: LaunchRequest) -> list[str]:
+    """An explicit ``--dtype`` the site's GPU cannot run, refused by the rule ``plan`` applies
+    (:func:`hpcserve.rules.serving_dtype`; vLLM refuses bfloat16 below compute capability 8.0)."""
+    dtype = req.vllm_options.get("dtype")
+    if dtype is None:
+        return []
+    from hpcserve.plan.planner import node_shape
+
+    node = node_shape(site)
+    try:
+        serving_dtype(str(dtype), "auto", node.supported_dtypes, node.describe())
+    except UsageError as e:
+        return [str(e)]
+    return []
+
+
 def check_request(site: Site, req: LaunchRequest) -> Layout:
     """Refuse a bad request with one UsageError listing every problem; else its layout."""
     problems = _model_problems(req.model)
     problems += _name_problems(req.job_name)
     problems += _job_dir_problems(req.job_dir)
-    problems += _option_problems(req)
+    option_problems = _option_problems(req)
+    problems += option_problems or _dtype_problems(site, req)  # a dtype word first, then the GPU
     set_flags = (*vllm_flags.ALWAYS_SET, *req.vllm_options)
     problems += vllm_flags.check_extra_args(req.vllm_args, set_flags)
     problems += _sbatch_problems(req.sbatch)
