@@ -344,6 +344,32 @@ def test_max_model_len_beyond_the_model_is_refused_by_every_command(
                       "--max-model-len") == "4096"  # fmt: skip
 
 
+def test_rope_scaling_extends_the_length_every_command_accepts(
+    cli: Cli, env: Path, tmp_path: Path
+) -> None:
+    """vLLM multiplies the length by the RoPE factor (YaRN from its original length), except
+    for llama3/longrope/su, whose max_position_embeddings are already scaled."""
+    cfg = json.loads(TINY.read_text())
+    site = site_file(tmp_path)
+    for rope, ok, refused in (
+        (
+            {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024},
+            4096,
+            4097,
+        ),
+        ({"type": "linear", "factor": 2.0}, 4096, 4097),
+        ({"rope_type": "llama3", "factor": 8.0}, 2048, 2049),
+    ):
+        path = tmp_path / f"m-{rope.get('rope_type') or rope['type']}"
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({**cfg, "rope_scaling": rope}))
+        assert plan_json(cli, site, str(path), "--max-model-len", str(ok))["max_model_len"] == ok
+        assert flag_value(render_script(cli, site, str(path), "--max-model-len", str(ok)),
+                          "--max-model-len") == str(ok)  # fmt: skip
+        errors = refusals(cli, three(site, str(path), "--max-model-len", str(refused)))
+        assert len(set(errors)) == 1 and f"({ok}:" in errors[0], errors
+
+
 def test_a_vllm_arg_repeating_an_option_hpcserve_sets_is_refused(
     cli: Cli, env: Path, tmp_path: Path, model: str
 ) -> None:

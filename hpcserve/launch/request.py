@@ -21,7 +21,7 @@ from hpcserve.errors import UsageError
 from hpcserve.launch import vllm_flags
 from hpcserve.plan import layout as layout_mod
 from hpcserve.plan.layout import Layout
-from hpcserve.plan.modelinfo import ModelInfo, local_model_info
+from hpcserve.plan.modelinfo import ModelInfo, derived_max_len, local_model_info
 from hpcserve.rules import check_job_name, check_slurm_time, resolve_dtype, serving_dtype
 from hpcserve.sites.schema import Site
 
@@ -143,7 +143,7 @@ def check_request(site: Site, req: LaunchRequest) -> Layout:
     problems += _sbatch_problems(req.sbatch)
     problems += vllm_flags.context_problems(
         req.vllm_options.get("max_model_len"),
-        req.model_info.max_position_embeddings if req.model_info else None,
+        derived_max_len(req.model_info) if req.model_info else None,
         site.engine.env,
     )
     if problems:

@@ -260,9 +260,10 @@ def context_problems(
     if str(env.get(LONG_MAX_MODEL_LEN, "0")).strip().lower() in ("1", "true"):
         return []
     return [
-        f"--max-model-len {max_model_len} exceeds the model's max_position_embeddings "
-        f"({max_position_embeddings}): vLLM refuses it unless {LONG_MAX_MODEL_LEN}=1 is in the "
-        "site's engine.env (outputs beyond the trained length may be wrong)"
+        f"--max-model-len {max_model_len} exceeds the model's maximum length "
+        f"({max_position_embeddings}: max_position_embeddings with its RoPE scaling): vLLM "
+        f"refuses it unless {LONG_MAX_MODEL_LEN}=1 is in the site's engine.env (outputs beyond "
+        "the trained length may be wrong)"
     ]
 
 

@@ -96,6 +96,7 @@ class ModelInfo:
     attn_output_gate: bool = False
     attention_bias: bool = False
     max_position_embeddings: int | None = None
+    rope_scaling: dict[str, Any] | None = None  # config's rope_scaling (or rope_parameters)
     sliding_window: int | None = None
     multimodal: bool = False
     uses_mla: bool = False
@@ -445,6 +446,7 @@ def parse_config(data: Mapping[str, Any], name: str = "model") -> ModelInfo:
         ),
         attention_bias=bool(cfg.get("attention_bias", model_type.startswith("qwen2"))),
         max_position_embeddings=_int(cfg, "max_position_embeddings", "n_positions"),
+        rope_scaling=_rope_scaling(cfg),
         sliding_window=_int(cfg, "sliding_window"),
         multimodal=multimodal,
         uses_mla="kv_lora_rank" in cfg,
@@ -473,3 +475,33 @@ def local_model_info(model: str, env: Mapping[str, str] | None = None) -> ModelI
         return load_model_info(model, env=env, network=False)
     except UsageError:
         return None
+
+
+def _rope_scaling(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The config's RoPE scaling: ``rope_scaling``, or newer transformers' ``rope_parameters``
+    (a dict, or one per layer type: vLLM assumes they share the factor, so the first is used)."""
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return None
+    if "rope_type" not in rope and "type" not in rope:
+        nested = [v for v in rope.values() if isinstance(v, dict)]
+        rope = nested[0] if nested else None
+    return dict(rope) if rope else None
+
+
+def derived_max_len(info: ModelInfo) -> int | None:
+    """The longest context vLLM accepts without ``VLLM_ALLOW_LONG_MAX_MODEL_LEN``:
+    ``max_position_embeddings``, times the RoPE scaling factor unless the rope type is ``su``,
+    ``longrope`` or ``llama3`` (their lengths are already scaled), from YaRN's
+    ``original_max_position_embeddings``; Gemma 3's is already scaled (vLLM's
+    ``_get_and_verify_max_len`` in ``vllm/config/model.py``)."""
+    length = info.max_position_embeddings
+    rope = info.rope_scaling
+    if length is None or rope is None or "gemma3" in info.model_type:
+        return length
+    rope_type = str(rope.get("rope_type") or rope.get("type") or "default")
+    if rope_type in ("su", "longrope", "llama3"):
+        return length
+    if rope_type == "yarn" and rope.get("original_max_position_embeddings"):
+        length = int(rope["original_max_position_embeddings"])
+    return int(length * float(rope.get("factor", 1.0)))

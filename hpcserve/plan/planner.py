@@ -25,7 +25,7 @@ from hpcserve.plan.layout import (
     refusals,
     requested_layout,
 )
-from hpcserve.plan.modelinfo import ModelInfo
+from hpcserve.plan.modelinfo import ModelInfo, derived_max_len
 from hpcserve.plan.sizing import (
     GB,
     GIB,
@@ -398,9 +398,7 @@ def plan_for_site(
         "dtype": dtype,
     }
     problems = vllm_flags.check_values(values)
-    problems += vllm_flags.context_problems(
-        max_model_len, info.max_position_embeddings, site.engine.env
-    )
+    problems += vllm_flags.context_problems(max_model_len, derived_max_len(info), site.engine.env)
     if problems:
         raise UsageError("; ".join(problems))
     node = node_shape(site)
