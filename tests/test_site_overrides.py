@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cliutil import run_main
 
-from hpcserve.cli import main
 from hpcserve.errors import ConfigError, UsageError
 from hpcserve.sites import loader as sites
 
@@ -36,13 +36,8 @@ def user_file(home: Path, text: str, name: str = "meluxina.yaml") -> Path:
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """Run `hpcserve ARGS` in-process through the real entry point; (exit code, out, err)."""
+    return run_main(capsys, *args)
 
 
 @pytest.fixture

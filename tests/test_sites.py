@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cliutil import run_main
 
-from hpcserve.cli import main
 from hpcserve.errors import ConfigError, UsageError
 from hpcserve.sites import docs as sitedocs
 from hpcserve.sites import loader as sites
@@ -49,13 +49,7 @@ def problems_of(path: Path | str) -> list[str]:
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run `hpcserve ARGS` in-process through the real entry point; (exit code, out, err)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_main(capsys, *args)
 
 
 def write_site(directory: Path, file: str, name: str, description: str) -> Path:
