@@ -1,6 +1,10 @@
 """Cold start of ``hpcserve render`` against a bare ``python -c pass``, side by side in one run.
 
     python bench/bench_cold_start.py [--runs 40] [--python /path/to/venv/bin/python]
+                                     [--compare OTHER_CHECKOUT]
+
+``--compare`` adds ``hpcserve --help`` and ``hpcserve render`` run from another checkout of
+hpcserve (e.g. a worktree of an earlier commit), interleaved in the same run.
 
 Each command is a fresh interpreter (subprocess), run interleaved so that machine load hits all
 of them alike; the table shows median and p90 wall time and the ratio to the bare interpreter.
@@ -50,16 +54,27 @@ def commands(site: Path, python: str) -> dict[str, list[str]]:
     }
 
 
-def measure(cmds: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, list[float]]:
+Command = tuple[list[str], dict[str, str]]
+
+
+def measure(cmds: dict[str, Command], runs: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in cmds}
-    for argv in cmds.values():  # warm the page cache and check that each command works
+    for argv, env in cmds.values():  # warm the page cache and check that each command works
         subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
     for _ in range(runs):
-        for name, argv in cmds.items():
+        for name, (argv, env) in cmds.items():
             t0 = time.perf_counter()
             subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def checkout_env(checkout: Path) -> dict[str, str]:
+    """The environment that runs hpcserve from ``checkout``, with its .pyc written (an
+    installed hpcserve has them compiled by pip; without them each run would compile)."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def p90(xs: list[float]) -> float:
@@ -70,16 +85,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--python", default=sys.executable, help="interpreter to measure (a venv)")
+    ap.add_argument("--compare", type=Path, help="another hpcserve checkout, measured alongside")
     args = ap.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # An installed hpcserve has its .pyc compiled by pip; let the checkout get them too (the
-    # warm-up run writes __pycache__), else every run would pay for compiling the sources.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "bench.yaml"
         site.write_text(SITE_YAML)
-        cmds = commands(site, args.python)
-        times = measure(cmds, args.runs, env)
+        env = checkout_env(REPO)
+        cmds = {name: (argv, env) for name, argv in commands(site, args.python).items()}
+        if args.compare is not None:
+            other = checkout_env(args.compare.resolve())
+            for name, argv in commands(site, args.python).items():
+                if name.startswith("hpcserve"):
+                    cmds[f"{name} ({args.compare})"] = (argv, other)
+        times = measure(cmds, args.runs)
     base = statistics.median(times["python -c pass"])
     base_min = min(times["python -c pass"])
     print(f"{args.runs} runs each, interleaved; {args.python}")
