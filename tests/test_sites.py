@@ -298,7 +298,8 @@ def test_broken_file_blocks_only_the_site_it_defines(
     user_dir = isolated / ".config" / "hpcserve" / "sites"
     user_dir.mkdir(parents=True)
     (user_dir / "mine.yaml").write_text("name: mine\nnode: {gpus: many}\n")
-    assert sites.load_site("meluxina").name == "meluxina"  # unaffected
+    with pytest.warns(sites.SiteWarning, match=r"site 'mine' is skipped: .*mine\.yaml"):
+        assert sites.load_site("meluxina").name == "meluxina"  # unaffected, with a warning
     with pytest.raises(ConfigError) as e:
         sites.load_site("mine")
     assert any(
@@ -313,7 +314,8 @@ def test_broken_file_blocks_only_the_site_it_defines(
     # ... until a later valid file of that name replaces it.
     write_site(tmp_path / "env", "m.yaml", "meluxina", "fixed in env")
     monkeypatch.setenv(sites.ENV_VAR, str(tmp_path / "env"))
-    assert sites.load_site("meluxina").description == "fixed in env"
+    with pytest.warns(sites.SiteWarning, match="site 'mine' is skipped"):
+        assert sites.load_site("meluxina").description == "fixed in env"
 
 
 def test_file_whose_name_is_unreadable_breaks_the_site_of_its_file_name(isolated: Path) -> None:
