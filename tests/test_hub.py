@@ -60,16 +60,15 @@ def _env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def plan(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` from the checkout with ``env``, its output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "hpcserve", "plan", "--site", "meluxina", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-        env=env,
-        check=False,
+        argv, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env, check=False
     )
+
+
+def plan(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "hpcserve", "plan", "--site", "meluxina", *args], env)
 
 
 def _resolves(state: HubState) -> list[str]:
@@ -192,15 +191,7 @@ def api(env: dict[str, str], code: str) -> dict[str, object]:
     ``out`` read back as JSON."""
     head = f"import json\nfrom hpcserve.plan.modelinfo import load_model_info\nMODEL = {MODEL!r}"
     script = f"{head}\n{code}\nprint(json.dumps(out))"
-    r = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-        env=env,
-        check=False,
-    )
+    r = run([sys.executable, "-c", script], env)
     assert r.returncode == 0, r.stderr
     result: dict[str, object] = json.loads(r.stdout)
     return result
@@ -250,16 +241,8 @@ def test_local_model_info_never_asks_the_hub(hub: tuple[HubState, str], tmp_path
 
 def test_render_never_asks_the_hub(hub: tuple[HubState, str], tmp_path: Path) -> None:
     state, url = hub
-    r = subprocess.run(
-        [sys.executable, "-m", "hpcserve", "render", "--site", "meluxina", "--model", MODEL]
-        + ["--image", "/project/vllm.sif"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-        env=_env(tmp_path, url),
-        check=False,
-    )
+    argv = [sys.executable, "-m", "hpcserve", "render", "--site", "meluxina", "--model", MODEL]
+    r = run([*argv, "--image", "/project/vllm.sif"], _env(tmp_path, url))
     assert "#SBATCH" in r.stdout, r.stderr
     assert state.seen == []
 
