@@ -48,6 +48,9 @@ class FakeSqueue:
     def home(self):
         return "/home/bench"
 
+    def describe(self):
+        return "remote"
+
     def write_text(self, path, text, mode=0o600):
         raise OSError("read-only")
 

@@ -58,6 +58,9 @@ class FakeExecutor:
     def home(self) -> str:
         return home_from_env(self)
 
+    def describe(self) -> str:
+        return "remote"
+
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
         self.files[path] = text
 

@@ -254,24 +254,24 @@ def test_auto_submits_through_the_login_host_even_with_sbatch_here(
     """A site with a login host is never submitted to whatever sbatch is on PATH here."""
     import shutil
 
-    from hpcserve.cluster.connect import submit_target, submits_locally
+    from hpcserve.cluster.connect import executor_for, submits_locally
 
     assert shutil.which("sbatch")  # the fake one
     site = remote_site()
     assert not submits_locally(site)
     assert executor_for(site).remote
-    assert submit_target(site) == "u123@login.example.org:8822"
+    assert executor_for(site).describe() == "u123@login.example.org:8822"
 
 
 def test_auto_submits_here_on_the_sites_login_node(fake_path: Path, home: Path) -> None:
     import socket
 
-    from hpcserve.cluster.connect import submit_target, submits_locally
+    from hpcserve.cluster.connect import executor_for, submits_locally
 
     here = socket.gethostname()
     site = remote_site(login_hostnames=[here[:1] + "*", "login*.example.org"])
     assert submits_locally(site) and not executor_for(site).remote
-    assert submit_target(site) == "local"
+    assert executor_for(site).describe() == "local"
     assert not submits_locally(remote_site(login_hostnames=["login*.example.org"]))
 
 

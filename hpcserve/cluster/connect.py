@@ -35,24 +35,6 @@ def submits_locally(site: Site, hostname: str | None = None) -> bool:
     return shutil.which("sbatch") is not None
 
 
-def submit_target(site: Site) -> str:
-    """Where ``submit`` runs sbatch for ``site``: ``local`` or ``user@host:port`` (after
-    ``~/.ssh/config``); nothing is contacted."""
-    return describe_executor(executor_for(site))
-
-
-def describe_executor(executor: Executor) -> str:
-    """``local`` or ``user@host:port`` of the login host ``executor`` runs commands on."""
-    if not executor.remote:
-        return "local"
-    from hpcserve.cluster.ssh import SshExecutor, route_for
-
-    if isinstance(executor, SshExecutor):
-        route, _ = route_for(executor.login, executor.overrides)
-        return route.target.describe()
-    return "remote"
-
-
 def executor_for(site: Site) -> Executor:
     """LocalExecutor when the site submits locally, else an SSH executor to its first login host.
 

@@ -64,6 +64,10 @@ class Executor(Protocol):
         """The home directory on that machine (to expand ``~`` in site paths)."""
         ...
 
+    def describe(self) -> str:
+        """Where commands run, for the user: ``local``, or ``user@host:port`` of a login host."""
+        ...
+
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None: ...
 
     def exists(self, path: str) -> bool: ...
@@ -123,6 +127,9 @@ class LocalExecutor:
 
     def home(self) -> str:
         return os.path.expanduser("~")
+
+    def describe(self) -> str:
+        return "local"
 
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
         p = Path(os.path.expanduser(path))

@@ -512,6 +512,11 @@ class SshExecutor:
     def home(self) -> str:
         return home_from_env(self)
 
+    def describe(self) -> str:
+        """``user@host:port`` of the login host, after ``~/.ssh/config`` (nothing contacted)."""
+        route, _ = route_for(self.login, self.overrides)
+        return route.target.describe()
+
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
         """Write atomically: a temporary file with ``mode`` set before any byte, then rename."""
         p = self._path(path)

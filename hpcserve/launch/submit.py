@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hpcserve.cluster.connect import describe_executor, expand_home
+from hpcserve.cluster.connect import expand_home
 from hpcserve.cluster.executor import Executor
 from hpcserve.cluster.slurm import Slurm, sbatch_argv
 from hpcserve.errors import HpcserveError, RemoteError, UsageError
@@ -165,7 +165,7 @@ def submit(
         tp=layout.tp,
         pp=layout.pp,
         warnings=warnings,
-        submit_to=describe_executor(executor),
+        submit_to=executor.describe(),
         command=sbatch_argv(launcher),
     )
     if dry_run:

@@ -431,17 +431,6 @@ def naive_kv_bytes_per_token(info: ModelInfo, kv_cache_dtype: str = "auto") -> i
     )
 
 
-def kv_bytes_per_token(info: ModelInfo, kv_cache_dtype: str = "auto") -> int:
-    """Bytes per token for the whole model, all ranks together (only full-attention layers)."""
-    return (
-        2
-        * info.num_full_attention_layers
-        * info.num_kv_heads
-        * info.head_dim
-        * kv_dtype_bytes(info, kv_cache_dtype)
-    )
-
-
 # --------------------------------------------------------------------------- vLLM's log lines
 
 _LOG_PATTERNS = {
