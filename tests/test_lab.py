@@ -49,7 +49,7 @@ def test_slurm_conf_names_host_bridge_and_one_address_per_node(tmp_path: Path) -
     assert addrs == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
     assert "SelectTypeParameters=CR_Core" in text
     assert "SelectType=select/cons_tres" in text
-    assert "OverSubscribe=NO" in text
+    assert "OverSubscribe=FORCE:2" in text
     # every path lives in the state dir
     for line in text.splitlines():
         if "File=" in line or "Location=" in line or "SpoolDir=" in line:
@@ -159,7 +159,8 @@ def test_local_site_uses_only_schema_fields() -> None:
     _check_keys(data, siteschema.Site)
     assert data["engine"]["layout"] == "tp-across-nodes"
     assert data["container"]["runtime"] == "none"
-    assert data["container"]["venv"] == str(LabLayout().venv)
+    assert "venv" not in data["container"]
+    assert data["modules"] == [LabLayout().vllm_module]
     assert data["storage"]["workdir"] == str(LabLayout().jobs_dir)
     assert data["network"]["head_interface"] == LabLayout().ifname
 

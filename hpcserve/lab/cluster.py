@@ -22,12 +22,15 @@ from hpcserve.lab.config import (
     LabLayout,
     job_id_sequence,
     render_cgroup_conf,
+    render_gres_conf,
+    render_hosts,
     render_slurm_conf,
+    render_slurmdbd_conf,
     render_sshd_config,
 )
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
-UP_PHASES = ("network", "munge", "slurm", "login", "wait")
+UP_PHASES = ("network", "munge", "accounting", "slurm", "login", "wait")
 
 Echo = Callable[[str], None]
 
@@ -99,9 +102,19 @@ def write_configs(lay: LabLayout) -> None:
         "cgroup.conf": render_cgroup_conf(),
         "sshd_config": render_sshd_config(lay),
         "plugstack.conf": "",
+        "gres.conf": render_gres_conf(lay),
+        "hosts": render_hosts(lay),
     }
     for name, text in files.items():
         (lay.etc / name).write_text(text)
+    dbd = lay.etc / "slurmdbd.conf"
+    if lay.accounting:
+        fd = os.open(dbd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(render_slurmdbd_conf(lay))
+        os.chmod(dbd, 0o600)
+    else:
+        dbd.unlink(missing_ok=True)
     (lay.state_dir / "nodes").write_text(str(lay.nodes) + "\n")
 
 

