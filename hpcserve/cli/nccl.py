@@ -14,6 +14,7 @@ import click
 
 from hpcserve.errors import ConfigError, UsageError
 from hpcserve.nccl import NcclReport, NcclScanner, one_line
+from hpcserve.nccl.status import detail_lines
 from hpcserve.nccl.scanner import scan_sources
 
 
@@ -39,6 +40,7 @@ def _human(r: NcclReport) -> str:
     gdr = {True: "yes", False: "no", None: "-"}[c.gdr]
     out.append(f"  cross-node   : {c.transport} (GPUDirect RDMA: {gdr}, link: {c.link or '-'})")
     out.append(f"  intra-node   : {', '.join(r.intra_node) or 'none seen'}")
+    out.extend(detail_lines(r))
     if r.per_node:
         out.append("  per host (as NCCL names them):")
         for n in r.per_node[:64]:

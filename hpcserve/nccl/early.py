@@ -26,7 +26,7 @@ from hpcserve.nccl.causes import socket_causes
 from hpcserve.nccl.facts import RunFacts
 from hpcserve.nccl.lines import net_kind
 from hpcserve.nccl.report import Cause, CrossNode, Failure, NcclReport, Selection
-from hpcserve.nccl.sockets import failure_causes, layer_of
+from hpcserve.nccl.sockets import failure_causes, layer_of, trail_failure
 
 _IB_PORT_RE = re.compile(r"([A-Za-z][\w.-]*:\d+/(?:IB|RoCE))")
 _SOCK_IF_RE = re.compile(r"\[\d+\]([^\s\[\]<]+)<\d+>")
@@ -180,12 +180,15 @@ def _selected(s: RunFacts, r: NcclReport, sel: Selection, multi: bool) -> None:
 # --- a failed socket connection ------------------------------------------------------------------
 
 
-def judge_failure(s: RunFacts, r: NcclReport) -> None:
+def judge_failure(s: RunFacts, r: NcclReport, isolated: bool) -> None:
     """A failed socket connection: what failed, the peer, likely causes. It becomes the verdict
     (``failed``) unless it is only a peer closing a connection after NET connections were set up
     outside the socket transport (a peer that died later, e.g. at teardown): then the transport
     verdict stands and the failure is reported beside it."""
-    first, _ = s.sock_failures[0]
+    found = s.sock_failures[0] if s.sock_failures else trail_failure(s.trail)
+    if found is None:
+        return
+    first = found[0]
     layer, trail = layer_of(s.trail)
     r.failure = Failure(first.kind, first.peer, first.error, layer)
     r.failure.lines = [ln for _, ln in s.sock_failures] + ([trail] if trail else [])
@@ -201,12 +204,28 @@ def judge_failure(s: RunFacts, r: NcclReport) -> None:
         )
         return
     r.verdict = "failed"
-    if in_transport and r.cross_node.transport == "unknown":
-        r.cross_node = CrossNode("socket", False, None)
+    if in_transport and not isolated and r.cross_node.transport in ("unknown", "none"):
+        _socket_transport_between_hosts(r)
     across = "" if r.nodes == 1 else "cross-node "
     r.warnings.insert(
         0, f"a {across}socket connection failed{where}: {peer}{first.error or first.kind}"
     )
     iface = [x for x in (s.bootstrap_using, s.socket_using) if x]
+    if not s.sock_failures:
+        r.failure.lines.insert(0, found[1])
     r.causes[:0] = failure_causes(first, iface, s.env.get("NCCL_SOCKET_IFNAME"))
     r.evidence[:0] = r.failure.lines
+
+
+def _socket_transport_between_hosts(r: NcclReport) -> None:
+    """The NET/Socket transport failed with P2P/SHM available: NET runs between hosts only, so
+    the run spans more than one, even if the log names one."""
+    r.cross_node = CrossNode("socket", False, None)
+    r.intra_node = [k for k in r.intra_node if k != "net"]
+    r.warnings = [w for w in r.warnings if not w.startswith("node count inferred")]
+    if r.nodes == 1:
+        r.nodes = None
+        r.warnings.append(
+            "the NET/Socket transport only runs between hosts here (P2P/SHM are not disabled): "
+            "more than one host, though these lines name one"
+        )

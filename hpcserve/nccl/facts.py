@@ -142,7 +142,7 @@ class RunFacts:
             self._comm(msg, ln, host)
         elif msg.startswith("NCCL_"):
             self._env(ln)
-        elif msg.startswith(("transport/", "bootstrap.cc:")):
+        elif msg.startswith(("transport/", "bootstrap.cc:", "misc/")):
             self._trail(msg, ln)
         elif not self._selection(msg, ln, host):
             self._net_setup(msg, ln)

@@ -39,6 +39,7 @@ _HEADS = (
     # error trails through the socket code (``NCCLCHECK`` lines, see the module docstring)
     "transport/net_socket.cc:",
     "bootstrap.cc:",
+    "misc/socket.cc:",
 )
 _HEAD_ALT = "|".join(re.escape(h) for h in _HEADS)
 # group 1: the message from INFO/WARN/version on (what is deduplicated and parsed)

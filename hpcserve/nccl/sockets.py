@@ -44,7 +44,9 @@ LAYERS = (
 @dataclass(frozen=True)
 class SocketFailure:
     """One failed socket operation: ``connect`` (refused, timed out, unreachable, ...),
-    ``closed`` (the peer closed the connection) or ``retries`` (NCCL gave up retrying)."""
+    ``closed`` (the peer closed the connection), ``retries`` (NCCL gave up retrying) or
+    ``error`` (an error trail through the socket code with no WARN line saying what failed, as
+    ``socketPollConnect`` can fail silently: NVIDIA/nccl#1099)."""
 
     kind: str
     peer: str | None
@@ -68,6 +70,20 @@ def parse_socket_failure(msg: str) -> SocketFailure | None:
     if m is not None:
         return SocketFailure("retries", None, f"{m.group(1)} exceeded its {m.group(2)}")
     return None
+
+
+def trail_failure(files: dict[str, str]) -> tuple[SocketFailure, str] | None:
+    """A failure shown only by an error trail: through ``transport/net_socket.cc``, or through
+    ``misc/socket.cc`` into ``bootstrap.cc``; None otherwise."""
+
+    def first(name: str) -> str | None:
+        return next((ln for f, ln in files.items() if f == name or f.endswith("/" + name)), None)
+
+    sock, low = first("transport/net_socket.cc"), first("misc/socket.cc")
+    line = sock or (low if first("bootstrap.cc") else None)
+    if line is None:
+        return None
+    return SocketFailure("error", None, "an error in NCCL's socket code (no WARN line)"), line
 
 
 def layer_of(files: dict[str, str]) -> tuple[str | None, str | None]:

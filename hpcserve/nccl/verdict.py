@@ -81,8 +81,7 @@ def judge(s: RunFacts) -> NcclReport:
             r.evidence.extend(s.env[n][1] for n in _DISABLES)
     else:
         _judge_single(s, r, g)
-    if s.sock_failures:
-        judge_failure(s, r)
+    judge_failure(s, r, g.isolated)
     if s.ring_gdr_line and r.cross_node.gdr is False:
         r.warnings.append(
             "'Connected all rings ... GDR 1' was ignored: the NET connection lines, which decide, "
