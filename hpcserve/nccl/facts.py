@@ -162,9 +162,9 @@ class RunFacts:
         if ln.where is not None and len(self.trail) < 32:
             self.trail.setdefault(ln.where, ln.text)
         f = parse_socket_failure(msg)
-        if f is not None and len(self.sock_failures) < MAX_EXAMPLES:
-            if all(f != g for g, _ in self.sock_failures):
-                self.sock_failures.append((f, ln.text))
+        known = [g for g, _ in self.sock_failures]
+        if f is not None and len(known) < MAX_EXAMPLES and f not in known:
+            self.sock_failures.append((f, ln.text))
 
     def _trail(self, msg: str, ln: Line) -> None:
         m = TRAIL_RE.match(msg)

@@ -67,10 +67,7 @@ def detail_lines(r: NcclReport) -> list[str]:
         out.append(f"  selected net : {sel.name}{devs} ({seen}{how})")
     f = r.failure
     if f is not None:
-        out.append(
-            f"  failure      : socket {f.kind}"
-            + (f" to {f.peer}" if f.peer else "")
-            + f": {f.error or '-'}"
-            + (f", in {f.layer}" if f.layer else "")
-        )
+        peer = f" (peer {f.peer})" if f.peer else ""
+        where = f", in {f.layer}" if f.layer else ""
+        out.append(f"  failure      : {f.error or f.kind}{peer}{where}")
     return out
