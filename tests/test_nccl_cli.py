@@ -308,3 +308,35 @@ def test_job_reference_goes_through_the_context_s_jobs(tmp_path, monkeypatch, ca
     listed = [c[1] for c in ex.commands("find")]
     assert listed == ["/home/u/jobs/9/nccl", "/home/u/jobs/9"]
     assert ex.closed
+
+
+# -- issue 12: logs that end at init, failed socket connections ---------------------------------
+def test_human_output_of_a_log_that_ends_at_init(capsys):
+    code, out, _ = nccl(capsys, str(DATA / "v2.19-init-roce-2host.log"))
+    assert code == 3
+    lines = out.splitlines()
+    assert lines[0] == "NCCL: RoCE selected, not yet seen carrying traffic (2 nodes)"
+    assert "  cross-node   : ib (GPUDirect RDMA: -, link: roce)" in lines
+    assert (
+        "  selected net : IB [mlx5_10:1/RoCE, mlx5_11:1/RoCE] (not yet seen carrying traffic)"
+        in lines
+    )
+    code, out, _ = nccl(capsys, "--json", str(DATA / "v2.19-init-roce-2host.log"))
+    d = json.loads(out)
+    assert (d["verdict"], d["nodes"], d["selected_network"]["link"]) == ("selected", 2, "roce")
+
+
+def test_human_output_of_a_failed_socket_connection(capsys):
+    log = DATA / "v2.18-socket-connect-abort-net-socket.log"
+    code, out, _ = nccl(capsys, str(log))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0] == (
+        "NCCL: failed: socket connection to 10.0.0.2<45763>: Software caused connection abort"
+    )
+    assert lines.index("  failure      : Software caused connection abort (peer 10.0.0.2<45763>), "
+                       "in the NET/Socket transport (data between nodes over TCP)") > 0  # fmt: skip
+    i = lines.index("  likely causes and fixes:")
+    assert "NCCL_SOCKET_IFNAME" in lines[i + 2]
+    code, out, _ = nccl(capsys, "--json", str(log))
+    assert json.loads(out)["failure"] == scan_paths([str(log)]).to_dict()["failure"]

@@ -1,6 +1,6 @@
 """``hpcserve nccl JOB | FILE... | -``: how NCCL traffic flows, from NCCL_DEBUG=INFO logs.
 
-Exit codes: 0 optimal or single node, 1 degraded, 3 no NCCL information found, 2 usage error.
+Exit codes: 0 optimal or single node, 1 degraded or failed, 3 nothing conclusive, 2 usage error.
 Heavy modules (registry, SSH) are imported only for a job reference.
 """
 
@@ -15,6 +15,7 @@ import click
 from hpcserve.errors import ConfigError, UsageError
 from hpcserve.nccl import NcclReport, NcclScanner, one_line
 from hpcserve.nccl.scanner import scan_sources
+from hpcserve.nccl.status import detail_lines
 
 
 def _scan_job(scanner: NcclScanner, ref: str) -> None:
@@ -39,6 +40,7 @@ def _human(r: NcclReport) -> str:
     gdr = {True: "yes", False: "no", None: "-"}[c.gdr]
     out.append(f"  cross-node   : {c.transport} (GPUDirect RDMA: {gdr}, link: {c.link or '-'})")
     out.append(f"  intra-node   : {', '.join(r.intra_node) or 'none seen'}")
+    out.extend(detail_lines(r))
     if r.per_node:
         out.append("  per host (as NCCL names them):")
         for n in r.per_node[:64]:
@@ -79,7 +81,8 @@ def nccl(sources: tuple[str, ...], as_json: bool, gdr_optional: bool) -> None:
 
     A SOURCE is a log file (plain or gzip'd), a directory of logs, '-' for stdin, or a job
     id/name from the registry (its JOBDIR/nccl/*.log and node-*.log). Exit status: 0 optimal
-    or single node, 1 degraded, 3 no NCCL information found, 2 usage error.
+    or single node, 1 degraded or failed, 3 nothing conclusive (no NCCL lines, or a network
+    selected but not yet seen carrying traffic), 2 usage error.
     """
     if not sources:
         raise UsageError("give a job, one or more log files, or '-' for stdin")

@@ -3,7 +3,8 @@
 :class:`RunFacts` takes one line at a time (:meth:`RunFacts.take`); only the facts the rules in
 :mod:`hpcserve.nccl.verdict` read are kept, each set capped, so memory is bounded by the job's
 size, not the log's. ``Using network X`` is kept only as a selection: the connection lines
-(``... via NET/...``) show what was used (NCCL ``src/transport/net.cc``).
+(``... via NET/...``) show what was used (NCCL ``src/transport/net.cc``). Failed socket
+connections and the files of error trails are kept for :mod:`hpcserve.nccl.sockets`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcserve.nccl.lines import Conn, Line, parse_connection, split_line
+from hpcserve.nccl.sockets import TRAIL_RE, SocketFailure, parse_socket_failure
 
 _NNODES_RE = re.compile(
     r"comm 0x[0-9a-fA-F]+ rank (\d+) nRanks (\d+) nNodes (\d+) localRanks (\d+) localRank (\d+)"
@@ -26,6 +28,8 @@ _VERSION_RE = re.compile(r"NCCL version (\S+)")
 _IPV4_RE = re.compile(r":(\d{1,3}(?:\.\d{1,3}){3})<")
 _IB_USING_RE = re.compile(r"^NET/IB\w* ?: Using")
 _IB_LINK_RE = re.compile(r"\]\S+?:\d+(?::\d*)*/(IB|RoCE)\b")
+# "Assigned NET plugin IB to comm" (2.27+, src/plugin/net.cc): the same as "Using network IB"
+_ASSIGNED_RE = re.compile(r"^Assigned NET plugin (.+?) to comm")
 
 # Caps keeping memory bounded whatever the log holds.
 MAX_SET = 4096
@@ -93,8 +97,11 @@ class RunFacts:
         self.socket_using: str | None = None
         self.gdr_disabled: str | None = None
         self.ofi_provider: str | None = None
+        self.bootstrap_using: str | None = None
         self.ring_gdr_line: str | None = None
         self.warn_lines: list[str] = []
+        self.sock_failures: list[tuple[SocketFailure, str]] = []  # distinct, first few
+        self.trail: dict[str, str] = {}  # source file of an error trail or WARN -> first line
 
     def begin_source(self, label: str | None) -> None:
         """Name the stream that follows (e.g. ``node-1``); distinct labels count as nodes."""
@@ -127,6 +134,7 @@ class RunFacts:
         elif ln.level == "WARN":
             if len(self.warn_lines) < 10 and ln.text not in self.warn_lines:
                 self.warn_lines.append(ln.text)
+            self._warn(msg, ln)
             self._net_setup(msg, ln)
         elif " via " in msg:
             self._connection(msg, ln, host)
@@ -134,6 +142,8 @@ class RunFacts:
             self._comm(msg, ln, host)
         elif msg.startswith("NCCL_"):
             self._env(ln)
+        elif msg.startswith(("transport/", "bootstrap.cc:", "misc/")):
+            self._trail(msg, ln)
         elif not self._selection(msg, ln, host):
             self._net_setup(msg, ln)
 
@@ -147,10 +157,25 @@ class RunFacts:
         if e and len(self.env) < 256:
             self.env.setdefault(e.group(1), (e.group(2), ln.text))
 
+    def _warn(self, msg: str, ln: Line) -> None:
+        """A failed socket connection, and the file the WARN names (a trail of its own)."""
+        if ln.where is not None and len(self.trail) < 32:
+            self.trail.setdefault(ln.where, ln.text)
+        f = parse_socket_failure(msg)
+        known = [g for g, _ in self.sock_failures]
+        if f is not None and len(known) < MAX_EXAMPLES and f not in known:
+            self.sock_failures.append((f, ln.text))
+
+    def _trail(self, msg: str, ln: Line) -> None:
+        m = TRAIL_RE.match(msg)
+        if m is not None and len(self.trail) < 32:
+            self.trail.setdefault(m.group(1), ln.text)
+
     def _selection(self, msg: str, ln: Line, host: HostFacts | None) -> bool:
         """``Using network X``, NVLS and ``Connected all rings ... GDR 1`` lines; False if none."""
-        if msg.startswith("Using network "):
-            name = msg[len("Using network ") :].strip()
+        a = _ASSIGNED_RE.match(msg)
+        if msg.startswith("Using network ") or a is not None:
+            name = a.group(1) if a is not None else msg[len("Using network ") :].strip()
             self.selected.setdefault(name, ln.text)
             if host is not None:
                 _add(host.networks, name)
@@ -239,8 +264,10 @@ class RunFacts:
             self.socket_using = self.socket_using or ln.text
             self._ips(msg)
         elif msg.startswith("Bootstrap"):
+            if "Using" in msg:
+                self.bootstrap_using = self.bootstrap_using or ln.text
             self._ips(msg)
-        elif msg.startswith("NET/OFI Selected Provider is"):
+        elif msg.lower().startswith("net/ofi selected provider is"):
             self.ofi_provider = self.ofi_provider or ln.text
         elif msg.startswith("Failed to open libibverbs"):
             self.no_ibverbs = self.no_ibverbs or ln.text

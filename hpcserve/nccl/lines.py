@@ -4,6 +4,8 @@ Facts the parser rests on (NCCL source, ``src/transport/*.cc``, ``src/init.cc``,
 
 * a line is ``host:pid:tid [dev] NCCL INFO msg``; WARN lines carry ``file.cc:line`` (and from
   2.26 a ``[YYYY-MM-DD HH:MM:SS]`` stamp); launchers add their own prefixes in front of that;
+* an error's trail is INFO lines ``file.cc:line -> code`` (``NCCLCHECK``, ``src/include/checks.h``;
+  from 2.27 ``file.cc:line (function) -> code``, ``INFO_LOC`` in ``src/include/debug.h``);
 * connection lines end in ``via P2P/...``, ``via SHM/...`` (old: ``via direct shared memory``),
   ``via NET/<name>/<dev>[(<proxy rank>)][/GDRDMA][(PCI)][/Shared]`` or ``via COLLNET/...``;
 * two ranks of one communicator never share a GPU, so a connection whose two ends carry the same
@@ -33,6 +35,11 @@ _HEADS = (
     "Bootstrap",
     "Failed to open libibverbs",
     "P2P plugin",
+    "Assigned NET plugin",
+    # error trails through the socket code (``NCCLCHECK`` lines, see the module docstring)
+    "transport/net_socket.cc:",
+    "bootstrap.cc:",
+    "misc/socket.cc:",
 )
 _HEAD_ALT = "|".join(re.escape(h) for h in _HEADS)
 # group 1: the message from INFO/WARN/version on (what is deduplicated and parsed)
@@ -43,7 +50,7 @@ MSG_RE = re.compile(_MSG_PAT)
 _ANSI_RE = re.compile(r"(?:\x1b|ESC)?\[[0-9;]*m")
 _RAY_REPEAT_RE = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
 # the host:pid:tid [dev] part just before "NCCL", with an optional "file.cc:123 (func) " (WARN)
-_ORIGIN_RE = re.compile(r"([^\s:]*):(\d+):(\d+) \[(\d+)\] (?:\S+:\d+ (?:\([^)]*\) )?)?$")
+_ORIGIN_RE = re.compile(r"([^\s:]*):(\d+):(\d+) \[(\d+)\] (?:(\S+):\d+ (?:\([^)]*\) )?)?$")
 _RAY_IP_RE = re.compile(r"\bip=(\d{1,3}(?:\.\d{1,3}){3})")
 
 _CONN_RE = re.compile(
@@ -83,6 +90,7 @@ class Line:
     level: str  # INFO, WARN or version
     msg: str  # after "NCCL INFO " / "NCCL WARN "; "NCCL version ..." for bare version lines
     ray_ip: str | None = None
+    where: str | None = None  # the source file a WARN line names, e.g. "misc/socket.cc"
 
 
 def split_line(line: str) -> Line | None:
@@ -103,11 +111,12 @@ def split_line(line: str) -> Line | None:
     host: str | None = None
     pid: int | None = None
     dev: int | None = None
+    where: str | None = None
     o = _ORIGIN_RE.search(head)
     if o is not None:
-        host, pid, dev = o.group(1), int(o.group(2)), int(o.group(4))
+        host, pid, dev, where = o.group(1), int(o.group(2)), int(o.group(4)), o.group(5)
     ip = _RAY_IP_RE.search(head)
-    return Line(clean, host, pid, dev, level, msg, ip.group(1) if ip else None)
+    return Line(clean, host, pid, dev, level, msg, ip.group(1) if ip else None, where)
 
 
 # --- connections ------------------------------------------------------------------------------

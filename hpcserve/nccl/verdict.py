@@ -10,7 +10,10 @@ Facts the rules rest on (NCCL source, ``src/transport/*.cc``, ``src/init.cc``):
 * ``nNodes`` is NCCL's count of GPU groups that reach each other without the network: the number
   of hosts, except when P2P and SHM are both off, where every GPU is its own group (seen in real
   2.28 logs: one host, ``nNodes 4 localRanks 1``). The other signals are lower bounds; hostnames
-  alone can be identical on every node.
+  alone can be identical on every node; every rank of the communicator (``nranks``) seen on one
+  host, with one address, is one host.
+
+Logs without connection lines and failed socket connections: :mod:`hpcserve.nccl.early`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hpcserve.nccl.causes import gdr_causes, socket_causes
+from hpcserve.nccl.early import judge_failure, judge_init, selection
 from hpcserve.nccl.facts import NetAgg, RunFacts
 from hpcserve.nccl.lines import net_kind
 from hpcserve.nccl.report import Cause, CrossNode, NcclReport, NodeSummary
@@ -62,12 +66,13 @@ def judge(s: RunFacts) -> NcclReport:
     if not s.found:
         r.warnings.append("no NCCL lines found (was NCCL_DEBUG=INFO set?)")
         return r
+    r.selected_network = selection(s, r)
     g = _signals(s)
     multi = _count_nodes(s, r, g)
     _warn_one_hostname(r, g, multi)
     r.intra_node = _intra_node(s, multi, g.net_lines)
     if multi:
-        _judge_cross(s, r)
+        _judge_cross(s, r, g)
         if g.isolated:
             r.warnings.append(
                 "NCCL_P2P_DISABLE and NCCL_SHM_DISABLE are set: GPUs inside each node also go "
@@ -76,6 +81,7 @@ def judge(s: RunFacts) -> NcclReport:
             r.evidence.extend(s.env[n][1] for n in _DISABLES)
     else:
         _judge_single(s, r, g)
+    judge_failure(s, r, g.isolated)
     if s.ring_gdr_line and r.cross_node.gdr is False:
         r.warnings.append(
             "'Connected all rings ... GDR 1' was ignored: the NET connection lines, which decide, "
@@ -147,6 +153,16 @@ def _one_isolated_host(s: RunFacts, r: NcclReport, g: _Signals) -> bool | None:
     return False
 
 
+def _all_ranks_on_one_host(s: RunFacts, r: NcclReport, g: _Signals) -> bool | None:
+    if len(g.named) != 1 or g.other > 1 or not s.nranks_max:
+        return None
+    ranks = s.hosts[next(iter(g.named))].ranks
+    if not set(range(s.nranks_max)) <= ranks:
+        return None
+    r.nodes = 1
+    return False
+
+
 def _net_means_several_hosts(s: RunFacts, r: NcclReport, g: _Signals) -> bool | None:
     # NCCL only goes through NET inside one host when P2P/SHM are off.
     if not g.net_lines or g.p2p_off or g.shm_off:
@@ -170,6 +186,7 @@ _NODE_RULES: tuple[Callable[[RunFacts, NcclReport, _Signals], bool | None], ...]
     _nodes_from_nnodes,
     _nodes_from_lower_bounds,
     _one_isolated_host,
+    _all_ranks_on_one_host,
     _net_means_several_hosts,
     _one_host_inferred,
 )
@@ -220,8 +237,7 @@ def _judge_single(s: RunFacts, r: NcclReport, g: _Signals) -> None:
             r.warnings.append("NCCL_P2P_DISABLE is set: GPUs use shared memory, not direct P2P")
             r.evidence.append(s.env["NCCL_P2P_DISABLE"][1])
     else:
-        r.verdict = "unknown"
-        r.warnings.append("no connection lines (Channel ... via ...) found: nothing to judge")
+        judge_init(s, r, False, g.isolated)
 
 
 def _single_over_net(s: RunFacts, r: NcclReport, g: _Signals) -> None:
@@ -250,9 +266,9 @@ def _single_over_net(s: RunFacts, r: NcclReport, g: _Signals) -> None:
 # --- across hosts --------------------------------------------------------------------------------
 
 
-def _judge_cross(s: RunFacts, r: NcclReport) -> None:
+def _judge_cross(s: RunFacts, r: NcclReport, g: _Signals) -> None:
     if not s.net:
-        _no_net_lines(s, r)
+        judge_init(s, r, True, g.isolated)
         return
     transport = _cross_transport(s, r)
     used = {k: a for k, a in s.net.items() if net_kind(k[0]) == transport}
@@ -264,17 +280,6 @@ def _judge_cross(s: RunFacts, r: NcclReport) -> None:
     _VERDICTS.get(transport, _unknown_verdict)(s, r, gdr)
     if s.collnet:
         r.evidence.append(s.collnet[0])
-
-
-def _no_net_lines(s: RunFacts, r: NcclReport) -> None:
-    r.cross_node = CrossNode("unknown", None, None)
-    r.verdict = "unknown"
-    r.evidence.extend(s.collnet[:1])
-    sel = ", ".join(sorted(s.selected)) or "none"
-    r.warnings.append(
-        "more than one node but no NET connection lines were found (log cut short, or only "
-        f"init lines); the selected network ({sel}) is not proof of what is used"
-    )
 
 
 def _cross_transport(s: RunFacts, r: NcclReport) -> str:
