@@ -48,7 +48,6 @@ JOB_CLAIM = ".hpcserve-job"  # in the job directory: the id of the one job it be
 MODULE_INITS = ("/etc/profile.d/lmod.sh", "/etc/profile.d/z00_lmod.sh", "/etc/profile.d/modules.sh")
 
 
-
 @dataclass(frozen=True)
 class Var:
     """A shell variable inside a rendered word, e.g. ``Var("NODE_RANK")`` -> ``"${NODE_RANK}"``."""
