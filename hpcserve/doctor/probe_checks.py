@@ -143,6 +143,17 @@ def interface_check(site: Site, res: ProbeResult) -> Check:
             "set network.head_interface (and nccl_socket_ifname, gloo_socket_ifname) to the "
             "interface the nodes reach each other on, one every node has",
         )
+    differ = [a for a in nodes if a.vllm_host_ip and a.vllm_host_ip != a.interface["addr"]]
+    if differ:
+        a = differ[0]
+        return failed(
+            INTERFACE,
+            f"{name} has {a.interface['addr']} on node {a.rank}, but the launcher published "
+            f"{a.vllm_host_ip} (it could not read {name}'s address and fell back to "
+            "`hostname -I`)",
+            "the launcher reads addresses with `ip -4 -o addr show dev IFACE`: the nodes need "
+            "the `ip` command (iproute2) on PATH",
+        )
     addrs = ", ".join(f"node {a.rank} {a.interface['addr']}" for a in nodes)
     return passed(INTERFACE, f"{name}: {addrs}")
 
@@ -263,10 +274,20 @@ def nccl_check(res: ProbeResult) -> Check:
             "does not override them",
         )
     line = one_line(report)
+    data = report.to_dict()
     if report.verdict == "degraded":
         fixes = "; ".join(c.fix for c in report.causes) or "see `hpcserve nccl` on the log"
-        return failed(NCCL, line, fixes, report=report.to_dict())
-    return passed(NCCL, line, report=report.to_dict())
+        return failed(NCCL, line, fixes, report=data)
+    version = f"NCCL {report.nccl_version}" if report.nccl_version else "NCCL"
+    if report.verdict == "unknown" and res.nodes < 2:
+        return passed(
+            NCCL, f"{version} initialised on one node: no cross-node link to judge", report=data
+        )
+    if report.verdict == "unknown":
+        return skipped(
+            NCCL, f"{version} initialised; the log gives no verdict ({line})", report=data
+        )
+    return passed(NCCL, line, report=data)
 
 
 def bandwidth_check(res: ProbeResult) -> Check:
