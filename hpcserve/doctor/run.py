@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hpcserve.cluster.executor import Executor
 from hpcserve.doctor import local, login, probe_checks
@@ -35,8 +36,9 @@ class Session:
     nodes: int = DEFAULT_NODES
     model: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
-    connect: ExecutorFor = _executor_for
+    connect: ExecutorFor | None = None  # None: the site's own (cluster.connect.executor_for)
     progress: Progress | None = None
+    probe_options: dict[str, Any] = field(default_factory=dict)
     site: Site | None = None
     executor: Executor | None = None
     probe: ProbeResult | None = None
@@ -48,7 +50,7 @@ class Session:
 
     def need_executor(self) -> Executor:
         if self.executor is None:
-            self.executor = self.connect(self.need_site())
+            self.executor = (self.connect or _executor_for)(self.need_site())
         return self.executor
 
     def need_probe(self) -> ProbeResult:
@@ -85,6 +87,7 @@ def _probe_step(s: Session) -> Check:
         model=s.model,
         timeout_s=s.timeout_s,
         progress=s.progress,
+        **s.probe_options,
     )
     s.probe = s.probe_job.run()
     return probe_checks.probe_job_check(s.probe)
@@ -147,13 +150,16 @@ def doctor(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     on_check: Callable[[Check], None] | None = None,
     progress: Progress | None = None,
-    connect: ExecutorFor = _executor_for,
+    connect: ExecutorFor | None = None,
     clock: Callable[[], float] = time.monotonic,
+    probe_options: dict[str, Any] | None = None,
 ) -> DoctorReport:
     """Run every check for ``site``; the probe job is cancelled on any way out, Ctrl-C
-    included. ``on_check`` sees each check as it is known, ``progress`` the probe's state."""
+    included. ``on_check`` sees each check as it is known, ``progress`` the probe's state;
+    ``connect`` gives the executor for a site, ``probe_options`` :class:`ProbeJob`'s timing
+    (``poll_s``, ``sleep``, ``clock``), for tests."""
     start = clock()
-    s = Session(site, nodes, model, timeout_s, connect, progress)
+    s = Session(site, nodes, model, timeout_s, connect, progress, probe_options or {})
     try:
         checks = run_steps(steps(s), on_check)
     finally:
