@@ -26,6 +26,7 @@ _API = {
     "submit": "hpcserve.client",
     "dry_run": "hpcserve.client",
     "download": "hpcserve.client",
+    "doctor": "hpcserve.client",
     "open_job": "hpcserve.client",
     "load_site": "hpcserve.client",
     "Job": "hpcserve.jobs.handle",
@@ -45,6 +46,7 @@ _API = {
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # the same names for type checkers (redundant aliases mark re-exports)
+    from hpcserve.client import doctor as doctor
     from hpcserve.client import download as download
     from hpcserve.client import dry_run as dry_run
     from hpcserve.client import load_site as load_site

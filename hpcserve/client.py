@@ -3,7 +3,8 @@
 ``import hpcserve`` reaches these lazily (``hpcserve/__init__.py``), so importing it stays cheap.
 :func:`plan` sizes a model, :func:`render` gives the launcher, :func:`submit` submits it and
 returns a :class:`~hpcserve.jobs.handle.Job` (``wait``, ``status``, ``endpoint``, ``query``,
-``logs``, ``cancel``); :func:`open_job` opens a job submitted earlier. The command line's
+``logs``, ``cancel``); :func:`open_job` opens a job submitted earlier; :func:`doctor` checks
+a site before anything is launched there. The command line's
 ``plan``, ``render`` and ``submit`` are thin adapters over these, so both take one path.
 """
 
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 from hpcserve.sites.schema import Site
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from hpcserve.doctor.checks import Check, DoctorReport
     from hpcserve.jobs.handle import Job
     from hpcserve.launch.request import LaunchRequest
     from hpcserve.launch.submit import Submission
@@ -153,6 +157,25 @@ def download(
         return download_model(s, model, revision, executor)
     finally:
         executor.close()
+
+
+def doctor(
+    site: str | Site,
+    *,
+    nodes: int = 2,
+    model: str | None = None,
+    timeout_s: float = 900.0,
+    on_check: Callable[[Check], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DoctorReport:
+    """Check ``site`` as ``hpcserve doctor`` does: here, on its login node, then in a probe job
+    on ``nodes`` nodes (cancelled on any way out). ``DoctorReport.checks`` holds each check in
+    order, ``exit_code`` is 1 when one failed; ``on_check`` sees each as it is known."""
+    from hpcserve.doctor.run import doctor as run_doctor
+
+    return run_doctor(
+        site, nodes=nodes, model=model, timeout_s=timeout_s, on_check=on_check, progress=progress
+    )
 
 
 def open_job(ref: str) -> Job:

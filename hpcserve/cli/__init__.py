@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "render": ("launch", "render", "Print the sbatch launcher for a model on a site."),
     "submit": ("launch", "submit", "Render the launcher and submit it with sbatch."),
     "download": ("launch", "download", "Fetch a model into the site's shared HF cache."),
+    "doctor": ("doctor", "doctor", "Prove a site works: here, on the login node, in a probe job."),
     "status": ("jobs", "status", "Scheduler state and server phase of your jobs."),
     "logs": ("jobs", "logs", "Show a job's head/worker logs."),
     "wait": ("jobs", "wait", "Wait until a job's API answers (or fails)."),

@@ -273,14 +273,19 @@ class Slurm:
         self._have_sacct: bool | None = None
 
     def run(
-        self, argv: list[str], *, ok_if: Callable[[CommandResult], bool] | None = None
+        self,
+        argv: list[str],
+        *,
+        ok_if: Callable[[CommandResult], bool] | None = None,
+        input: str | None = None,
     ) -> CommandResult:
-        """Run ``argv``; retry transient failures with exponential backoff; RemoteError if it
-        still fails (unless ``ok_if(result)`` accepts the failed result)."""
+        """Run ``argv`` (``input`` on its stdin); retry transient failures with exponential
+        backoff; RemoteError if it still fails (unless ``ok_if(result)`` accepts the failed
+        result)."""
         delay = self.backoff_s
         result: CommandResult | None = None
         for attempt in range(1, self.attempts + 1):
-            result = self.executor.run(argv, timeout=self.timeout_s)
+            result = self.executor.run(argv, input=input, timeout=self.timeout_s)
             if result.ok or (ok_if is not None and ok_if(result)):
                 return result
             if not is_transient(result) or attempt == self.attempts:
@@ -358,6 +363,17 @@ class Slurm:
     def cancel(self, job_id: str, signal: str | None = None) -> None:
         argv = ["scancel"] + ([f"--signal={signal}"] if signal else []) + [job_id]
         self.run(argv)
+
+    def test_only(self, script_text: str) -> str:
+        """``sbatch --test-only`` of a script's text (on stdin): the scheduler checks account,
+        partition, QoS and resources and says when the job would start (sbatch(1)); its answer,
+        or RemoteError "sbatch refused it: ..." with sbatch's error line."""
+        try:
+            res = self.run(["sbatch", "--test-only"], input=script_text)
+        except RemoteError as e:
+            raise RemoteError(f"sbatch refused it: {e}") from e
+        lines = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        return lines[-1] if lines else "accepted"
 
     def submit(self, script: str, args: Sequence[str] = ()) -> tuple[str, str | None]:
         """``sbatch --parsable ARGS SCRIPT`` -> (job id, cluster); RemoteError "sbatch failed: ..."

@@ -83,6 +83,15 @@ def load_host_keys(files: Sequence[str]) -> paramiko.HostKeys:
     return keys
 
 
+def accept_key_hint(hop: Hop) -> str:
+    """How the user accepts ``hop``'s key themselves (hpcserve never does)."""
+    scan = f"ssh-keyscan -p {hop.port} {hop.hostname} >> ~/.ssh/known_hosts"
+    return (
+        f"accept it with `{scan}` or by running `ssh -p {hop.port} "
+        f"{hop.user}@{hop.hostname}` once (hpcserve never accepts keys by itself)"
+    )
+
+
 def check_host_key(hop: Hop, key: paramiko.PKey, keys: paramiko.HostKeys, files: list[str]) -> None:
     """Raise :class:`HostKeyError` unless ``key`` is the known key of ``hop``."""
     name = hop.known_hosts_name
@@ -90,13 +99,11 @@ def check_host_key(hop: Hop, key: paramiko.PKey, keys: paramiko.HostKeys, files:
     fp = fingerprint(key)
     shown = ", ".join(files[:2]) or "~/.ssh/known_hosts"
     if entry is None or key.get_name() not in entry:
-        scan = f"ssh-keyscan -p {hop.port} {hop.hostname} >> ~/.ssh/known_hosts"
         known = f" (known_hosts has a {', '.join(entry.keys())} key for it)" if entry else ""
         raise HostKeyError(
             f"the SSH host key of {name} is not known{known}: it offered "
             f"{key.get_name()} {fp}. Check that fingerprint with your site's documentation, "
-            f"then accept it with `{scan}` or by running `ssh -p {hop.port} "
-            f"{hop.user}@{hop.hostname}` once (hpcserve never accepts keys by itself)"
+            f"then {accept_key_hint(hop)}"
         )
     if entry[key.get_name()] != key:
         raise HostKeyError(

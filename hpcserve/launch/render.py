@@ -28,13 +28,24 @@ from hpcserve.plan.layout import Layout
 from hpcserve.rules import is_env_name, resolve_dtype
 from hpcserve.sites.schema import Site
 
-__all__ = ["DEFAULT_JOB_NAME", "LaunchRequest", "choose_layout", "render", "shell_word"]
+__all__ = [
+    "DEFAULT_JOB_NAME",
+    "LaunchRequest",
+    "NodeProgram",
+    "choose_layout",
+    "module_script",
+    "render",
+    "runtime_command",
+    "shell_word",
+]
 
 TEMPLATE = "launcher.sbatch.j2"
 SRUN_WAIT_S = 30  # seconds srun waits after the first node's task ends before ending the rest
 PORT_SPREAD = 100  # API/master search starts at base + (job id % PORT_SPREAD)
 MASTER_PORT_GAP = 1000  # master ports are searched from engine.port + this
 JOB_CLAIM = ".hpcserve-job"  # in the job directory: the id of the one job it belongs to
+# Sourced, first found, when a batch shell has no `module` function (Lmod, Environment Modules).
+MODULE_INITS = ("/etc/profile.d/lmod.sh", "/etc/profile.d/z00_lmod.sh", "/etc/profile.d/modules.sh")
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,16 @@ class Var:
 
 Part = str | Var
 Word = str | Var | tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class NodeProgram:
+    """Another program for every node's task instead of ``vllm serve`` (``hpcserve doctor``'s
+    probe): ``program`` run inside the same runtime as vLLM (:func:`runtime_command`), then
+    ``argv``; the rest of the launcher (modules, environment, address, ports) is unchanged."""
+
+    program: str
+    argv: tuple[Word, ...] = ()
 
 
 def shell_word(word: Word) -> str:
@@ -128,22 +149,47 @@ def _binds(site: Site) -> list[Word]:
     return binds
 
 
-def _runtime_prefix(site: Site) -> tuple[list[Word], bool]:
-    """The command before ``serve``, and whether secrets go through ``--env-file``."""
+def runtime_command(
+    site: Site, program: str | None = None, *, on_node: bool = True
+) -> tuple[list[Word], bool]:
+    """The command before ``serve``, and whether secrets go through ``--env-file``.
+
+    ``program`` (e.g. ``python3``) runs in vLLM's place inside the same runtime: the venv's
+    ``bin/`` copy, or the image's. ``on_node=False`` is the same runtime and image for a login
+    node: no GPU flag, binds or ``--env-file`` (they need a node and a job directory).
+    """
     c = site.container
     if c.runtime == "none":
-        vllm: Word = join_word(path_word(c.venv), "bin/vllm") if c.venv else site.engine.vllm
-        return [vllm], False
+        name = program or site.engine.vllm
+        if c.venv:
+            return [join_word(path_word(c.venv), "bin/" + (program or "vllm"))], False
+        return [name], False
     if not c.image:
         raise UsageError(f"site {site.name}: container.image is required for runtime {c.runtime}")
     prefix: list[Word] = [c.runtime, "exec"]
-    if c.gpu_flag:
-        prefix.append(c.gpu_flag)
-    for bind in _binds(site):
-        prefix += ["--bind", bind]
-    prefix += ["--env-file", (Var("JOBDIR"), "/" + jobrecord.SECRETS)]
-    prefix += [path_word(c.image), site.engine.vllm]
+    if on_node:
+        if c.gpu_flag:
+            prefix.append(c.gpu_flag)
+        for bind in _binds(site):
+            prefix += ["--bind", bind]
+        prefix += ["--env-file", (Var("JOBDIR"), "/" + jobrecord.SECRETS)]
+    prefix += [path_word(c.image), program or site.engine.vllm]
     return prefix, True
+
+
+def module_script(site: Site) -> list[str]:
+    """The launcher's ``module load`` lines as bash (a ``module`` function set up first from
+    :data:`MODULE_INITS` when the shell has none); [] when the site loads no modules."""
+    modules = _modules(site)
+    if not modules:
+        return []
+    inits = " ".join(shlex.quote(p) for p in MODULE_INITS)
+    setup = (
+        "if ! command -v module >/dev/null 2>&1; then "
+        f"for init in {inits}; do "
+        'if [[ -f $init ]]; then source "$init"; break; fi; done; fi'
+    )
+    return [setup, *("module load " + shlex.join(words) for words in modules)]
 
 
 def node_argv(site: Site, req: LaunchRequest, layout: Layout) -> tuple[list[Word], list[Word]]:
@@ -206,8 +252,11 @@ def cpus_per_task(site: Site, layout: Layout) -> int | None:
     return max(1, node.cpus * layout.ranks_per_node // node.gpus)
 
 
-def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
-    """Everything the template needs, decided here (an empty ``job_dir`` is the default one)."""
+def launcher_context(
+    site: Site, req: LaunchRequest, program: NodeProgram | None = None
+) -> dict[str, Any]:
+    """Everything the template needs, decided here (an empty ``job_dir`` is the default one;
+    ``program``: every node runs that instead of ``vllm serve``)."""
     layout = check_request(site, req)
     per_job = not req.job_dir
     job_dir = _job_dir_word(site, req)
@@ -234,8 +283,10 @@ def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
     if opts["nodes"] != layout.nodes:
         raise UsageError("use --nodes, not --sbatch-arg nodes=...")
     directives = sbatch_directives(**opts, extra=sched.extra_sbatch)
-    prefix, env_file = _runtime_prefix(site)
+    prefix, env_file = runtime_command(site, program.program if program else None)
     head, worker = node_argv(site, req, layout)
+    if program is not None:
+        head = worker = list(program.argv)
     batch_before, _, batch_after = jobrecord.BATCH_LOG.partition("%j")
     log_before, _, log_after = jobrecord.node_log_name(_RANK_MARK).partition(str(_RANK_MARK))
     return {
@@ -248,6 +299,7 @@ def launcher_context(site: Site, req: LaunchRequest) -> dict[str, Any]:
         "claim_path": _in_job(JOB_CLAIM),
         "redirect_batch_output": not absolute,
         "modules": _modules(site),
+        "module_inits": list(MODULE_INITS),
         "env": _env(site),
         "head_interface": site.network.head_interface or "",
         "nodes": int(layout.nodes),
@@ -328,7 +380,7 @@ def _words(words: Sequence[Word]) -> str:
     return " ".join(shell_word(w) for w in words)
 
 
-def render(site: Site, req: LaunchRequest) -> str:
-    """The launcher script text for ``req`` on ``site``."""
-    ctx = launcher_context(site, req)
+def render(site: Site, req: LaunchRequest, program: NodeProgram | None = None) -> str:
+    """The launcher script text for ``req`` on ``site`` (``program``: :class:`NodeProgram`)."""
+    ctx = launcher_context(site, req, program)
     return str(_environment().get_template(TEMPLATE).render(**ctx))
