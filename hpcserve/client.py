@@ -70,6 +70,8 @@ def plan(
     kv_cache_dtype: str | None = None,
     dtype: str | None = None,
     config_json: str | None = None,
+    dp: int | None = None,
+    ep: bool | None = None,
 ) -> Plan:
     """Size ``model`` for ``site`` as ``hpcserve plan`` does; ``nodes=None`` finds the fewest.
 
@@ -89,6 +91,8 @@ def plan(
         gpu_memory_utilization=gpu_memory_utilization,
         kv_cache_dtype=kv_cache_dtype,
         dtype=dtype,
+        dp=dp,
+        ep=ep,
     )
 
 
