@@ -357,5 +357,10 @@ def _words(words: Sequence[Word]) -> str:
 
 def render(site: Site, req: LaunchRequest) -> str:
     """The launcher script text for ``req`` on ``site``."""
-    ctx = launcher_context(site, req)
-    return str(_environment().get_template(TEMPLATE).render(**ctx))
+    return render_template(TEMPLATE, launcher_context(site, req))
+
+
+def render_template(name: str, ctx: dict[str, Any]) -> str:
+    """Template ``name`` of ``templates/`` with ``ctx``, through the launcher's environment
+    (its quoting filters, strict undefined names, the bytecode cache)."""
+    return str(_environment().get_template(name).render(**ctx))
