@@ -229,3 +229,25 @@ def test_raw_json_keeps_every_run_and_the_pick() -> None:
     assert data["layouts"][0]["runs"][1]["p95_ttft_ms"] == 350
     assert data["layouts"][2]["ok"] is False and data["layouts"][2]["runs"] == []
     assert data["recommended"] == {"label": "dp1-tp2-pp1", "max_concurrency": 8}
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--slo", "ttft_p95<=400"), "--slo 'ttft_p95<=400': expected METRIC_STAT<=VALUE(ms|s)"),
+        (("--concurrency", "1,x"), "--concurrency '1,x': expected positive whole numbers"),
+    ],
+)
+def test_bad_sweep_options_are_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], says: str
+) -> None:
+    from cliutil import run_main
+
+    code, out, err = run_main(
+        capsys, "sweep", "--site", "local", "--model", "m", "--nodes", "2", *args
+    )
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [err.strip()] and says in err and "Traceback" not in err
