@@ -118,4 +118,3 @@ def sweep(**opts: Any) -> None:
             click.echo(f"plot written to {opts['plot']}", err=True)
     if pick is None:
         sys.exit(1)
-
