@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from hpcserve.launch.request import LaunchRequest
     from hpcserve.launch.submit import Submission
     from hpcserve.plan.planner import Plan
+    from hpcserve.sweep.session import Sweep
 
 
 def load_site(
@@ -74,6 +75,8 @@ def plan(
     kv_cache_dtype: str | None = None,
     dtype: str | None = None,
     config_json: str | None = None,
+    dp: int | None = None,
+    ep: bool | None = None,
 ) -> Plan:
     """Size ``model`` for ``site`` as ``hpcserve plan`` does; ``nodes=None`` finds the fewest.
 
@@ -93,6 +96,8 @@ def plan(
         gpu_memory_utilization=gpu_memory_utilization,
         kv_cache_dtype=kv_cache_dtype,
         dtype=dtype,
+        dp=dp,
+        ep=ep,
     )
 
 
@@ -176,6 +181,46 @@ def doctor(
     return run_doctor(
         site, nodes=nodes, model=model, timeout_s=timeout_s, on_check=on_check, progress=progress
     )
+
+
+def sweep(
+    model: str,
+    site: str | Site,
+    *,
+    nodes: int,
+    layouts: str = "auto",
+    slo: str | None = None,
+    config_json: str | None = None,
+    layout_timeout: int = 1800,
+    **options: Any,
+) -> Sweep:
+    """Submit ``hpcserve sweep``'s one job: every layout of ``layouts`` (``auto``: all that vLLM
+    accepts) on ``nodes`` nodes, run in turn; iterate ``Sweep.run(spec)`` to benchmark them.
+
+    ``slo`` is checked first (:func:`hpcserve.sweep.slo.parse_slo`); ``options`` are
+    :func:`submit`'s (``name``, ``vllm_options``, ``vllm_args``, ``sbatch``, ``sbatch_args``,
+    ``job_dir`` as the sweep directory, ``image``, ``venv``, ``hf_cache``).
+    """
+    from hpcserve.cluster.connect import executor_for
+    from hpcserve.plan.modelinfo import load_model_info, local_model_info
+    from hpcserve.sweep.session import start
+    from hpcserve.sweep.slo import parse_slo
+
+    bounds = parse_slo(slo)
+    s = _launch_site(site, options, submitting=True)
+    info = load_model_info(model, config_json) if config_json else local_model_info(model)
+    executor = executor_for(s)
+    try:
+        return start(
+            s, model, nodes, layouts, bounds, executor, model_info=info,
+            name=options.get("name"), sweep_dir=options.get("job_dir"),
+            layout_timeout=layout_timeout, vllm_options=options.get("vllm_options"),
+            vllm_args=options.get("vllm_args", ()), sbatch=options.get("sbatch"),
+            sbatch_args=options.get("sbatch_args", ()),
+        )  # fmt: skip
+    except BaseException:
+        executor.close()
+        raise
 
 
 def open_job(ref: str) -> Job:

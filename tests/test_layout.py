@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from hpcserve.errors import UsageError
-from hpcserve.plan.layout import alternatives, choose_layout, layout_problems
+from hpcserve.plan.layout import Layout, alternatives, candidates, choose_layout, layout_problems
 from hpcserve.plan.modelinfo import ModelInfo, parse_config
+from hpcserve.plan.sizing import expert_share
 
 DATA = Path(__file__).parent / "data" / "models"
 
@@ -146,3 +147,91 @@ def test_weights_alone_too_big_do_not_suggest_a_shorter_context() -> None:
     line = verdict(p)
     assert "does NOT fit" in line and "weights" in line
     assert "--max-model-len" not in line and "--kv-cache-dtype" not in line
+
+
+# --- data and expert parallelism -----------------------------------------------------------
+
+QWEN35 = "qwen3.5-397b-a17b-gptq-int4"  # 512 experts, moe_intermediate_size 1024, g128
+
+
+def test_dp_default_is_tp_inside_each_rank_and_ep_for_moe() -> None:
+    """``--dp N`` alone: TP = the GPUs of one DP rank, PP 1; expert parallelism on for a MoE
+    model (``expert_parallel_deployment.md``: EP is more efficient together with DP)."""
+    lay = choose_layout(model(QWEN35), nodes=2, gpus_per_node=4, dp=2)
+    assert (lay.dp, lay.tp, lay.pp, lay.ep, lay.dp_local, lay.gpus) == (2, 4, 1, True, 1, 8)
+    assert lay.ep_size == 8 and lay.moe_tp == 1
+    dense = choose_layout(model("llama-3.1-70b"), nodes=2, gpus_per_node=4, dp=2)
+    assert not dense.ep
+    assert not choose_layout(model(QWEN35), 2, 4, dp=2, ep=False).ep
+    assert choose_layout(model(QWEN35), 2, 4, dp=2, tp=2).pp == 2
+
+
+def test_moe_slices_over_dp_times_tp_without_ep() -> None:
+    """``FusedMoEParallelConfig.make`` / ``flatten_tp_across_dp_and_pcp``
+    (``vllm/model_executor/layers/fused_moe/config.py``): without EP the experts' TP group is
+    DP × TP, so moe_intermediate_size must divide by it; with EP the experts stay whole."""
+    info = model(
+        "llama-3.1-70b", num_local_experts=8, num_experts_per_tok=2, moe_intermediate_size=96
+    )
+    assert info.is_moe
+    assert not layout_problems(info, tp=4, pp=1, dp=1)  # 96 / 4
+    assert "moe_intermediate_size (96) is not divisible by DP×TP=64" in layout_problems(
+        info, tp=8, pp=1, dp=8, ep=False
+    )
+    assert not any("moe_intermediate" in p for p in layout_problems(info, 8, 1, dp=8, ep=True))
+
+
+def test_gptq_groups_of_experts_follow_the_expert_slicing() -> None:
+    """Marlin (``verify_marlin_supports_shape``): a shard holds whole groups. Qwen3.5's experts
+    (moe_intermediate_size 1024, group 128) sliced DP×TP=16 ways leave 64-wide shards; with EP
+    each GPU holds whole experts."""
+    info = model(QWEN35)
+    problems = layout_problems(info, tp=4, pp=1, dp=4, ep=False)
+    assert any(
+        "1024/DP×TP=16=64 is not a multiple of the quantisation group size 128" in p
+        for p in problems
+    )
+    assert not layout_problems(info, tp=4, pp=1, dp=4, ep=True)
+
+
+def test_candidates_list_every_layout_vllm_accepts() -> None:
+    lays = candidates(model(QWEN35), nodes=2, gpus_per_node=4)
+    shapes = [(c.dp, c.tp, c.pp, c.ep) for c in lays]
+    assert shapes[:4] == [(1, 8, 1, False), (1, 4, 2, False), (1, 2, 4, False), (1, 1, 8, False)]
+    assert (2, 4, 1, True) in shapes and (8, 1, 1, True) in shapes
+    assert all(c.gpus == 8 for c in lays)
+    # the lab: 2 nodes of one CPU "GPU": TP across nodes, PP across nodes, DP=2
+    lab = [(c.dp, c.tp, c.pp) for c in candidates(None, 2, 1)]
+    assert lab == [(1, 2, 1), (1, 1, 2), (2, 1, 1)]
+
+
+def test_expert_share_follows_determine_expert_map() -> None:
+    """``determine_expert_map`` (``fused_moe/layer.py``): EP ranks get E // EP experts, the first
+    E % EP one more, so the fullest GPU holds ceil(E / EP); without EP 1 / (DP × TP) of every
+    expert."""
+    assert expert_share(512, tp=4, dp=2, ep=True) == 64 / 512
+    assert expert_share(10, tp=4, dp=1, ep=True) == 3 / 10  # 10 experts over 4: 3,3,2,2
+    assert expert_share(512, tp=4, dp=2, ep=False) == 1 / 8
+    assert expert_share(0, tp=2, dp=4, ep=True) == 1 / 8  # no experts: nothing to share
+
+
+def test_dp_weights_per_gpu_replicate_the_non_expert_part() -> None:
+    """Each DP rank holds its own copy of the non-expert weights (sliced by TP) and the experts
+    are spread over DP × TP GPUs: DP=2 × TP=4 with EP holds non-expert/4 + experts × 64/512."""
+    from hpcserve.plan.planner import NodeShape, evaluate
+    from hpcserve.plan.sizing import count_parameters, stage_expert_bytes, stage_weight_bytes
+
+    info = model(QWEN35)
+    node = NodeShape(gpus=4, gpu_memory_mib=40960)
+    count = count_parameters(info)
+    total = stage_weight_bytes(info, 1, count)[0]
+    experts = stage_expert_bytes(info, 1, count)[0]
+    assert 0.9 < experts / total < 1.0  # Qwen3.5-397B is mostly experts
+    fit = evaluate(info, node, Layout(4, 1, 2, 4, dp=2, ep=True), 4096, 0.9, "auto", None, count)
+    assert fit.weights_per_gpu[0] == pytest.approx((total - experts) / 4 + experts * 64 / 512)
+    plain = evaluate(info, node, Layout(8, 1, 2, 4), 4096, 0.9, "auto", None, count)
+    assert plain.weights_per_gpu[0] == total / 8  # TP=8: everything sliced 8 ways
+    assert fit.weights_per_gpu[0] > plain.weights_per_gpu[0]  # the non-expert copy per rank
+    assert fit.kv is not None
+    assert fit.total_tokens == 2 * fit.kv.tokens  # each DP rank its own KV cache
+    assert fit.total_concurrency == pytest.approx(2 * fit.kv.max_concurrency)

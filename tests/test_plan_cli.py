@@ -123,3 +123,44 @@ def test_plan_does_not_import_ssh_or_http() -> None:
         "bad = {'paramiko', 'requests'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_moe_plan_shows_dp_ep_and_tp_pp_layouts_side_by_side(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "--model", MODEL, "--site", "meluxina", "--config-json", QWEN35)
+    assert code == 0
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("layouts on 2 node(s)"))
+    table = lines[start + 2 : start + 12]
+    rows = {line[2:26].strip(): line for line in table}
+    assert rows["TP=4 × PP=2"].startswith("*")  # the plan's layout (the site's default)
+    assert "DP=2 × TP=4 (EP)" in rows and "DP=8 × TP=1 (EP)" in rows
+    assert "does not fit" in rows["DP=8 × TP=1 (EP)"]  # 8 copies of the non-expert weights
+    assert sum("most KV" in line for line in table) == 1
+    assert "weights/GPU" in lines[start + 1] and "concurrency" in lines[start + 1]
+
+
+def test_dp_plan_sizes_each_rank_and_adds_them_up(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--model", MODEL, "--site", "meluxina", "--config-json", QWEN35, "--dp", "2")
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    assert "layout: DP=2 × TP=4 (EP) = 8 GPUs on 2 node(s)" in out
+    assert "non-expert / TP 4 (each DP rank a copy) + experts" in out
+    assert "over EP 8 (whole experts)" in out
+    assert "KV cache size per DP rank:" in out and "all 2 DP ranks (each its own KV cache)" in out
+    assert out.strip().splitlines()[-1].endswith("(DP=2, TP=4, PP=1, EP)")
+    _, text, _ = run(capsys, *args, "--json")
+    data = json.loads(text)
+    assert (data["dp"], data["tp"], data["pp"], data["enable_expert_parallel"]) == (2, 4, 1, True)
+    assert data["kv_tokens_all_dp_ranks"] == 2 * data["kv"]["tokens"]
+    assert {(r["dp"], r["tp"], r["pp"]) for r in data["layouts"]} >= {(1, 4, 2), (2, 4, 1)}
+
+
+def test_dp_that_does_not_divide_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        capsys, "--model", MODEL, "--site", "meluxina", "--config-json", QWEN35, "--nodes", "2",
+        "--dp", "3",
+    )  # fmt: skip
+    assert code == 2
+    assert "--dp 3 does not divide the 8 GPUs of 2 node(s)" in err and "Traceback" not in err

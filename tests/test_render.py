@@ -490,3 +490,105 @@ def test_a_job_directory_belongs_to_one_job(fake_path: Path, tmp_path: Path) -> 
     proc = sbatch_like(first, "203", tmp_path, home)  # the same script again: still another job
     assert proc.returncode != 0 and not (fake_path / "vllm-argv.0").exists()
     assert "belongs to job 201" in (home / "jobs" / "x" / "slurm-203.out").read_text()
+
+
+# --- data parallelism ---------------------------------------------------------------------
+
+QWEN35_CONFIG = Path(__file__).parent / "data" / "models" / "qwen3.5-397b-a17b-gptq-int4.json"
+
+
+def _value(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_dp_runs_one_api_server_and_headless_engines(fake_path: Path, tmp_path: Path) -> None:
+    """data_parallel_deployment.md: the head serves the API with --data-parallel-size N
+    --data-parallel-size-local L --data-parallel-address HEAD --data-parallel-rpc-port P; the
+    other nodes add --headless --data-parallel-start-rank K."""
+    job = tmp_path / "job"
+    script = write_launcher(venv_site(), request(2, dp=2), job)
+    for rank in (0, 1):
+        proc = run_node(script, rank, {})
+        assert proc.returncode == 0, (job / f"node-{rank}.log").read_text()
+    head = read_nul(fake_path / "vllm-argv.0")
+    worker = read_nul(fake_path / "vllm-argv.1")
+    for argv in (head, worker):
+        assert _value(argv, "--data-parallel-size") == "2"
+        assert _value(argv, "--data-parallel-size-local") == "1"
+        assert _value(argv, "--data-parallel-address") == "10.0.0.1"
+        assert _value(argv, "--data-parallel-rpc-port") == "9123"  # the launcher's master port
+        assert _value(argv, "--tensor-parallel-size") == "1"
+        assert _value(argv, "--pipeline-parallel-size") == "1"
+        # every DP rank lives on one node: no torch.distributed group spans the nodes
+        for flag in ("--nnodes", "--node-rank", "--master-addr", "--master-port"):
+            assert flag not in argv
+        assert "--distributed-executor-backend" not in argv
+        assert "--enable-expert-parallel" not in argv  # no model config here: no EP default
+    assert "--headless" not in head and "--data-parallel-start-rank" not in head
+    assert "--headless" in worker and _value(worker, "--data-parallel-start-rank") == "1"
+    assert _value(head, "--port") == "8123"
+
+
+def test_dp_start_rank_counts_the_ranks_of_earlier_nodes(fake_path: Path, tmp_path: Path) -> None:
+    """expert_parallel_deployment.md: the start rank is the cumulative local DP size of the
+    nodes before (4 ranks on 2 nodes of 4 GPUs, TP 2: 2 a node, node 1 starts at 2)."""
+    site = venv_site(node=dataclasses.replace(venv_site().node, gpus=4))
+    job = tmp_path / "job"
+    script = write_launcher(site, request(2, dp=4), job)
+    assert run_node(script, 1, {}).returncode == 0, (job / "node-1.log").read_text()
+    worker = read_nul(fake_path / "vllm-argv.1")
+    assert _value(worker, "--data-parallel-size-local") == "2"
+    assert _value(worker, "--data-parallel-start-rank") == "2"
+    assert _value(worker, "--tensor-parallel-size") == "2"
+
+
+def test_expert_parallel_is_on_for_a_moe_model_with_dp() -> None:
+    info = parse_config(json.loads(QWEN35_CONFIG.read_text()), "Qwen/Qwen3.5-397B-A17B-GPTQ-Int4")
+    site = apptainer_site()
+    text = render(site, request(2, dp=2, model_info=info))
+    assert "--enable-expert-parallel" in text
+    assert "--data-parallel-size 2" in " ".join(shlex.split(text.replace("\\\n", " ")))
+    assert "--enable-expert-parallel" not in render(site, request(2, model_info=info))  # no DP
+    assert "--enable-expert-parallel" not in render(
+        site, request(2, dp=2, ep=False, model_info=info)
+    )
+    assert "--enable-expert-parallel" in render(site, request(2, ep=True, model_info=info))
+    assert "# DP 2 x TP 4 x PP 1." in text
+
+
+def test_dp_layouts_vllm_or_the_launcher_refuse() -> None:
+    site = apptainer_site()  # 4 GPUs a node
+    with pytest.raises(UsageError, match=r"--dp 3 does not divide the 8 GPUs of 2 node\(s\)"):
+        choose_layout(site, request(2, dp=3))
+    with pytest.raises(UsageError) as e:
+        choose_layout(site, request(4, dp=2))  # one DP rank of 8 GPUs would span two nodes
+    assert "DP=2 does not split evenly over 4 node(s)" in str(e.value)
+    assert "--dp 4 --tp 4 --pp 1" in str(e.value)  # a DP layout that works
+    with pytest.raises(UsageError, match="needs 8 GPUs per node but nodes have 4"):
+        choose_layout(site, request(2, dp=2, tp=4, pp=2))
+    lay = choose_layout(site, request(2, dp=4))
+    assert (lay.dp, lay.tp, lay.pp, lay.dp_local, lay.ranks_per_node) == (4, 2, 1, 2, 4)
+
+
+def test_dp_flags_cannot_be_smuggled_through_vllm_arg() -> None:
+    site = apptainer_site()
+    for arg in (
+        "--data-parallel-size=2",
+        "-dp=2",
+        "--data-parallel-start-rank=1",
+        "--data-parallel-rpc-port=1",
+        "-dpa=10.0.0.1",
+        "--data-parallel-rank=0",
+        "--data-parallel-hybrid-lb",
+        "--enable-expert-parallel",
+    ):
+        with pytest.raises(UsageError, match="is not allowed"):
+            render(site, request(2, vllm_args=[arg]))
+
+
+def test_dp_launcher_passes_shellcheck(tmp_path: Path) -> None:
+    script = tmp_path / "launcher.sbatch"
+    script.write_text(render(venv_site(), request(2, dp=2)))
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    proc = subprocess.run([shellcheck(), "-s", "bash", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "query": ("net", "query", "Send one chat completion to a job and stream the answer."),
     "chat": ("net", "chat", "Interactive multi-turn chat with a job."),
     "bench": ("net", "bench", "Benchmark a job's server (TTFT, TPOT, ITL, throughput)."),
+    "sweep": ("sweep", "sweep", "Run every layout in one allocation, benchmark, recommend one."),
     "lab": ("lab", "lab", "Run a local SLURM cluster with real vLLM (CPU) for trying hpcserve."),
 }
 

@@ -1,8 +1,9 @@
 """``hpcserve plan``: size a model for a site and print the arithmetic (or ``--json``).
 
-The vLLM options (``--tp``, ``--pp``, ``--max-model-len``, ``--gpu-memory-utilization``,
-``--kv-cache-dtype``, ``--dtype``) are the rows of :mod:`hpcserve.launch.vllm_flags` that
-``render``/``submit`` use; :func:`hpcserve.plan.planner.plan_for_site` checks and sizes them.
+The vLLM options (``--tp``, ``--pp``, ``--dp``, ``--enable-expert-parallel``,
+``--max-model-len``, ``--gpu-memory-utilization``, ``--kv-cache-dtype``, ``--dtype``) are the
+rows of :mod:`hpcserve.launch.vllm_flags` that ``render``/``submit`` use;
+:func:`hpcserve.plan.planner.plan_for_site` checks and sizes them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from hpcserve.launch import vllm_flags
 _HELP = {
     "tensor_parallel_size": "Tensor-parallel size (default: the site's engine.layout).",
     "pipeline_parallel_size": "Pipeline-parallel size (default: the site's engine.layout).",
+    "data_parallel_size": "Data-parallel ranks, TP x PP GPUs each (default 1).",
+    "enable_expert_parallel": "Expert parallelism (default: on for a MoE model with --dp > 1).",
     "max_model_len": "Context length (default: the config's max_position_embeddings).",
     "gpu_memory_utilization": "Fraction of each GPU's memory vLLM may use (default: 0.9).",
     "kv_cache_dtype": "KV-cache dtype (default: auto, the model dtype).",
@@ -69,6 +72,8 @@ def plan(
         nodes=_nodes(nodes),
         tp=engine["tensor_parallel_size"],
         pp=engine["pipeline_parallel_size"],
+        dp=engine["data_parallel_size"],
+        ep=engine["enable_expert_parallel"],
         max_model_len=engine["max_model_len"],
         gpu_memory_utilization=engine["gpu_memory_utilization"],
         kv_cache_dtype=engine["kv_cache_dtype"],

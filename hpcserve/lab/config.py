@@ -195,8 +195,9 @@ def render_slurm_conf(lay: LabLayout, first_job_id: int = 1) -> str:
     + CR_Core with cores over-subscribed 2:1 (``OverSubscribe=FORCE:2``), so two jobs that each
     ask one GPU and all of a node's cores (as the launcher does) run on the same nodes at once.
     Every slurmd of the lab maps its cores onto the same host CPUs, so confining a step to
-    fewer cores than a node has would put the ranks of different nodes on the same CPU. With ``accounting`` slurmctld records jobs in slurmdbd (``sacct``) and enforces
-    associations, so an account the database does not know is refused at submit.
+    fewer cores than a node has would put the ranks of different nodes on the same CPU. With
+    ``accounting`` slurmctld records jobs in slurmdbd (``sacct``) and enforces associations, so
+    an account the database does not know is refused at submit.
     """
     s = lay.state_dir
     lines = [

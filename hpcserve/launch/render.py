@@ -192,29 +192,73 @@ def module_script(site: Site) -> list[str]:
     return [setup, *("module load " + shlex.join(words) for words in modules)]
 
 
+#: The shell variable the node role sets to its first DP rank (SLURM_NODEID × ranks a node).
+DP_START_RANK_VAR = "HPCSERVE_DP_START_RANK"
+
+
+def _dp_topology(layout: Layout) -> tuple[list[Word], list[Word]]:
+    """(every node's, the headless nodes' extra) DP flags, as ``data_parallel_deployment.md``
+    runs them: each node ``--data-parallel-size N --data-parallel-size-local L
+    --data-parallel-address HEAD --data-parallel-rpc-port P``; the others also
+    ``--data-parallel-start-rank K`` (``run_headless`` in ``vllm/entrypoints/cli/serve.py``
+    starts engines K..K+L-1 and meets the head at ADDRESS:P). The RPC port is the launcher's
+    master port: with whole DP ranks on each node no torch.distributed group spans nodes."""
+    f = vllm_flags.flag
+    common: list[Word] = [
+        f("data_parallel_size_local"), str(layout.dp_local),
+        f("data_parallel_address"), Var("HPCSERVE_HEAD_ADDR"),
+        f("data_parallel_rpc_port"), Var("HPCSERVE_MASTER_PORT"),
+    ]  # fmt: skip
+    return common, [f("data_parallel_start_rank"), Var(DP_START_RANK_VAR)]
+
+
+def _node_topology(layout: Layout) -> tuple[list[Word], list[Word]]:
+    """(every node's, the headless nodes' extra) topology flags."""
+    if layout.dp > 1:
+        return _dp_topology(layout)
+    if layout.nodes == 1:
+        return [], []
+    f = vllm_flags.flag
+    topo: list[Word] = [
+        f("nnodes"), str(layout.nodes),
+        f("node_rank"), Var("NODE_RANK"),
+        f("master_addr"), Var("HPCSERVE_HEAD_ADDR"),
+        f("master_port"), Var("HPCSERVE_MASTER_PORT"),
+    ]  # fmt: skip
+    return topo, []
+
+
+def _layout_values(layout: Layout) -> dict[str, Any]:
+    """The layout's table flags: TP and PP always, DP and EP when on, the mp executor when one
+    DP rank spans the nodes."""
+    values: dict[str, Any] = {
+        "tensor_parallel_size": layout.tp,
+        "pipeline_parallel_size": layout.pp,
+    }
+    if layout.dp > 1:
+        values["data_parallel_size"] = layout.dp
+    if layout.ep:
+        values["enable_expert_parallel"] = True
+    if layout.nodes > 1 and layout.dp == 1:
+        values["distributed_executor_backend"] = "mp"
+    return values
+
+
 def node_argv(site: Site, req: LaunchRequest, layout: Layout) -> tuple[list[Word], list[Word]]:
-    """(head argv, worker argv): everything after the runtime prefix, per role."""
+    """(head argv, worker argv): everything after the runtime prefix, per role. With DP the
+    workers are headless engines of DP ranks (:func:`_dp_topology`), else headless workers of
+    the head's one engine."""
     values = dict(req.vllm_options)
     if values.get("dtype") is not None:
         values["dtype"] = resolve_dtype(str(values["dtype"]))
-    values["tensor_parallel_size"] = layout.tp
-    values["pipeline_parallel_size"] = layout.pp
-    if layout.nodes > 1:
-        values["distributed_executor_backend"] = "mp"
+    values.update(_layout_values(layout))
     common: list[Word] = ["serve", path_word(req.model), *vllm_flags.flag_argv(values)]
     common += [*site.engine.extra_args, *req.vllm_args]
     f = vllm_flags.flag
-    topo: list[Word] = []
-    if layout.nodes > 1:
-        topo = [
-            f("nnodes"), str(layout.nodes),
-            f("node_rank"), Var("NODE_RANK"),
-            f("master_addr"), Var("HPCSERVE_HEAD_ADDR"),
-            f("master_port"), Var("HPCSERVE_MASTER_PORT"),
-        ]  # fmt: skip
+    topo, worker_only = _node_topology(layout)
     api: list[Word] = [f("host"), "0.0.0.0", f("port"), Var("HPCSERVE_API_PORT")]
     head = [*common, *topo, *api]
-    worker = [*common, *topo, *api, f("headless")]
+    worker = [*common, *topo, *worker_only, *api, f("headless")]
     return head, worker
 
 
@@ -303,6 +347,7 @@ def launcher_context(
         "env": _env(site),
         "head_interface": site.network.head_interface or "",
         "nodes": int(layout.nodes),
+        "dp_local": int(layout.dp_local) if layout.dp > 1 else 0,
         "srun_wait": SRUN_WAIT_S,
         "port_base": int(site.engine.port),
         "port_spread": PORT_SPREAD,
@@ -382,5 +427,10 @@ def _words(words: Sequence[Word]) -> str:
 
 def render(site: Site, req: LaunchRequest, program: NodeProgram | None = None) -> str:
     """The launcher script text for ``req`` on ``site`` (``program``: :class:`NodeProgram`)."""
-    ctx = launcher_context(site, req, program)
-    return str(_environment().get_template(TEMPLATE).render(**ctx))
+    return render_template(TEMPLATE, launcher_context(site, req, program))
+
+
+def render_template(name: str, ctx: dict[str, Any]) -> str:
+    """Template ``name`` of ``templates/`` with ``ctx``, through the launcher's environment
+    (its quoting filters, strict undefined names, the bytecode cache)."""
+    return str(_environment().get_template(name).render(**ctx))

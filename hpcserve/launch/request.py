@@ -38,6 +38,8 @@ class LaunchRequest:
     job_name: str = DEFAULT_JOB_NAME
     tp: int | None = None
     pp: int | None = None
+    dp: int | None = None  # data-parallel ranks (None: 1)
+    ep: bool | None = None  # expert parallelism (None: the layout's default for the model)
     vllm_options: dict[str, Any] = field(default_factory=dict)  # exposed flags, python names
     vllm_args: list[str] = field(default_factory=list)  # --vllm-arg, one argv element each
     sbatch: dict[str, Any] = field(default_factory=dict)  # overrides for sbatch_directives
@@ -68,8 +70,9 @@ def choose_layout(site: Site, req: LaunchRequest) -> Layout:
     """The layout for ``req`` on ``site``: :func:`hpcserve.plan.layout.choose_layout` decides,
     with the site's ``engine.layout``, as it does for ``plan``."""
     return layout_mod.choose_layout(
-        req.model_info, req.nodes, site.node.gpus, req.tp, req.pp, site.engine.layout
-    )
+        req.model_info, req.nodes, site.node.gpus, req.tp, req.pp, site.engine.layout,
+        req.dp, req.ep,
+    )  # fmt: skip
 
 
 def _model_problems(model: str) -> list[str]:
@@ -101,7 +104,12 @@ def _option_problems(req: LaunchRequest) -> list[str]:
     unknown = set(req.vllm_options) - {f.name for f in vllm_flags.OPTIONS}
     if unknown:
         return [f"not a render option: {', '.join(sorted(unknown))}"]
-    values = {**req.vllm_options, "tensor_parallel_size": req.tp, "pipeline_parallel_size": req.pp}
+    values = {
+        **req.vllm_options,
+        "tensor_parallel_size": req.tp,
+        "pipeline_parallel_size": req.pp,
+        "data_parallel_size": req.dp,
+    }
     return vllm_flags.check_values(values)
 
 
@@ -161,6 +169,8 @@ def build_request(
     nodes: int = 1,
     tp: int | None = None,
     pp: int | None = None,
+    dp: int | None = None,
+    ep: bool | None = None,
     vllm_options: Mapping[str, Any] | None = None,
     vllm_args: Sequence[str] = (),
     sbatch: Mapping[str, Any] | None = None,
@@ -172,9 +182,11 @@ def build_request(
     """The checked request for ``model`` on ``site`` (UsageError naming every problem).
 
     ``vllm_options`` are flag-table values by python name (None = unset; ``dtype`` is resolved,
-    ``half`` -> ``float16``); ``sbatch`` holds :func:`~hpcserve.cluster.sbatch.sbatch_directives`
-    keywords and ``sbatch_args`` ``KEY=VALUE`` strings (these win); ``job_dir`` None means
-    :func:`default_job_dir`; ``model_info`` defaults to the model's config when it is here.
+    ``half`` -> ``float16``); ``dp``/``ep`` are the data-parallel ranks and expert parallelism
+    (:func:`hpcserve.plan.layout.choose_layout`); ``sbatch`` holds
+    :func:`~hpcserve.cluster.sbatch.sbatch_directives` keywords and ``sbatch_args``
+    ``KEY=VALUE`` strings (these win); ``job_dir`` None means :func:`default_job_dir`;
+    ``model_info`` defaults to the model's config when it is here.
     """
     options = {k: v for k, v in (vllm_options or {}).items() if v is not None}
     extra = dict(sbatch or {})
@@ -186,6 +198,8 @@ def build_request(
         job_name=name or DEFAULT_JOB_NAME,
         tp=tp,
         pp=pp,
+        dp=dp,
+        ep=ep,
         vllm_options=options,
         vllm_args=list(vllm_args),
         sbatch={k: v for k, v in extra.items() if v is not None},

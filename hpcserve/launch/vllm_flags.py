@@ -23,6 +23,14 @@ Spellings and semantics were read from vLLM's source (``source`` column):
 * The API server reads its key from ``VLLM_API_KEY`` when ``--api-key`` is absent
   (``vllm/envs.py`` ``"VLLM_API_KEY"``; ``vllm/entrypoints/serve/middleware/register.py``
   ``args.api_key or [envs.VLLM_API_KEY]``), so hpcserve never puts ``--api-key`` on a command line.
+* Data parallelism (``docs/serving/data_parallel_deployment.md``; ``arg_utils.py`` registers
+  ``--data-parallel-size/-dp``, ``--data-parallel-size-local/-dpl``,
+  ``--data-parallel-start-rank/-dpr``, ``--data-parallel-address/-dpa``,
+  ``--data-parallel-rpc-port/-dpp`` and ``--enable-expert-parallel`` from ``ParallelConfig``):
+  the head runs the API server with ``--data-parallel-size N --data-parallel-size-local L
+  --data-parallel-address HEAD --data-parallel-rpc-port P``, every other node the same with
+  ``--headless --data-parallel-start-rank K``. ``--data-parallel-rank`` and the hybrid/external
+  load-balancing modes are another deployment and are refused in ``--vllm-arg``.
 * Bounds: ``CacheConfig.gpu_memory_utilization`` is ``Field(gt=0, le=1)``
   (``vllm/config/cache.py``); ``--dtype`` and ``--kv-cache-dtype`` choices are
   :data:`hpcserve.rules.DTYPES` and :data:`hpcserve.rules.KV_CACHE_DTYPES`; sizes and counts are at
@@ -115,6 +123,20 @@ FLAGS: tuple[VllmFlag, ...] = (
         aliases=("--pp",),
         low=1,
     ),
+    _f(
+        "data_parallel_size",
+        int,
+        "Data-parallel ranks (vLLM engines, each with TP x PP GPUs and its own KV cache) over "
+        "the job's nodes, one API server on the head (default 1).",
+        aliases=("--dp",),
+        low=1,
+    ),
+    _f(
+        "enable_expert_parallel",
+        bool,
+        "Expert parallelism for MoE layers: experts spread over DP x TP GPUs (default: on for "
+        "a MoE model with --dp above 1).",
+    ),
     # --- pass-through options users expect
     _f("max_model_len", int, "Model context length (tokens).", low=1),
     _f(
@@ -175,6 +197,30 @@ FLAGS: tuple[VllmFlag, ...] = (
         negatable=False,
         source=CLI_ARGS,
     ),
+    _f(
+        "data_parallel_size_local",
+        int,
+        "DP ranks on this node: --dp / --nodes.",
+        option=False,
+    ),
+    _f(
+        "data_parallel_start_rank",
+        int,
+        "First DP rank of this node: SLURM_NODEID x the ranks a node (headless nodes).",
+        option=False,
+    ),
+    _f(
+        "data_parallel_address",
+        str,
+        "The head's address, where the engines of every node meet the API server.",
+        option=False,
+    ),
+    _f(
+        "data_parallel_rpc_port",
+        int,
+        "DP RPC port: the launcher's master port, claimed free on the head.",
+        option=False,
+    ),
     _f("host", str, "API bind address (the head binds 0.0.0.0).", option=False, source=CLI_ARGS),
     _f("port", int, "API port, chosen free on the head.", option=False, source=CLI_ARGS),
 )
@@ -187,6 +233,8 @@ PLAN_OPTIONS: tuple[VllmFlag, ...] = tuple(
     for n in (
         "tensor_parallel_size",
         "pipeline_parallel_size",
+        "data_parallel_size",
+        "enable_expert_parallel",
         "max_model_len",
         "gpu_memory_utilization",
         "kv_cache_dtype",
@@ -200,6 +248,11 @@ RESERVED: frozenset[str] = frozenset(
     [f.flag for f in FLAGS if not f.option]
     + [f.negative for f in FLAGS if not f.option and f.type is bool and f.negatable]
     + ["--api-key", "-n", "-r"]
+    # DP's short spellings (``-dpl``, ``-dpr``, ``-dpa``, ``-dpp``) and the load-balancing modes
+    # the one-API-server launch cannot combine with (external/hybrid LB, ``--data-parallel-rank``)
+    + ["-dpl", "-dpr", "-dpa", "-dpp", "-dpn", "-dph", "-dpe", "--data-parallel-rank"]
+    + ["--data-parallel-hybrid-lb", "--no-data-parallel-hybrid-lb"]
+    + ["--data-parallel-external-lb", "--no-data-parallel-external-lb"]
 )
 
 
@@ -268,9 +321,19 @@ def context_problems(
 
 
 # vLLM's short spellings of table flags (``arg_utils.py`` registers ``-tp`` and ``-pp``).
-SHORT: dict[str, str] = {"-tp": "tensor_parallel_size", "-pp": "pipeline_parallel_size"}
-# Flags hpcserve passes on every launch (the layout); other options only when they are given.
-ALWAYS_SET: tuple[str, ...] = ("tensor_parallel_size", "pipeline_parallel_size")
+SHORT: dict[str, str] = {
+    "-tp": "tensor_parallel_size",
+    "-pp": "pipeline_parallel_size",
+    "-dp": "data_parallel_size",
+}
+# The layout's flags, which hpcserve decides on every launch (``--data-parallel-size`` and
+# ``--enable-expert-parallel`` only when DP or EP is on); other options only when given.
+ALWAYS_SET: tuple[str, ...] = (
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "data_parallel_size",
+    "enable_expert_parallel",
+)
 
 
 def table_name(arg: str) -> str | None:

@@ -19,11 +19,14 @@ from hpcserve.plan.layout import (
     PP_ACROSS_NODES,
     TP_ACROSS_NODES,
     Layout,
+    candidates,
     choose_layout,
+    default_ep,
     default_layout,
     max_ranks,
     refusals,
     requested_layout,
+    shape_text,
 )
 from hpcserve.plan.modelinfo import ModelInfo, derived_max_len
 from hpcserve.plan.sizing import (
@@ -34,13 +37,16 @@ from hpcserve.plan.sizing import (
     ParamCount,
     WeightBytes,
     count_parameters,
+    expert_share,
     kv_dtype_bytes,
     kv_heads_per_rank,
     kv_memory_budget,
     naive_kv_bytes_per_token,
     pp_partition,
     predict_kv_cache_tokens,
+    rank_weight_bytes,
     ssm_state_dtype_bytes,
+    stage_expert_bytes,
     stage_weight_bytes,
     vllm_rules,
     weight_bytes,
@@ -144,8 +150,9 @@ class Fit:
     stage_weights: list[float]  # bytes per PP stage
     weights_per_gpu: list[float]  # bytes per GPU, per stage
     kv_budget_per_gpu: list[float]  # bytes per GPU, per stage
-    kv: KvPrediction | None
+    kv: KvPrediction | None  # one DP rank's KV cache (each rank has its own)
     budgets: list[MemoryBudget] = field(default_factory=list)  # per stage, vLLM's terms
+    stage_experts: list[float] = field(default_factory=list)  # routed experts' bytes per stage
 
     @property
     def fits(self) -> bool:
@@ -154,6 +161,16 @@ class Fit:
             and min(self.kv_budget_per_gpu) > 0
             and self.kv.num_blocks >= self.kv.blocks_per_request
         )
+
+    @property
+    def total_tokens(self) -> int:
+        """KV tokens of all DP ranks (vLLM logs one rank's; every rank has its own cache)."""
+        return self.kv.tokens * self.layout.dp if self.kv else 0
+
+    @property
+    def total_concurrency(self) -> float:
+        """Max-length requests all DP ranks hold at once."""
+        return self.kv.max_concurrency * self.layout.dp if self.kv else 0.0
 
 
 @dataclass
@@ -171,6 +188,7 @@ class Plan:
     fit: Fit
     auto_nodes: bool
     tried: list[str] = field(default_factory=list)
+    compared: list[Fit] = field(default_factory=list)  # MoE: every layout of these nodes
 
     @property
     def usable_per_gpu(self) -> float:
@@ -205,9 +223,17 @@ def evaluate(
 
     The budget is :func:`hpcserve.plan.sizing.kv_memory_budget` (vLLM's profiling, keyed on
     the site's vLLM version); ``overhead_gb`` replaces its non-weight terms on GPU when given.
+    Each DP rank holds the non-expert weights and its own KV cache; the experts are shared
+    out over DP × TP GPUs (:func:`hpcserve.plan.sizing.expert_share`).
     """
     stages = stage_weight_bytes(info, layout.pp, count)
+    experts = stage_expert_bytes(info, layout.pp, count) if info.is_moe else [0.0] * layout.pp
+    share = expert_share(info.num_experts, layout.tp, layout.dp, layout.ep)
     per_gpu = [s / layout.tp for s in stages]
+    if share != 1 / layout.tp:
+        per_gpu = [
+            rank_weight_bytes(s, e, layout.tp, share) for s, e in zip(stages, experts, strict=True)
+        ]
     rules = vllm_rules(node.vllm_version)
     budgets = [
         kv_memory_budget(
@@ -238,7 +264,30 @@ def evaluate(
             device=node.device,
             report=rules.kv_report,
         )
-    return Fit(layout, stages, per_gpu, budget, kv, budgets)
+    return Fit(layout, stages, per_gpu, budget, kv, budgets, experts)
+
+
+def compare_layouts(
+    info: ModelInfo,
+    node: NodeShape,
+    nodes: int,
+    max_model_len: int,
+    utilization: float,
+    kv_cache_dtype: str,
+    overhead_gb: float | None,
+    count: ParamCount,
+) -> list[Fit]:
+    """Every layout vLLM accepts on ``nodes`` nodes (:func:`hpcserve.plan.layout.candidates`),
+    sized: what ``plan`` shows side by side for a MoE model."""
+    args = (max_model_len, utilization, kv_cache_dtype, overhead_gb, count)
+    return [evaluate(info, node, lay, *args) for lay in candidates(info, nodes, node.gpus)]
+
+
+def most_kv(fits: list[Fit]) -> Fit | None:
+    """The fitting layout that holds the most max-length requests at once (ties: fewer DP
+    ranks, then the earlier one)."""
+    ok = [f for f in fits if f.fits]
+    return max(ok, key=lambda f: (round(f.total_concurrency, 6), -f.layout.dp), default=None)
 
 
 def make_plan(
@@ -251,10 +300,14 @@ def make_plan(
     utilization: float = DEFAULT_UTILIZATION,
     kv_cache_dtype: str = "auto",
     overhead_gb: float | None = None,
+    dp: int | None = None,
+    ep: bool | None = None,
 ) -> Plan:
     """Size ``info`` on ``node``-shaped nodes; ``nodes=None`` finds the smallest that fits.
 
-    ``overhead_gb`` None: the non-KV memory vLLM's profiling finds (``kv_memory_budget``).
+    ``overhead_gb`` None: the non-KV memory vLLM's profiling finds (``kv_memory_budget``);
+    ``dp``/``ep`` as :func:`hpcserve.plan.layout.choose_layout` takes them. A MoE model's plan
+    also sizes every other layout of the same nodes (``Plan.compared``).
     """
     problems = vllm_flags.check_values(
         {"gpu_memory_utilization": utilization, "max_model_len": max_model_len}
@@ -270,21 +323,23 @@ def make_plan(
 
     # A Plan of these inputs for a given fit (both branches below build one).
     def plan(fit: Fit, auto_nodes: bool, tried: list[str] | None = None) -> Plan:
+        compared = compare_layouts(info, node, fit.layout.nodes, *args) if info.is_moe else []
         return Plan(
             info, node, length, utilization, kv_cache_dtype, _overhead_gb(fit), count,
-            weights, fit, auto_nodes, tried or [],
+            weights, fit, auto_nodes, tried or [], compared,
         )  # fmt: skip
 
+    want = (tp, pp, dp, ep)
     if nodes is not None:
-        layout = choose_layout(info, nodes, node.gpus, tp, pp, node.layout)
+        layout = choose_layout(info, nodes, node.gpus, tp, pp, node.layout, dp, ep)
         fit = evaluate(info, node, layout, *args)
         return plan(fit, auto_nodes=False)
     tried: list[str] = []
     last = min(MAX_AUTO_NODES, max_ranks(info))
-    if all(isinstance(_auto_layout(info, node, n, tp, pp), str) for n in range(1, last + 1)):
-        _no_layout(info, node, last, tp, pp)  # a layout refusal, not a memory verdict
+    if all(isinstance(_auto_layout(info, node, n, *want), str) for n in range(1, last + 1)):
+        _no_layout(info, node, last, *want)  # a layout refusal, not a memory verdict
     for n in range(1, last + 1):
-        layout_or_why = _auto_layout(info, node, n, tp, pp)
+        layout_or_why = _auto_layout(info, node, n, *want)
         if isinstance(layout_or_why, str):
             tried.append(f"{n} node(s): {layout_or_why}")
             continue
@@ -346,11 +401,19 @@ def _overhead_gb(fit: Fit) -> float:
     return max((b.non_kv - b.weights for b in fit.budgets), default=0.0) / GB
 
 
-def _no_layout(info: ModelInfo, node: NodeShape, last: int, tp: int | None, pp: int | None) -> None:
+def _no_layout(
+    info: ModelInfo,
+    node: NodeShape,
+    last: int,
+    tp: int | None,
+    pp: int | None,
+    dp: int | None = None,
+    ep: bool | None = None,
+) -> None:
     """Raise: no node count up to ``last`` has a layout vLLM accepts (not a memory verdict);
     the reason and a layout that works are :func:`choose_layout`'s, on one node."""
     try:
-        choose_layout(info, 1, node.gpus, tp, pp, node.layout)
+        choose_layout(info, 1, node.gpus, tp, pp, node.layout, dp, ep)
     except UsageError as e:
         raise UsageError(
             f"no layout vLLM accepts for {info.name} on 1 to {last} node(s) of {node.gpus} GPUs "
@@ -359,16 +422,24 @@ def _no_layout(info: ModelInfo, node: NodeShape, last: int, tp: int | None, pp: 
 
 
 def _auto_layout(
-    info: ModelInfo, node: NodeShape, nodes: int, tp: int | None, pp: int | None
+    info: ModelInfo,
+    node: NodeShape,
+    nodes: int,
+    tp: int | None,
+    pp: int | None,
+    dp: int | None = None,
+    ep: bool | None = None,
 ) -> Layout | str:
     """The layout ``choose_layout`` would take on ``nodes`` nodes, or why there is none."""
     try:
-        want_tp, want_pp = requested_layout(nodes, node.gpus, tp, pp, node.layout)
+        want_tp, want_pp = requested_layout(nodes, node.gpus, tp, pp, node.layout, dp)
     except UsageError as e:
         return f"no valid layout ({e})"
-    if refusals(info, nodes, node.gpus, want_tp, want_pp):
-        return f"no valid TP={want_tp} PP={want_pp} layout"
-    return Layout(want_tp, want_pp, nodes, node.gpus)
+    ranks = dp or 1
+    experts = default_ep(info, ranks) if ep is None else ep
+    if refusals(info, nodes, node.gpus, want_tp, want_pp, ranks, experts):
+        return f"no valid {shape_text(want_tp, want_pp, ranks)} layout"
+    return Layout(want_tp, want_pp, nodes, node.gpus, ranks, experts)
 
 
 def plan_for_site(
@@ -382,6 +453,8 @@ def plan_for_site(
     gpu_memory_utilization: float | None = None,
     kv_cache_dtype: str | None = None,
     dtype: str | None = None,
+    dp: int | None = None,
+    ep: bool | None = None,
 ) -> Plan:
     """Size ``info`` on ``site`` (``nodes=None``: the fewest that fit).
 
@@ -392,6 +465,7 @@ def plan_for_site(
     values = {
         "tensor_parallel_size": tp,
         "pipeline_parallel_size": pp,
+        "data_parallel_size": dp,
         "max_model_len": max_model_len,
         "gpu_memory_utilization": gpu_memory_utilization,
         "kv_cache_dtype": kv_cache_dtype,
@@ -413,6 +487,8 @@ def plan_for_site(
         if gpu_memory_utilization is None
         else gpu_memory_utilization,
         kv_cache_dtype=kv_cache_dtype or "auto",
+        dp=dp,
+        ep=ep,
     )
 
 
@@ -501,24 +577,65 @@ def plan_lines(p: Plan) -> list[str]:
     for t in p.tried:
         out.append(f"  {t}")
     out.append(
-        f"layout: TP={lay.tp} × PP={lay.pp} = {lay.world_size} GPUs on {lay.nodes} node(s)"
+        f"layout: {lay.describe()} = {lay.gpus} GPUs on {lay.nodes} node(s)"
         + _layout_note(lay, node)
     )
     parts = pp_partition(info.num_layers, lay.pp)
-    for s, (sw, wg, bud) in enumerate(
-        zip(fit.stage_weights, fit.weights_per_gpu, fit.kv_budget_per_gpu, strict=True)
-    ):
+    for s, (wg, bud) in enumerate(zip(fit.weights_per_gpu, fit.kv_budget_per_gpu, strict=True)):
         out.append(
-            f"stage {s} ({parts[s]} layers): weights {_gib(sw)} / TP {lay.tp} = {_gib(wg)} per GPU;"
+            f"stage {s} ({parts[s]} layers): weights {_stage_split(fit, s)} = {_gib(wg)} per GPU;"
             f" KV budget {_gib(p.usable_per_gpu)} − {_gib(wg)} − {_gib(p.overhead_bytes)}"
             " non-KV overhead"
             f" = {_gib(bud)}"
         )
     out += kv_lines(p)
+    out += compare_lines(p)
     out += [f"note: {n}" for n in info.notes]
     if not fit.fits:
         out.append("does not fit: " + shortfall(info, node, fit, *_fit_args(p)))
     out.append(verdict(p))
+    return out
+
+
+def _stage_split(fit: Fit, s: int) -> str:
+    """How stage ``s``'s weights are spread over one GPU: ``97.4 GiB / TP 4``, or with DP or
+    EP the non-expert part / TP plus the GPU's share of the experts."""
+    lay, sw = fit.layout, fit.stage_weights[s]
+    if lay.dp == 1 and not lay.ep:
+        return f"{_gib(sw)} / TP {lay.tp}"
+    ex = fit.stage_experts[s] if fit.stage_experts else 0.0
+    if lay.ep:
+        experts = f"experts {_gib(ex)} over EP {lay.ep_size} (whole experts)"
+    else:
+        experts = f"experts {_gib(ex)} / DP×TP {lay.dp * lay.tp}"
+    return f"{_gib(sw - ex)} non-expert / TP {lay.tp} (each DP rank a copy) + {experts}"
+
+
+def compare_lines(p: Plan) -> list[str]:
+    """The layouts of these nodes side by side (MoE models): weights and KV per GPU, KV tokens
+    and concurrency of all DP ranks; ``*`` the plan's layout, and the one holding most."""
+    if not p.compared:
+        return []
+    best = most_kv(p.compared)
+    out = [
+        f"layouts on {p.fit.layout.nodes} node(s) (KV tokens and concurrency at "
+        f"{p.max_model_len:,} tokens: all DP ranks together):",
+        f"  {'layout':<24} {'weights/GPU':>11} {'KV/GPU':>9} {'KV tokens':>12} {'concurrency':>11}",
+    ]
+    for f in p.compared:
+        mark = "*" if f.layout == p.fit.layout else " "
+        note = "" if f.fits else "  does not fit"
+        if best is not None and f is best:
+            note = "  most KV"
+        out.append(
+            f"{mark} {f.layout.describe():<24} {_gib(max(f.weights_per_gpu)):>11} "
+            f"{_gib(min(f.kv_budget_per_gpu)):>9} {f.total_tokens:>12,} "
+            f"{f.total_concurrency:>10.2f}x{note}"
+        )
+    out.append(
+        "  (which layout serves fastest is a measurement: hpcserve sweep runs them in one "
+        "allocation)"
+    )
     return out
 
 
@@ -536,6 +653,8 @@ def _gpu_text(node: NodeShape) -> str:
 
 def _layout_note(lay: Layout, node: NodeShape) -> str:
     """Which default the layout is, when it is the site's default."""
+    if lay.dp > 1:
+        return f" ({lay.dp} DP rank(s) of TP={lay.tp} × PP={lay.pp}, {lay.dp_local} a node)"
     if (lay.tp, lay.pp) != default_layout(lay.nodes, node.gpus, node.layout):
         return ""
     if node.layout == TP_ACROSS_NODES:
@@ -592,14 +711,21 @@ def kv_lines(p: Plan) -> list[str]:
             f"{_mb(lay.page_bytes)}) = {int(bud // bpb)}"
         )
     pool = "CPU" if p.node.device == "cpu" else "GPU"
+    rank = " per DP rank" if fit.layout.dp > 1 else ""
     out.append(
-        f"KV cache size: {kv.num_blocks} blocks ÷ {kv.blocks_per_request} blocks per "
+        f"KV cache size{rank}: {kv.num_blocks} blocks ÷ {kv.blocks_per_request} blocks per "
         f"{p.max_model_len}-token request × {p.max_model_len} = {kv.tokens:,} tokens"
         f' (vLLM: "{pool} KV cache size: {kv.tokens:,} tokens")'
     )
     out.append(
-        f"max concurrency at {p.max_model_len:,} tokens per request: {kv.max_concurrency:.2f}x"
+        f"max concurrency{rank} at {p.max_model_len:,} tokens per request: "
+        f"{kv.max_concurrency:.2f}x"
     )
+    if fit.layout.dp > 1:
+        out.append(
+            f"all {fit.layout.dp} DP ranks (each its own KV cache): {fit.total_tokens:,} tokens, "
+            f"{fit.total_concurrency:.2f}x"
+        )
     if info.is_hybrid:
         naive = naive_kv_bytes_per_token(info, p.kv_cache_dtype)
         real = 2 * info.num_full_attention_layers * info.num_kv_heads * info.head_dim * kvb
@@ -614,9 +740,12 @@ def verdict(p: Plan) -> str:
     lay = p.fit.layout
     if p.fit.fits:
         how = "needs" if p.auto_nodes else "fits on"
+        shape = f"TP={lay.tp}, PP={lay.pp}"
+        if lay.dp > 1:
+            shape = f"DP={lay.dp}, {shape}"
         return (
             f"verdict: {p.info.name} {how} {lay.nodes} node(s) of {p.node.site} "
-            f"(TP={lay.tp}, PP={lay.pp})"
+            f"({shape}{', EP' if lay.ep else ''})"
         )
     if p.fit.kv is None:  # no memory left for any KV cache: the context length is not the cause
         return (
@@ -674,6 +803,11 @@ def plan_dict(p: Plan) -> dict[str, Any]:
         "auto_nodes": p.auto_nodes,
         "tp": lay.tp,
         "pp": lay.pp,
+        "dp": lay.dp,
+        "enable_expert_parallel": lay.ep,
+        "kv_tokens_all_dp_ranks": fit.total_tokens,
+        "max_concurrency_all_dp_ranks": fit.total_concurrency,
+        "layouts": [_compared_dict(f) for f in p.compared],
         "stage_weight_bytes": fit.stage_weights,
         "weights_per_gpu_bytes": fit.weights_per_gpu,
         "kv_budget_per_gpu_bytes": fit.kv_budget_per_gpu,
@@ -695,4 +829,19 @@ def plan_dict(p: Plan) -> dict[str, Any]:
         },
         "fits": fit.fits,
         "notes": info.notes,
+    }
+
+
+def _compared_dict(f: Fit) -> dict[str, Any]:
+    lay = f.layout
+    return {
+        "dp": lay.dp,
+        "tp": lay.tp,
+        "pp": lay.pp,
+        "enable_expert_parallel": lay.ep,
+        "weights_per_gpu_bytes": max(f.weights_per_gpu),
+        "kv_budget_per_gpu_bytes": min(f.kv_budget_per_gpu),
+        "kv_tokens": f.total_tokens,
+        "max_concurrency": f.total_concurrency,
+        "fits": f.fits,
     }

@@ -257,6 +257,45 @@ def stage_weight_bytes(info: ModelInfo, pp: int, count: ParamCount | None = None
     return stages
 
 
+def stage_expert_bytes(info: ModelInfo, pp: int, count: ParamCount | None = None) -> list[float]:
+    """The routed experts' share of :func:`stage_weight_bytes`, per PP stage (same scaling to
+    the safetensors size)."""
+    count = count or count_parameters(info)
+    wb = weight_bytes(info, count)
+    parts = pp_partition(info.num_layers, pp)
+    out: list[float] = []
+    start = 0
+    for n in parts:
+        experts = sum(lp.get("experts", 0) for lp in count.per_layer[start : start + n])
+        a, b, c = _category_bytes(info, "experts", experts)
+        out.append(a + b + c)
+        start += n
+    if wb.exact_total and wb.estimated_total:
+        out = [x * wb.exact_total / wb.estimated_total for x in out]
+    return out
+
+
+def expert_share(num_experts: int, tp: int, dp: int = 1, ep: bool = False) -> float:
+    """The fraction of the experts' bytes one GPU holds.
+
+    ``FusedMoEParallelConfig.make`` (``vllm/model_executor/layers/fused_moe/config.py``):
+    without expert parallelism the experts are sliced over DP × TP ranks
+    (``flatten_tp_across_dp_and_pcp``); with it EP = DP × TP ranks hold whole experts, and
+    ``determine_expert_map`` (``fused_moe/layer.py``) gives the first ``E % EP`` ranks
+    ``E // EP + 1`` of them, so the fullest GPU holds ``ceil(E / EP)``.
+    """
+    ways = tp * dp
+    if not ep or num_experts <= 0:
+        return 1 / ways
+    return -(-num_experts // ways) / num_experts
+
+
+def rank_weight_bytes(stage_bytes: float, expert_bytes: float, tp: int, share: float) -> float:
+    """Weight bytes on one GPU of a stage: the non-expert weights (replicated in every DP rank)
+    sliced by TP, plus ``share`` of the experts."""
+    return (stage_bytes - expert_bytes) / tp + expert_bytes * share
+
+
 # --------------------------------------------------------------------------- KV cache
 
 
