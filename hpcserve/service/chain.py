@@ -133,10 +133,12 @@ class ChainState:
     stopped: Event | None = None
     until_reached: bool = False
     notes: list[str] = field(default_factory=list)  # submit failures, in words
+    submit_order: list[str] = field(default_factory=list)
 
     def samples(self) -> list[float]:
         """Submit-to-ready seconds of the jobs that became ready, in the order submitted."""
-        return [j.ready_after_s for j in self.jobs.values() if j.ready_after_s is not None]
+        jobs = [self.jobs[j] for j in self.submit_order]
+        return [j.ready_after_s for j in jobs if j.ready_after_s is not None]
 
     @property
     def next_job(self) -> str | None:
@@ -187,7 +189,9 @@ def _on_service(state: ChainState, e: Event) -> None:
 
 def _on_submitted(state: ChainState, e: Event) -> None:
     job = _job(state, e.job)
-    job.submitted_at, job.by = e.at, e.fields.get("by")
+    if job.submitted_at is None:  # the first line counts, as in the launcher's awk
+        job.submitted_at, job.by = e.at, e.fields.get("by")
+        state.submit_order.append(e.job)
 
 
 def _on_started(state: ChainState, e: Event) -> None:
