@@ -21,7 +21,8 @@ DATA = Path(__file__).parent / "data" / "vllm-metrics"
 
 FAKE_BIN = {
     # squeue -h -j ID -o %L | %l: the time left / the limit the test wrote
-    "squeue": '#!/bin/bash\ncase "$*" in *%L*) cat "$FAKE/left" ;; *%l*) cat "$FAKE/limit" ;; esac\n',
+    "squeue": '#!/bin/bash\ncase "$*" in\n  *%L*) cat "$FAKE/left" ;;\n'
+    '  *%l*) cat "$FAKE/limit" ;;\nesac\n',
     "sbatch": '#!/bin/bash\necho "$PWD $*" >>"$FAKE/sbatch.calls"\n'
     'env | grep -c "^SLURM_JOB_ID=" >>"$FAKE/sbatch.env" || true\ncat "$FAKE/next_id"\n',
     "scancel": '#!/bin/bash\necho "$*" >>"$FAKE/scancel.calls"\n',
