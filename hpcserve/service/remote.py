@@ -120,10 +120,12 @@ class Service:
         )
 
     def focus(self, state: chain.ChainState | None = None) -> str:
-        """The job to look at: the current one, else the next one, else the last one."""
+        """The job to look at: the current one, else the next one (unless the chain was
+        stopped), else the one that served last, else the last one."""
         st = state if state is not None else self.read()
         ids = st.job_ids()
-        return st.current or st.next_job or (ids[-1] if ids else self.info.first)
+        following = st.next_job if st.stopped is None else None
+        return st.current or following or st.last_current or (ids[-1] if ids else self.info.first)
 
     def view(self) -> ChainView:
         """The chain with one scheduler query for all its jobs."""

@@ -66,7 +66,8 @@ class ChainView:
             )
         if st.stopped is not None:
             cause = st.stopped.fields.get("cause", "?")
-            rows.append(("stopped", f"{cause} (by {st.stopped.job} at {when(st.stopped.at)})"))
+            who = st.stopped.job if st.stopped.job == "user" else f"job {st.stopped.job}"
+            rows.append(("stopped", f"{cause} (by {who} at {when(st.stopped.at)})"))
         rows += [("note", n) for n in st.notes[-3:]]
         return rows
 
