@@ -1,4 +1,5 @@
-"""The small input rules every command applies alike: job name, SLURM time, env-var name, dtype.
+"""The small input rules every command applies alike: job name, SLURM time, DURATION, env-var name,
+dtype.
 
 Each rule is one function here; ``plan``, ``render``, ``submit``, the site loader, the registry
 and the scheduler parsers call it instead of keeping their own pattern.
@@ -91,6 +92,70 @@ def format_slurm_time(seconds: int | float) -> str:
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
     return f"{d}-{h:02d}:{m:02d}:{s:02d}" if d else f"{h:02d}:{m:02d}:{s:02d}"
+
+
+# --------------------------------------------------------------------------- DURATION
+
+# ``--idle-stop`` and ``--until``: numbers with a unit each, largest first, e.g. 90s, 10m, 1h30m,
+# 2d. A unit is required: a bare number would read as seconds here and minutes in ``--time``.
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def parse_duration_text(text: str) -> int:
+    """Seconds in a DURATION such as ``90s``, ``10m``, ``1h30m`` or ``2d``; ValueError if none."""
+    m = _DURATION.match(text.strip().lower())
+    if not m or not any(m.groups()):
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(int(g) * unit for g, (_, unit) in zip(m.groups(), _UNITS, strict=True) if g)
+
+
+def check_duration(text: str, what: str = "--idle-stop") -> int:
+    """Seconds in ``text`` (:func:`parse_duration_text`), at least 1; else a one-line UsageError."""
+    try:
+        seconds = parse_duration_text(str(text))
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise UsageError(
+            f"{what} {text!r}: expected a duration such as 90s, 10m, 1h30m or 2d "
+            "(a number and a unit, s, m, h or d)"
+        )
+    return seconds
+
+
+def format_duration_text(seconds: int | float) -> str:
+    """``seconds`` in the DURATION form :func:`parse_duration_text` reads: 90 -> ``1m30s``."""
+    left = max(int(seconds), 0)
+    parts = []
+    for name, unit in _UNITS:
+        count, left = divmod(left, unit)
+        if count:
+            parts.append(f"{count}{name}")
+    return "".join(parts) or "0s"
+
+
+def parse_until(text: str, now: float, what: str = "--until") -> float:
+    """The Unix time ``--until`` names: a DURATION from ``now`` (``3d``), or an ISO 8601 date or
+    date and time (``2026-12-24``, ``2026-12-24T18:00``; local time unless it has an offset).
+    A time that is not in the future is a UsageError."""
+    import datetime as dt
+
+    text = str(text).strip()
+    try:
+        when = now + parse_duration_text(text)
+    except ValueError:
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise UsageError(
+                f"{what} {text!r}: expected a date (2026-12-24), a date and time "
+                "(2026-12-24T18:00) or a duration from now (3d, 12h)"
+            ) from None
+        when = parsed.timestamp()
+    if when <= now:
+        raise UsageError(f"{what} {text!r}: that time has already passed")
+    return when
 
 
 # --------------------------------------------------------------------------- env-var name

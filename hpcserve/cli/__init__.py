@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("jobs", "list_jobs", "List the jobs in the registry."),
     "nccl": ("nccl", "nccl", "Tell how NCCL traffic flows (IB/GDR, sockets) from logs."),
     "tunnel": ("net", "tunnel", "Forward a local port to a job's API through the login node."),
+    "env": ("net", "env", "OPENAI_BASE_URL and OPENAI_API_KEY for a job's local tunnel."),
     "query": ("net", "query", "Send one chat completion to a job and stream the answer."),
     "chat": ("net", "chat", "Interactive multi-turn chat with a job."),
     "bench": ("net", "bench", "Benchmark a job's server (TTFT, TPOT, ITL, throughput)."),

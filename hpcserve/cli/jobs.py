@@ -63,10 +63,22 @@ def _print_status(st: JobStatus, handle: Job) -> None:
         click.echo(f"  hint:      {f.suggestion}")
 
 
-def _status_json(st: JobStatus, rec: JobRecord) -> dict[str, Any]:
+def _status_json(st: JobStatus, rec: JobRecord, handle: Job | None = None) -> dict[str, Any]:
     d = st.to_dict()
     d["record"] = rec.to_dict()
+    view = handle.chain() if handle is not None else None
+    if view is not None:
+        d["service"] = view.to_dict()
     return d
+
+
+def _print_chain(handle: Job) -> None:
+    """A service's chain under its current job's status."""
+    view = handle.chain()
+    if view is None:
+        return
+    for label, text in view.lines():
+        click.echo(f"  {label + ':':<10} {text}")
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -85,11 +97,13 @@ def status(job: str | None, as_json: bool, watch: bool, interval: float) -> None
     with jobs.open(job) as handle:
         for st in handle.statuses(interval if watch else None):
             if as_json:
-                click.echo(json.dumps(_status_json(st, handle.record), indent=2, default=str))
+                d = _status_json(st, handle.record, handle)
+                click.echo(json.dumps(d, indent=2, default=str))
             elif (st.state, st.detail) != last:
                 if watch and last is not None:
                     click.echo(f"--- {time.strftime('%H:%M:%S')}")
                 _print_status(st, handle)
+                _print_chain(handle)
                 last = (st.state, st.detail)
     if st.phase == "failed":
         sys.exit(EXIT_FAILED)

@@ -70,6 +70,24 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "instead of the id).",
         ),
         click.option(
+            "--keep-alive",
+            is_flag=True,
+            help="A service: each job submits its successor before its time limit and hands "
+            "over to it, behind one name and tunnel (needs --name; docs/service.md).",
+        ),
+        click.option(
+            "--until",
+            metavar="DATE",
+            help="With --keep-alive: no successor for a job that ends after DATE "
+            "(2026-12-24, 2026-12-24T18:00, or a duration from now such as 3d).",
+        ),
+        click.option(
+            "--idle-stop",
+            metavar="DURATION",
+            help="End the job (a service: its chain) after DURATION with no request running "
+            "or waiting, e.g. 30m, 1h30m.",
+        ),
+        click.option(
             "--no-api-key",
             is_flag=True,
             help="Serve without an API key (default: a random per-job VLLM_API_KEY).",
@@ -98,6 +116,9 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
         "image": opts["image"],
         "venv": opts["venv"],
         "hf_cache": opts["hf_cache"],
+        "keep_alive": opts["keep_alive"],
+        "until": opts["until"],
+        "idle_stop": opts["idle_stop"],
     }
 
 

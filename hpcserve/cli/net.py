@@ -1,7 +1,8 @@
-"""``hpcserve tunnel``, ``query``, ``chat`` and ``bench``: reach a job's API from here.
+"""``hpcserve tunnel``, ``env``, ``query``, ``chat`` and ``bench``: reach a job's API from here.
 
 Options are parsed here and printed here; the work is in :mod:`hpcserve.net` (target and key
-in ``target``, the tunnel's lifecycle in ``session``, conversations in ``chat``, the benchmark in
+in ``target``, the tunnel's lifecycle in ``session``, the client settings in ``env``,
+conversations in ``chat``, the benchmark in
 ``bench``).
 """
 
@@ -85,6 +86,17 @@ def tunnel(
             f"tunnel runs in the background (pid {state.pid}): {state.url}; "
             f"stop it with `hpcserve tunnel --stop {state.job}`"
         )
+
+
+@click.command("env")
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help='Print {"base_url": ..., "api_key": ...}.')
+def env(job: str, as_json: bool) -> None:
+    """OPENAI_BASE_URL and OPENAI_API_KEY for JOB through its local tunnel (eval "$(...)")."""
+    from hpcserve.net.env import client_env
+
+    settings = client_env(job)
+    click.echo(settings.to_json() if as_json else settings.shell(), nl=as_json)
 
 
 @click.command()

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from hpcserve.launch.submit import Submission
     from hpcserve.nccl.scanner import NcclScanner
     from hpcserve.net.api import Client
+    from hpcserve.service.remote import Service
+    from hpcserve.service.view import ChainView
 
 SiteOpener = Callable[[str], tuple[Site, Executor]]
 """Site name -> (the site, an executor that reaches its scheduler)."""
@@ -165,8 +167,10 @@ class Job:
         scheduler: Slurm | None = None,
         timing: WaitTiming | None = None,
         probe: Probe | None = None,
+        service: Service | None = None,
     ) -> None:
-        self.record = record
+        self.record = record  # a service's: its current job's (the registry keeps the service's)
+        self.service = service
         self.site = site
         self.executor = executor
         self.registry = registry if registry is not None else Registry()
@@ -210,8 +214,10 @@ class Job:
 
     @property
     def label(self) -> str:
-        """``name (id)`` or the id."""
+        """``name (id)`` or the id; a service's ``name (service, job id)``."""
         rec = self.record
+        if self.service is not None:
+            return f"{self.service.name} (service, job {rec.job_id})"
         return f"{rec.name} ({rec.job_id})" if rec.name else rec.job_id
 
     @property
@@ -229,6 +235,8 @@ class Job:
         return self._watch
 
     def _save(self, rec: JobRecord) -> None:
+        if self.service is not None:
+            return  # a job of a chain: its facts are in the service directory
         with contextlib.suppress(UsageError):  # forgotten meanwhile
             self.registry.update(rec)
 
@@ -238,11 +246,41 @@ class Job:
 
     # -- status ------------------------------------------------------------------------------
     def status(self) -> JobStatus:
-        """One full look: scheduler, endpoint, logs, /health, and the NCCL verdict."""
+        """One full look: scheduler, endpoint, logs, /health, and the NCCL verdict (a
+        service's: of the job it serves with now, or the next one)."""
+        self._refocus()
         st = self.watch.refresh()
         if self.watch.sched.state not in ("PENDING", "UNKNOWN"):
             st.nccl = nccl_summary(self.watch)
-        return st
+        return self._with_stop_cause(st)
+
+    def _refocus(self) -> None:
+        """A service's handle follows its chain: onto the job to look at now."""
+        if self.service is None:
+            return
+        focus = self.service.focus()
+        if focus != self.record.job_id:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+            self.record = self.service.job_record(focus)
+
+    def _with_stop_cause(self, st: JobStatus) -> JobStatus:
+        """A job that left the queue and whose launcher ended it on purpose (``--idle-stop``,
+        a handover): "stopped: ..." from its batch log (:mod:`hpcserve.service.stop`)."""
+        if self.watch.sched.active:
+            return st
+        from hpcserve.service.stop import apply_stop, stop_cause
+
+        try:
+            lines = self.executor.read_text(self.record.batch_log()).splitlines()
+        except (OSError, RemoteError):
+            return st
+        return apply_stop(st, stop_cause(lines))
+
+    def chain(self) -> ChainView | None:
+        """A service's chain (jobs, current and next, handovers, gaps); None for a plain job."""
+        return self.service.view() if self.service is not None else None
 
     def statuses(
         self, interval_s: float | None = None, *, sleep: Callable[[float], None] = time.sleep
@@ -363,7 +401,10 @@ class Job:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> CancelResult:
-        """scancel the job, then confirm it left the queue and has no steps left."""
+        """scancel the job, then confirm it left the queue and has no steps left; a service's:
+        every job of its chain and nothing else."""
+        if self.service is not None:
+            return self._cancel_service(timeout_s, sleep, clock)
         before = self.scheduler_state()
         if not before.active:
             return CancelResult(
@@ -374,6 +415,26 @@ class Job:
         self.scheduler.cancel(self.job_id)
         state, message = self._confirm_gone(timeout_s, sleep, clock)
         return CancelResult(True, state, message)
+
+    def _cancel_service(
+        self, timeout_s: float, sleep: Callable[[float], None], clock: Callable[[], float]
+    ) -> CancelResult:
+        assert self.service is not None
+        start = clock()
+        cancelled, states = self.service.cancel(timeout_s, sleep=sleep, clock=clock)
+        name = self.service.name
+        if not cancelled:
+            return CancelResult(
+                False, "ended", f"service {name} has no job queued or running; its chain is stopped"
+            )
+        ends = ", ".join(f"{j} {states[j].state}" for j in cancelled)
+        took = clock() - start
+        return CancelResult(
+            True,
+            "CANCELLED",
+            f"cancelled service {name} in {took:.1f} s: every job of its chain left the queue "
+            f"({ends}); the chain is stopped",
+        )
 
     def _confirm_gone(
         self, timeout_s: float, sleep: Callable[[float], None], clock: Callable[[], float]
@@ -414,8 +475,10 @@ class Job:
         return next((ln.strip() for ln in reversed(tail) if "CANCELLED AT" in ln), None)
 
     def forget(self) -> JobRecord:
-        """Remove the job from the registry with its local secrets (the job itself is left)."""
-        return self.registry.remove(f"{self.record.site}:{self.job_id}")
+        """Remove the job (a service: the service) from the registry with its local secrets
+        (the job itself is left)."""
+        rec = self.service.record if self.service is not None else self.record
+        return self.registry.remove(f"{rec.site}:{rec.job_id}")
 
     # -- the API -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -481,8 +544,19 @@ class Jobs:
         """A handle on the job ``ref`` names; UsageError when the registry has none."""
         rec = self.registry.get(ref)
         site, executor = self.connect(rec.site)
+        try:
+            service, rec = _service_of(rec, executor)
+        except BaseException:
+            executor.close()
+            raise
         return Job(
-            rec, site, executor, registry=self.registry, timing=self.timing, probe=self.probe
+            rec,
+            site,
+            executor,
+            registry=self.registry,
+            timing=self.timing,
+            probe=self.probe,
+            service=service,
         )
 
     def records(self) -> list[JobRecord]:
@@ -520,13 +594,22 @@ class Jobs:
     def _table_status(
         self, rec: JobRecord, site: Site, executor: Executor, slurm: Slurm, sched: SchedJob
     ) -> JobStatus:
-        job = Job(rec, site, executor, registry=self.registry, scheduler=slurm, probe=self.probe)
+        service, current = _service_of(rec, executor, slurm)
+        job = Job(
+            current,
+            site,
+            executor,
+            registry=self.registry,
+            scheduler=slurm,
+            probe=self.probe,
+            service=service,
+        )
         w = job.watch
-        w.sched = sched
-        if sched.state in ("RUNNING", "COMPLETING") or sched.ended:
+        w.sched = sched if current is rec else slurm.query([current.job_id])[current.job_id]
+        if w.sched.state in ("RUNNING", "COMPLETING") or w.sched.ended:
             w.poll_endpoint()
             w.poll_logs()
-        return w.status()
+        return job._with_stop_cause(w.status())
 
     def prune(self, older_than_days: float) -> PruneResult:
         """Forget jobs submitted more than ``older_than_days`` ago that left the queue; jobs of
@@ -550,6 +633,18 @@ class Jobs:
             older_than_days * 86400, keep=lambda r: (r.site, r.job_id) in live
         )
         return PruneResult(removed, len(old), unreachable)
+
+
+def _service_of(
+    rec: JobRecord, executor: Executor, scheduler: Slurm | None = None
+) -> tuple[Service | None, JobRecord]:
+    """``(service, its current job's record)`` for a service's record, else ``(None, rec)``."""
+    from hpcserve.service.remote import Service, service_info
+
+    if service_info(rec) is None:
+        return None, rec
+    service = Service(rec, executor, scheduler if scheduler is not None else Slurm(executor))
+    return service, service.job_record(service.focus())
 
 
 def _by_site(records: list[JobRecord]) -> dict[str, list[JobRecord]]:
@@ -580,9 +675,30 @@ def submit(
         assert sub.job_id is not None  # not a dry run
         registry = Registry()
         rec = registry.get(f"{site.name}:{sub.job_id}")
+        if request.keep_alive:
+            rec = _start_service(rec, request, ex, registry, sub.warnings)
+        service, current = _service_of(rec, ex)
     except BaseException:
         ex.close()
         raise
-    job = Job(rec, site, ex, registry=registry, timing=timing)
+    job = Job(current, site, ex, registry=registry, timing=timing, service=service)
     job.submission = sub
     return job
+
+
+def _start_service(
+    rec: JobRecord, request: LaunchRequest, ex: Executor, registry: Registry, warnings: list[str]
+) -> JobRecord:
+    """Register the new job as a service and write the first lines of its chain log."""
+    from hpcserve.service.remote import mark_service, start_chain
+
+    service_dir = rec.job_dir
+    rec = mark_service(rec, service_dir)
+    registry.update(rec)
+    try:
+        start_chain(
+            ex, service_dir, name=rec.name or rec.job_id, job_id=rec.job_id, until=request.until
+        )
+    except RemoteError as e:  # the chain still runs; its first lead time is the first guess
+        warnings.append(f"service {rec.name}: {e}")
+    return rec

@@ -333,7 +333,7 @@ def launcher_context(
         head = worker = list(program.argv)
     batch_before, _, batch_after = jobrecord.BATCH_LOG.partition("%j")
     log_before, _, log_after = jobrecord.node_log_name(_RANK_MARK).partition(str(_RANK_MARK))
-    return {
+    ctx: dict[str, Any] = {
         "site_name": site.name,
         "model": req.model,
         "layout": layout,
@@ -365,6 +365,10 @@ def launcher_context(
         "node_log": _in_job(log_before, Var("NODE_RANK"), log_after),
         "batch_log": _in_job(batch_before, Var("SLURM_JOB_ID"), batch_after),
     }
+    from hpcserve.service.launcher import launcher_context as monitor_context
+
+    ctx.update(monitor_context(site, req, ctx))  # --idle-stop, --keep-alive
+    return ctx
 
 
 def _bytecode_cache() -> Any:

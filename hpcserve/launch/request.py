@@ -22,7 +22,14 @@ from hpcserve.launch import vllm_flags
 from hpcserve.plan import layout as layout_mod
 from hpcserve.plan.layout import Layout
 from hpcserve.plan.modelinfo import ModelInfo, derived_max_len, local_model_info
-from hpcserve.rules import check_job_name, check_slurm_time, resolve_dtype, serving_dtype
+from hpcserve.rules import (
+    check_duration,
+    check_job_name,
+    check_slurm_time,
+    parse_until,
+    resolve_dtype,
+    serving_dtype,
+)
 from hpcserve.sites.schema import Site
 
 DEFAULT_JOB_NAME = "hpcserve"  # SLURM job name when the user gave no --name
@@ -44,6 +51,9 @@ class LaunchRequest:
     vllm_args: list[str] = field(default_factory=list)  # --vllm-arg, one argv element each
     sbatch: dict[str, Any] = field(default_factory=dict)  # overrides for sbatch_directives
     model_info: ModelInfo | None = None  # the model's config when found here (layout checks)
+    keep_alive: bool = False  # a service: each job submits its successor (hpcserve.service)
+    until: float | None = None  # with keep_alive: no successor for a job ending after this
+    idle_stop_s: int | None = None  # end the job after this long with no request
 
 
 def default_job_dir(
@@ -139,6 +149,39 @@ def _dtype_problems(site: Site, req: LaunchRequest) -> list[str]:
     return []
 
 
+def _monitor_problems(req: LaunchRequest) -> list[str]:
+    """``--until`` only with ``--keep-alive``; ``--idle-stop`` a positive number of seconds."""
+    problems = []
+    if req.until is not None and not req.keep_alive:
+        problems.append("--until needs --keep-alive")
+    if req.idle_stop_s is not None and req.idle_stop_s <= 0:
+        problems.append(f"--idle-stop {req.idle_stop_s!r}: must be at least one second")
+    return problems
+
+
+def monitor_options(
+    *,
+    keep_alive: bool,
+    until: str | float | None,
+    idle_stop: str | int | None,
+    name: str | None,
+    now: float | None = None,
+) -> tuple[float | None, int | None]:
+    """``(until, idle_stop_s)`` from ``--until`` (:func:`hpcserve.rules.parse_until`; a
+    number is a Unix time) and ``--idle-stop`` (:func:`hpcserve.rules.check_duration`; a
+    number is seconds); ``--keep-alive`` needs ``--name``, the name the service is reached by."""
+    if keep_alive and not name:
+        raise UsageError("--keep-alive needs --name: a service is reached by its name")
+    clock = time.time() if now is None else now
+    when = None
+    if until is not None:
+        when = float(until) if isinstance(until, int | float) else parse_until(until, clock)
+    idle = None
+    if idle_stop is not None:
+        idle = int(idle_stop) if isinstance(idle_stop, int) else check_duration(idle_stop)
+    return when, idle
+
+
 def check_request(site: Site, req: LaunchRequest) -> Layout:
     """Refuse a bad request with one UsageError listing every problem; else its layout."""
     problems = _model_problems(req.model)
@@ -149,6 +192,7 @@ def check_request(site: Site, req: LaunchRequest) -> Layout:
     set_flags = (*vllm_flags.ALWAYS_SET, *req.vllm_options)
     problems += vllm_flags.check_extra_args(req.vllm_args, set_flags)
     problems += _sbatch_problems(req.sbatch)
+    problems += _monitor_problems(req)
     problems += vllm_flags.context_problems(
         req.vllm_options.get("max_model_len"),
         derived_max_len(req.model_info) if req.model_info else None,
@@ -178,6 +222,9 @@ def build_request(
     job_dir: str | None = None,
     name: str | None = None,
     model_info: ModelInfo | None = None,
+    keep_alive: bool = False,
+    until: str | float | None = None,
+    idle_stop: str | int | None = None,
 ) -> LaunchRequest:
     """The checked request for ``model`` on ``site`` (UsageError naming every problem).
 
@@ -187,7 +234,11 @@ def build_request(
     :func:`~hpcserve.cluster.sbatch.sbatch_directives` keywords and ``sbatch_args``
     ``KEY=VALUE`` strings (these win); ``job_dir`` None means :func:`default_job_dir`;
     ``model_info`` defaults to the model's config when it is here.
+    ``keep_alive``, ``until`` and ``idle_stop`` are :func:`monitor_options`'.
     """
+    when, idle_s = monitor_options(
+        keep_alive=keep_alive, until=until, idle_stop=idle_stop, name=name
+    )
     options = {k: v for k, v in (vllm_options or {}).items() if v is not None}
     extra = dict(sbatch or {})
     extra.update(parse_sbatch_args(sbatch_args))
@@ -204,6 +255,9 @@ def build_request(
         vllm_args=list(vllm_args),
         sbatch={k: v for k, v in extra.items() if v is not None},
         model_info=model_info if model_info is not None else local_model_info(model),
+        keep_alive=keep_alive,
+        until=when,
+        idle_stop_s=idle_s,
     )
     check_request(site, req)
     if "dtype" in options:

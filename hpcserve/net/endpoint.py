@@ -51,6 +51,28 @@ def api_key(record: JobRecord) -> str | None:
         raise HpcserveError(f"cannot read the job's API key file {path}: {e.strerror}") from e
 
 
+def tunnel_key(record: JobRecord) -> str:
+    """The name of a job's background tunnel: its id; a service's: its first job's id (the
+    tunnel stays while the chain moves on)."""
+    from hpcserve.service.remote import service_info
+
+    info = service_info(record)
+    return info.first if info is not None else record.job_id
+
+
+def _head_of(record: JobRecord, site: Site | None) -> tuple[str, int]:
+    """The head to reach: the job's, or for a service the head of the job serving now."""
+    from hpcserve.service.remote import service_info
+
+    if service_info(record) is None or site is None:
+        return remote_of(record)
+    from hpcserve.cluster.connect import executor_for
+    from hpcserve.service.follow import serving_now
+
+    current = serving_now(record, lambda: executor_for(site))
+    return current[1], current[2]
+
+
 @contextlib.contextmanager
 def api_base(record: JobRecord, site: Site | None, *, quiet: bool = False) -> Iterator[str]:
     """Yield a base URL (``http://host:port``) for ``record``'s API reachable from here.
@@ -59,11 +81,11 @@ def api_base(record: JobRecord, site: Site | None, *, quiet: bool = False) -> It
     """
     from hpcserve.net import tunnel
 
-    state = tunnel.read_state(record.job_id)
+    state = tunnel.read_state(tunnel_key(record))
     if state is not None and state.status == "up":
         yield state.url
         return
-    addr, port = remote_of(record)
+    addr, port = _head_of(record, site)
     if reachable(addr, port):
         yield f"http://{addr}:{port}"
         return

@@ -6,6 +6,10 @@ Background mode re-executes ``python -m hpcserve ARGS --child`` (``--background`
 new session and waits for the child's state file to say ``up``; the child writes that file once
 its tunnel is up, then sends its output to ``tunnels/<key>.log`` and clears the state file when
 it ends. ``--stop`` SIGTERMs it. Everything the user sees goes through a :class:`Reporter`.
+
+A service's tunnel (``submit --keep-alive``) keeps its local port and key for the life of the
+service: a :class:`~hpcserve.service.follow.ChainFollower` re-targets the forward to the head
+of the job that serves now (:meth:`~hpcserve.net.tunnel.Forwarder.retarget`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from hpcserve.cluster.executor import Executor
 from hpcserve.errors import HpcserveError, UsageError
+from hpcserve.jobs.record import JobRecord
 from hpcserve.net import tunnel as tn
 from hpcserve.net.target import Target, api_key_for, job_target, parse_remote, resolve
 
 if TYPE_CHECKING:
     from hpcserve.cluster.ssh import Login
+    from hpcserve.service.follow import ChainFollower, Current
 
 
 class Reporter(Protocol):
@@ -89,6 +96,7 @@ class Tunnel:
     local_port: int = 0
     explicit_port: bool = False
     detach: Callable[[Path], None] = field(default=detach_stdio, repr=False)
+    serving: Current | None = None  # a service's: the job it was opened to (it follows on)
 
     @property
     def remote_text(self) -> str:
@@ -101,17 +109,55 @@ def plan(req: TunnelRequest) -> Tunnel:
     if req.job is None and req.remote is None:
         raise UsageError("name a JOB, or give --remote HOST:PORT with --login")
     t = job_target(req.job) if req.job else Target(key="")
+    serving = None
     if req.remote:
         addr, port = parse_remote(req.remote)
     else:
-        from hpcserve.net.endpoint import remote_of
-
         assert t.record is not None  # a job target: req.job was given
-        addr, port = remote_of(t.record)
+        serving = _serving(t)
+        addr, port = serving[1:3] if serving is not None else _job_remote(t.record)
     if not t.key:
         t.key = f"remote-{addr}-{port}"
     key = api_key_for(t, None) if t.record is not None else None
-    return Tunnel(target=t, remote=(addr, port), api_key=key, child=req.child, via=req.via)
+    tun = Tunnel(target=t, remote=(addr, port), api_key=key, child=req.child, via=req.via)
+    tun.serving = serving
+    if serving is not None and req.via == "openssh":
+        raise UsageError("a service's tunnel follows its chain with --via paramiko, not openssh")
+    return tun
+
+
+def _job_remote(record: JobRecord) -> tuple[str, int]:
+    from hpcserve.net.endpoint import remote_of
+
+    return remote_of(record)
+
+
+def _serving(t: Target) -> Current | None:
+    """For a service: the job serving it now (None for a plain job)."""
+    from hpcserve.service.remote import service_info
+
+    if t.record is None or t.site is None or service_info(t.record) is None:
+        return None
+    from hpcserve.service.follow import serving_now
+
+    return serving_now(t.record, _opener(t))
+
+
+def _opener(t: Target) -> Callable[[], Executor]:
+    from hpcserve.cluster.connect import executor_for
+
+    site = t.site
+    assert site is not None
+    return lambda: executor_for(site)
+
+
+def follower(tun: Tunnel, fwd: tn.Forwarder, rep: Reporter) -> ChainFollower | None:
+    """For a service's tunnel: what re-targets ``fwd`` to the job serving now."""
+    if tun.serving is None or tun.target.record is None:
+        return None
+    from hpcserve.service.follow import ChainFollower
+
+    return ChainFollower(tun.target.record, _opener(tun.target), fwd.retarget, rep.note)
 
 
 def refuse_if_running(key: str, child: bool) -> None:
@@ -167,13 +213,43 @@ def hold(tun: Tunnel, login: Login, rep: Reporter) -> None:
         hold_tunnel(tun, proc, lambda: f"tunnel up (openssh): {proc.url} -> {tun.remote_text}", rep)
     else:
         fwd = paramiko_tunnel(tun, login, rep)
+        follow = follower(tun, fwd, rep)
+        held: HeldTunnel = fwd if follow is None else Following(fwd, follow, tun.serving)
         hold_tunnel(
             tun,
-            fwd,
-            lambda: f"tunnel up: 127.0.0.1:{fwd.local_port} -> {tun.remote_text} via {login.host}",
+            held,
+            lambda: (
+                f"tunnel up: 127.0.0.1:{fwd.local_port} -> {tun.remote_text} via {login.host}"
+                + (" (it follows the service's chain)" if follow is not None else "")
+            ),
             rep,
             ctrl_c_hint=True,
         )
+
+
+class Following:
+    """A forward and the follower that re-targets it, started and stopped together."""
+
+    def __init__(self, fwd: tn.Forwarder, follow: ChainFollower, first: Current | None) -> None:
+        self.fwd = fwd
+        self.follow = follow
+        self.first = first
+
+    @property
+    def url(self) -> str:
+        return self.fwd.url
+
+    def start(self) -> object:
+        self.fwd.start()
+        self.follow.start(self.first)
+        return self
+
+    def wait(self) -> None:
+        self.fwd.wait()
+
+    def stop(self) -> None:
+        self.follow.stop()
+        self.fwd.stop()
 
 
 def paramiko_tunnel(tun: Tunnel, login: Login, rep: Reporter) -> tn.Forwarder:

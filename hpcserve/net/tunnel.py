@@ -2,7 +2,9 @@
 
 :class:`Forwarder` listens on 127.0.0.1 only and opens one SSH ``direct-tcpip`` channel per
 accepted connection on a shared SSH connection, pumping bytes with one ``select`` loop per
-connection (64 KiB reads, TCP_NODELAY, 16 MiB SSH windows). A watchdog sends keepalive requests
+connection (64 KiB reads, TCP_NODELAY, 16 MiB SSH windows). :meth:`Forwarder.retarget` points it
+at another address (a service's next job): new connections and the next request of open ones go
+there, requests in flight finish where they are. A watchdog sends keepalive requests
 that need a reply; when the connection is gone it reconnects with exponential backoff and keeps
 the same listening socket, so clients simply retry on the same port.
 
@@ -68,42 +70,91 @@ def bind_local(port: int, *, explicit: bool, log: Log = _stderr) -> socket.socke
     return s
 
 
-def _pump(sock: socket.socket, chan: Any) -> None:
-    """Copy bytes both ways until both sides are done: this thread carries client -> server,
-    a second one server -> client, each blocked in its own recv (no select, no event pipe:
-    fewer system calls per round trip). Half-closes are passed on."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setblocking(True)
-    chan.settimeout(None)
+# How an HTTP/1.x request starts: a connection moves to a new target only at one of these.
+_REQUEST_STARTS = tuple(
+    m.encode() + b" " for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")
+)
 
-    def down() -> None:
+Reopen = Callable[[], Any]
+"""None while the forward has its target, else a new channel to the new one (or None)."""
+
+
+class _Link:
+    """One client connection pumped through an SSH channel: one thread per direction, each
+    blocked in its own recv (no select: fewer system calls per round trip); half-closes are
+    passed on.
+
+    With ``reopen`` the connection follows a re-targeted forward at a request boundary: when
+    the client starts a new request (its bytes begin with an HTTP method) after the answer to
+    its last one came, and ``reopen`` gives a channel to the new target, the request goes
+    there; an answer still coming on the old channel is never cut (HTTP/1.1 clients wait for
+    it before they send the next request).
+    """
+
+    def __init__(self, sock: socket.socket, chan: Any, reopen: Reopen | None = None) -> None:
+        self.sock = sock
+        self.chan = chan
+        self.reopen = reopen
+        self.answered = False  # the server sent something since the client last did
+        self.down = self._start_down(chan)
+
+    def _start_down(self, chan: Any) -> threading.Thread:
+        th = threading.Thread(target=self._down, args=(chan,), daemon=True, name="tunnel-down")
+        th.start()
+        return th
+
+    def _down(self, chan: Any) -> None:
         try:
             while True:
                 data = chan.recv(BUF)
                 if not data:
                     break
-                sock.sendall(data)
+                self.answered = True
+                self.sock.sendall(data)
         except Exception:  # noqa: BLE001 - OSError, or paramiko.SSHException when the link dies
             pass
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
+        if chan is self.chan:  # not a channel this connection moved away from
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_WR)
 
-    th = threading.Thread(target=down, daemon=True, name="tunnel-down")
-    th.start()
-    try:
-        while True:
-            data = sock.recv(BUF)
-            if not data:
-                chan.shutdown_write()
-                break
-            chan.sendall(data)
-    except Exception:  # noqa: BLE001 - as above
-        pass
-    # the client is done sending; wait for the answer to finish (or the link to drop)
-    th.join()
-    with contextlib.suppress(Exception):  # the link may be gone already
-        chan.close()
-    sock.close()
+    def _maybe_move(self, data: bytes) -> None:
+        if self.reopen is None or not self.answered or not data.startswith(_REQUEST_STARTS):
+            return
+        new = self.reopen()
+        if new is None:
+            return
+        old, self.chan = self.chan, new
+        with contextlib.suppress(Exception):
+            old.close()
+        self.down.join(timeout=10)
+        self.down = self._start_down(new)
+
+    def run(self) -> None:
+        """Pump until both sides are done, then close both."""
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(True)
+        self.chan.settimeout(None)
+        try:
+            while True:
+                data = self.sock.recv(BUF)
+                if not data:
+                    self.chan.shutdown_write()
+                    break
+                self._maybe_move(data)
+                self.answered = False
+                self.chan.sendall(data)
+        except Exception:  # noqa: BLE001 - as above
+            pass
+        # the client is done sending; wait for the answer to finish (or the link to drop)
+        self.down.join()
+        with contextlib.suppress(Exception):  # the link may be gone already
+            self.chan.close()
+        self.sock.close()
+
+
+def _pump(sock: socket.socket, chan: Any, reopen: Reopen | None = None) -> None:
+    """Copy bytes both ways until both sides are done (:class:`_Link`)."""
+    _Link(sock, chan, reopen).run()
 
 
 class Forwarder:
@@ -135,6 +186,7 @@ class Forwarder:
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self.reconnects = 0
+        self.generation = 0  # how often :meth:`retarget` changed the target
 
     @property
     def local_port(self) -> int:
@@ -166,6 +218,40 @@ class Forwarder:
         """Block until :meth:`stop` (Ctrl-C in the caller's thread ends it cleanly)."""
         while not self._stop.wait(0.5):
             pass
+
+    def retarget(self, remote: tuple[str, int]) -> bool:
+        """Forward to ``remote`` from now on: new connections go there, and open ones at their
+        next request (:class:`_Link`); what is in flight finishes on the old target. True when
+        the target changed."""
+        with self._lock:
+            if remote == self.remote:
+                return False
+            self.remote = remote
+            self.generation += 1
+        return True
+
+    def _target(self) -> tuple[int, tuple[str, int]]:
+        with self._lock:
+            return self.generation, self.remote
+
+    def _reopener(self, generation: int, peer: tuple[str, int]) -> Reopen:
+        """For one connection opened at ``generation``: a channel to the new target once the
+        forward was re-targeted since (None until then, or when it cannot be opened)."""
+        seen = [generation]
+
+        def reopen() -> Any:
+            gen, remote = self._target()
+            t = self._transport() if gen != seen[0] else None
+            if t is None:
+                return None
+            try:
+                chan = t.open_channel("direct-tcpip", remote, peer, timeout=20)
+            except Exception:  # noqa: BLE001 - stay on the old target for this request
+                return None
+            seen[0] = gen
+            return chan
+
+        return reopen
 
     def stop(self) -> None:
         self._stop.set()
@@ -206,17 +292,17 @@ class Forwarder:
                     break
                 time.sleep(0.2)
                 continue
+            generation, remote = self._target()
             try:
-                chan = t.open_channel("direct-tcpip", self.remote, peer, timeout=20)
+                chan = t.open_channel("direct-tcpip", remote, peer, timeout=20)
             except Exception as e:  # noqa: BLE001 - paramiko.ChannelException, SSHException
                 if getattr(e, "code", None) is not None:  # ChannelException: sshd refused
-                    where = f"{self.remote[0]}:{self.remote[1]}"
-                    self.log(f"the login node could not connect to {where}: {e}")
+                    self.log(f"the login node could not connect to {remote[0]}:{remote[1]}: {e}")
                     break
                 t.close()  # the link is failing: let the watchdog reconnect, then retry
                 time.sleep(0.2)
                 continue
-            _pump(conn, chan)
+            _pump(conn, chan, self._reopener(generation, peer))
             return
         conn.close()
 
