@@ -275,11 +275,11 @@ def nccl_check(res: ProbeResult) -> Check:
         )
     line = one_line(report)
     data = report.to_dict()
-    if report.verdict == "degraded":
+    if report.verdict in ("degraded", "failed"):
         fixes = "; ".join(c.fix for c in report.causes) or "see `hpcserve nccl` on the log"
         return failed(NCCL, line, fixes, report=data)
     version = f"NCCL {report.nccl_version}" if report.nccl_version else "NCCL"
-    if report.verdict == "unknown" and res.nodes < 2:
+    if report.verdict in ("unknown", "single-node") and res.nodes < 2:
         return passed(
             NCCL, f"{version} initialised on one node: no cross-node link to judge", report=data
         )

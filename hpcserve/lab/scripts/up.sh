@@ -125,7 +125,8 @@ make_gpu_devices() {
 }
 
 # start_slurmd NODE NAMESPACE: slurmd in the node's network namespace and in its own UTS and
-# mount namespaces, with its own hostname, /tmp and /etc/hosts (the job dir stays shared).
+# mount namespaces, with its own hostname, /tmp, /dev/shm and /etc/hosts (the job dir stays
+# shared, as a parallel filesystem is).
 start_slurmd() {
     local node=$1 ns=$2 tmp="$LAB_STATE/node/$1/tmp"
     mkdir -p "$tmp" "$LAB_STATE/slurmd/$node"
@@ -136,6 +137,7 @@ start_slurmd() {
         hostname "$1"
         mount --bind "$2" /tmp
         mount --bind "$3" /etc/hosts
+        mount -t tmpfs -o mode=1777 shm /dev/shm
         # `ip netns exec` mounted a fresh /sys (the namespace'"'"'s own /sys/class/net), which has
         # no cgroup hierarchies; mount the host'"'"'s v1 controllers again for task/cgroup.
         mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
