@@ -142,6 +142,9 @@ def read_json(path: str) -> dict[str, Any]:
     return data
 
 
+CONNECT_RETRY_S = 10.0  # how long a worker retries a port the head already listens on
+
+
 class Probe:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -192,6 +195,8 @@ class Probe:
         deadline = time.monotonic() + self.args.wait
         want = self.n - 1
         while time.monotonic() < deadline and any(len(v) < want for v in got.values()):
+            if self.workers_gave_up():
+                break  # every worker has tried, some in vain: no one else will connect
             for name, s in listeners.items():
                 with contextlib.suppress(socket.timeout, OSError):
                     conn, _ = s.accept()
@@ -205,15 +210,38 @@ class Probe:
         self.result["tcp"] = {"accepted": got, "errors": errors, "ports": self.ports}
         write_json(self.path("tcp-done.json"), self.result["tcp"])
 
+    def workers_gave_up(self) -> bool:
+        """Every worker's answer holds its connection outcomes and one of them failed (when
+        all succeeded, the head accepts until it has every connection)."""
+        outcomes: list[str] = []
+        for k in range(1, self.n):
+            try:
+                tcp = read_json(self.path(f"node-{k}.json")).get("tcp")
+            except (OSError, ValueError):
+                return False
+            if not tcp:
+                return False
+            outcomes += list(tcp.get("connect", {}).values())
+        return any(o != "ok" for o in outcomes)
+
     def tcp_worker(self) -> None:
         out: dict[str, str] = {}
+        # The head listens before it writes head.json (which shared() waited for): a refused
+        # or dropped connection is retried only briefly, so the answer is written in time.
+        patience = CONNECT_RETRY_S if os.path.exists(self.path("head.json")) else self.args.wait
         for name, port in self.ports.items():
-            out[name] = self.connect(port)
+            out[name] = self.connect(port, patience)
         self.result["tcp"] = {"connect": out, "head": self.head, "ports": self.ports}
+        self.answer()
         wait_for([self.path("tcp-done.json")], self.args.wait + 10)
 
-    def connect(self, port: int) -> str:
-        deadline = time.monotonic() + self.args.wait
+    def answer(self) -> None:
+        """Write what this node knows so far (again at the end): a node that srun ends early,
+        when the head has finished, still leaves its answer."""
+        write_json(self.path(f"node-{self.rank}.json"), self.result)
+
+    def connect(self, port: int, patience: float) -> str:
+        deadline = time.monotonic() + patience
         last = "not tried"
         while time.monotonic() < deadline:
             try:
@@ -285,6 +313,7 @@ class Probe:
     def run(self) -> None:
         self.result.update(facts(self.rank, self.args.interface))
         write_json(self.path(f"node-{self.rank}.facts.json"), self.result)
+        self.answer()
         if self.rank == 0:
             self.shared()
             if self.n > 1:
@@ -328,7 +357,7 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001  (say what broke, in the answer)
         probe.result["error"] = f"{type(e).__name__}: {e}"
         probe.result["trace"] = traceback.format_exc(limit=5)
-    write_json(probe.path(f"node-{probe.rank}.json"), probe.result)
+    probe.answer()
     print(f"hpcserve doctor probe: node {probe.rank} done", flush=True)
 
 

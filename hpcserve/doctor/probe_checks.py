@@ -220,9 +220,9 @@ def tcp_check(site: Site, res: ProbeResult) -> Check:
                     "network.head_interface is on the nodes' own network",
                 )
     shown = ", ".join(f"{k} {v}" for k, v in ports.items())
-    return passed(
-        TCP, f"{res.nodes - 1} worker(s) reached {head.tcp.get('head') or 'the head'} ({shown})"
-    )
+    # the head's address as the workers dialled it (the head's own answer does not carry it)
+    dialled = next((a.tcp.get("head") for a in res.present() if a.rank and a.tcp.get("head")), None)
+    return passed(TCP, f"{res.nodes - 1} worker(s) reached {dialled or 'the head'} ({shown})")
 
 
 def _collective(res: ProbeResult) -> dict[str, object]:
