@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from hpcserve.cluster.slurm import format_duration
-from hpcserve.jobs.handle import Job, Jobs, LogEnd, LogSource, StatusRow
+from hpcserve.jobs.handle import Job, Jobs, LogEnd, LogPause, LogSource, StatusRow
 from hpcserve.jobs.record import JobRecord
 from hpcserve.jobs.state import JobStatus
 
@@ -175,6 +175,9 @@ def _follow(handle: Job, sources: list[LogSource], many: bool) -> None:
         if isinstance(ev, LogEnd):
             click.echo(f"(job {handle.job_id} is {ev.state})", err=True)
             return
+        if isinstance(ev, LogPause):
+            click.echo(f"({ev.reason}; still following)", err=True)
+            continue
         if many and not ev.final and current is not ev.source:
             click.echo(f"==> {ev.source.label} <==")
             current = ev.source
