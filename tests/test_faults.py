@@ -261,7 +261,7 @@ def _during_wait(s: Startup, fault: str) -> list[str]:
         f"`wait` ended before the {fault} fault was over: the job started faster than the "
         "faults could be injected (no fault met `wait`)"
     )
-    seen = s.wait.lines(since=t0, until=t1 + 60)
+    seen = s.wait.lines(since=t0, until=t1 + 4)  # the next fault starts 5 s after
     log(f"{fault} during `wait` showed: {seen or 'nothing'}")
     return seen
 
