@@ -28,3 +28,9 @@ class ConfigError(UsageError):
 
 class RemoteError(HpcserveError):
     """A command on the cluster (sbatch, squeue, ssh) failed after retries."""
+
+
+class Unreachable(RemoteError):
+    """The cluster did not answer: the login node cannot be reached, the connection dropped,
+    a command hung, or the SLURM controller is down. Worth trying again later (``wait`` and
+    ``logs --follow`` keep polling through it); nothing was decided."""

@@ -176,6 +176,40 @@ def test_follow_logs_ends_with_the_last_lines_and_the_state(state: Registry) -> 
     assert events[-1] == LogEnd("COMPLETED")
 
 
+def test_follow_logs_resumes_after_the_login_node_came_back(state: Registry) -> None:
+    """sshd restarted mid-follow: one pause, then the lines written meanwhile, none twice."""
+    from hpcserve.errors import Unreachable
+    from hpcserve.jobs.handle import LogPause
+
+    clock = FakeClock()
+    log = "/jobs/3/node-0.log"
+    ex = FakeExecutor(files={log: "one\n"})
+    run = ex.run
+    ended = [False]
+
+    def run_or_fail(argv: list[str], **kw: object) -> object:
+        if 2.0 <= clock.t < 20.0:  # sshd is down
+            raise Unreachable("cannot reach 127.0.0.1:2222: [Errno 111] Connection refused")
+        if argv[0] == "squeue":
+            return result(argv, squeue_row("3", "COMPLETED" if ended[0] else "RUNNING"))
+        return run(argv, **kw)  # type: ignore[arg-type]
+
+    ex.run = run_or_fail  # type: ignore[method-assign]
+
+    def sleep(s: float) -> None:
+        clock.sleep(s)
+        if clock.t >= 5.0:
+            ex.files[log] = "one\ntwo\nthree\n"  # written while the login node was away
+        ended[0] = clock.t >= 30.0
+
+    job = Job(record("3"), venv_site(name="lab"), ex, registry=state)
+    events = list(job.follow_logs(job.log_sources(node=0), clock=clock, sleep=sleep))
+    pauses = [e for e in events if isinstance(e, LogPause)]
+    assert len(pauses) == 1 and "Connection refused" in pauses[0].reason
+    assert [e.text for e in events if isinstance(e, LogLine)] == ["one", "two", "three"]
+    assert events[-1] == LogEnd("COMPLETED")
+
+
 def test_log_sources_head_workers_then_batch(state: Registry) -> None:
     rec = record("4")
     rec.nodes = 2

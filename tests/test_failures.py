@@ -197,3 +197,19 @@ def test_real_gpu_healthy_start_has_no_failure_before_shutdown():
         head = gpu_logs(case)["node-0.log"]
         ready = next(i for i, ln in enumerate(head) if "Application startup complete" in ln)
         assert scan(head[: ready + 1], "node-0.log") == [], case
+
+
+def test_a_node_failure_names_the_node_srun_lost():
+    """A worker's slurmd killed (node down): the batch log's lines, SLURM 22.05."""
+    from hpcserve.jobs.failures import scan
+
+    batch = [
+        "slurmstepd-node1: error: *** JOB 12 ON node1 CANCELLED AT 2026-12-01T12:00:00 DUE TO "
+        "NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***",
+        "srun: error: Node failure on node2",
+    ]
+    (f,) = [f for f in scan(batch, "slurm-12.out") if f.cause == "node_failure"]
+    assert f.host == "node2" and f.line == "srun: error: Node failure on node2"
+    assert " on node2: " in f.describe()
+    (g,) = [f for f in scan(batch[:1], "slurm-12.out") if f.cause == "node_failure"]
+    assert g.host is None  # the controller's line alone does not say which node

@@ -132,3 +132,15 @@ def test_real_lab_partition_node_limit_is_unschedulable():
     assert st.failure.cause == "unschedulable"
     held = combine(rec(), parse_squeue(data("slurm", "lab-squeue-pending.txt"))["7"])
     assert held.phase == "pending" and "held by you" in held.detail
+
+
+def test_requeued_after_a_node_failure_names_the_node_and_keeps_waiting():
+    fail = diagnose(
+        {"slurm-1.out": ["srun: error: Node failure on node2", "*** DUE TO NODE FAILURE ***"]}
+    )
+    st = combine(rec(), SchedJob("1", "PENDING", reason="BeginTime"), failure=fail)
+    assert st.phase == "pending" and not st.finished  # SLURM runs it again: wait goes on
+    assert st.detail.startswith("requeued after a node failure on node2; ")
+    assert st.failure is not None and st.failure.host == "node2"
+    plain = combine(rec(), SchedJob("1", "PENDING", reason="BeginTime"))
+    assert not plain.detail.startswith("requeued") and plain.failure is None

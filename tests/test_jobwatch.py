@@ -98,3 +98,69 @@ def test_wait_custom_timing_is_used():
     watch, _sq, probes = make_watch(["RUNNING"], ready_at=3.0, clock=clock)
     wait_ready(watch, 100, timing=WaitTiming(health_every=0.1), clock=clock, sleep=clock.sleep)
     assert max(b - a for a, b in pairwise(probes)) <= 0.1 + 1e-9
+
+
+def outage_watch(clock: FakeClock, down: tuple[float, float], ready_at: float):
+    """A running job whose cluster does not answer between ``down[0]`` and ``down[1]`` (an sshd
+    or slurmctld restart): every command then raises Unreachable, as the SSH executor does."""
+    from hpcserve.errors import Unreachable
+
+    rec = JobRecord(
+        "7", "lab", "m", 1, 1, 1, "/j", time.time(), False, head_addr="10.0.0.1", api_port=8000
+    )
+
+    def cluster(argv):
+        if down[0] <= clock.t < down[1]:
+            raise Unreachable("cannot reach 127.0.0.1:2222: [Errno 111] Connection refused")
+        if argv[0] == "squeue":
+            return result(argv, "7|RUNNING|None|1|n1|10:00|20:00|N/A|0:01\n")
+        return None
+
+    ex = FakeExecutor(cluster, files={"/j/node-0.log": "Loading weights\n"})
+    run = ex.run
+
+    def run_or_fail(argv, **kw):
+        cluster(argv)  # tail goes through the outage too
+        return run(argv, **kw)
+
+    ex.run = run_or_fail  # type: ignore[method-assign]
+    return JobWatch(rec, ex, probe=lambda url: clock.t >= ready_at)
+
+
+def test_wait_keeps_polling_through_an_outage_and_says_so_once():
+    clock = FakeClock()
+    watch = outage_watch(clock, down=(0.5, 40.0), ready_at=60.0)
+    shown: list[str] = []
+    res = wait_ready(
+        watch, 600, clock=clock, sleep=clock.sleep, on_change=lambda s: shown.append(s.detail)
+    )
+    assert res.status.ready and not res.timed_out
+    notes = [d for d in shown if "not answering" in d]
+    assert len(notes) == 1 and "Connection refused" in notes[0] and "still trying" in notes[0]
+    assert shown[-1].startswith("ready")
+
+
+def test_wait_through_an_outage_from_the_first_look_does_not_call_the_job_ended():
+    clock = FakeClock()
+    watch = outage_watch(clock, down=(0.0, 20.0), ready_at=30.0)
+    res = wait_ready(watch, 600, clock=clock, sleep=clock.sleep)
+    assert res.status.ready  # the UNKNOWN state before any answer is not "ended"
+
+
+def test_wait_gives_up_after_a_long_outage_with_one_line():
+    import pytest
+
+    from hpcserve.errors import Unreachable
+
+    clock = FakeClock()
+    watch = outage_watch(clock, down=(0.0, 1e9), ready_at=1e9)
+    with pytest.raises(Unreachable, match=r"did not answer for 60\d s: cannot reach") as e:
+        wait_ready(watch, None, clock=clock, sleep=clock.sleep)
+    assert "\n" not in str(e.value)
+
+
+def test_wait_timeout_during_an_outage_is_a_timeout():
+    clock = FakeClock()
+    watch = outage_watch(clock, down=(0.0, 1e9), ready_at=1e9)
+    res = wait_ready(watch, 30, clock=clock, sleep=clock.sleep)
+    assert res.timed_out and "not answering" in res.status.detail

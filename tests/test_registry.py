@@ -8,13 +8,14 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
-from hpcserve.errors import UsageError
+from hpcserve.errors import HpcserveError, UsageError
 from hpcserve.jobs.record import JobRecord
-from hpcserve.jobs.registry import Registry, default_root
+from hpcserve.jobs.registry import Registry, RegistryWarning, default_root
 
 
 def rec(job_id: str, site: str = "local", name: str | None = None, at: float = 0.0) -> JobRecord:
@@ -132,7 +133,43 @@ def test_unreadable_record_is_skipped(tmp_path):
     reg = Registry(tmp_path)
     reg.add(rec("1"))
     (tmp_path / "jobs" / "local" / "2.json").write_text("{half")
-    assert [r.job_id for r in reg.list()] == ["1"]
+    with pytest.warns(RegistryWarning):
+        assert [r.job_id for r in reg.list()] == ["1"]
+
+
+@pytest.mark.parametrize("damage", ["", "{half", '{"job_id": "2"}', "[1, 2]", "\udcff"])
+def test_a_damaged_record_is_kept_aside_with_one_warning_and_the_others_stay(tmp_path, damage):
+    reg = Registry(tmp_path)
+    reg.add(rec("1", name="first"))
+    reg.add(rec("3"))
+    path = tmp_path / "jobs" / "local" / "2.json"
+    path.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    with pytest.warns(RegistryWarning) as seen:
+        assert [r.job_id for r in reg.list()] == ["1", "3"]
+    (w,) = seen
+    msg = str(w.message)
+    assert "\n" not in msg and "local:2" in msg and str(path) in msg and "kept as" in msg
+    (kept,) = reg.damaged("2")
+    assert kept.read_bytes() == damage.encode("utf-8", "surrogateescape")  # nothing thrown away
+    assert not path.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the next look is quiet
+        assert [r.job_id for r in reg.list()] == ["1", "3"]
+        assert reg.get("first").job_id == "1"
+        with pytest.raises(HpcserveError, match=f"job 2 was unreadable and is kept as {kept}"):
+            reg.get("2")
+        reg.add(rec("4", name="next"))  # writers go on (the lock is taken once per process)
+        reg.add_submitted(rec("2"))  # and the id can be recorded again
+    assert [r.job_id for r in reg.list()] == ["1", "3", "4", "2"]
+
+
+def test_a_record_damaged_while_a_writer_holds_the_lock_is_set_aside_without_deadlock(tmp_path):
+    reg = Registry(tmp_path)
+    reg.add(rec("1"))
+    (tmp_path / "jobs" / "local" / "2.json").write_text("")
+    with pytest.warns(RegistryWarning):
+        reg.add(rec("5", name="named"))  # add -> check_free_name -> list, inside the lock
+    assert [r.job_id for r in reg.list()] == ["1", "5"]
 
 
 def test_no_temporary_files_left(tmp_path):
@@ -255,3 +292,16 @@ def test_submit_after_the_scheduler_reissued_an_id_records_the_new_job(
     key = (home / "second" / "secrets.env").read_text()
     assert Path(got.api_key_file).read_text().strip() in key
     assert len(registry().list()) == 1
+
+
+def test_cli_list_and_status_of_a_damaged_record_are_one_line_each(registry, cli):
+    reg = registry()
+    reg.add(rec("1", name="kept"))
+    (reg.jobs_dir / "local" / "2.json").write_text('{"job_id": "2", "si')
+    code, out, err = cli("list")
+    assert code == 0 and "kept" in out
+    assert err.startswith("warning: the registry record of job local:2") and err.count("\n") == 1
+    code, out, err = cli("status", "2")
+    assert code == 1 and out == ""
+    assert err.startswith("error: the registry record of job 2 was unreadable and is kept as ")
+    assert err.count("\n") == 1

@@ -251,3 +251,32 @@ def test_real_lab_ended_jobs():
     assert jobs["2"].state == "FAILED" and jobs["2"].reason == "NonZeroExitCode"
     assert jobs["6"].state == "COMPLETING" and jobs["6"].active
     assert jobs["1"].state == "COMPLETED" and jobs["1"].ended
+
+
+def test_controller_down_after_retries_is_unreachable_so_wait_keeps_polling():
+    from hpcserve.errors import Unreachable
+
+    msg = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)"
+    ex = FakeExecutor(lambda a: result(a, "", msg, 1))
+    with pytest.raises(Unreachable, match="did not answer after 4 tries"):
+        Slurm(ex, sleep=lambda s: None).squeue(["1"])
+
+
+def test_munge_down_is_one_line_naming_munge_and_not_retried():
+    from hpcserve.errors import Unreachable
+
+    # squeue's own lines with munged stopped (SLURM 22.05, auth/munge)
+    err = (
+        "squeue: error: If munged is up, restart with --num-threads=10\n"
+        'squeue: error: Munge encode failed: Failed to access "/run/munge/munge.socket.2": '
+        "No such file or directory\n"
+        "squeue: error: slurm_send_node_msg: auth_g_create: REQUEST_JOB_INFO has authentication "
+        "error\n"
+        "slurm_load_jobs error: Protocol authentication error\n"
+    )
+    ex = FakeExecutor(lambda a: result(a, "", err, 1))
+    with pytest.raises(RemoteError, match=r"authentication \(munge\) failed on remote") as e:
+        Slurm(ex, sleep=lambda s: None).squeue(["1"])
+    assert not isinstance(e.value, Unreachable)
+    assert "\n" not in str(e.value) and "Protocol authentication error" in str(e.value)
+    assert len(ex.calls) == 1

@@ -240,3 +240,71 @@ def test_keyboard_interactive_without_terminal_is_a_sentence(tmp_path: Path) -> 
     hop = Hop("login", "h", 22, "u", identity_files=(), identities_only=True)
     with pytest.raises(UsageError, match="no terminal"):
         _authenticate(FakeTransport(), hop, terminal_prompter)  # type: ignore[arg-type]
+
+
+# -- faults: the login node's sshd restarted, sessions dropped (docs/reliability.md) -----------
+
+
+def test_dropped_connection_mid_command_is_unreachable_then_reconnects(
+    ssh_lab: SshLab,  # noqa: F811
+) -> None:
+    import threading
+
+    from hpcserve.cluster.ssh import SshExecutor
+    from hpcserve.errors import Unreachable
+
+    server = ssh_lab.add("login")
+    ssh_lab.write_known_hosts("login")
+    ssh_lab.write_config()
+    ex = SshExecutor(login="login", prompter=None)
+    try:
+        assert ex.run(["true"]).ok
+        threading.Timer(0.5, server.kill_sessions).start()
+        with pytest.raises(Unreachable, match="dropped while `sleep 30` ran"):
+            ex.run(["sleep", "30"])
+        assert ex.run(["echo", "back"]).stdout == "back\n"  # a new connection, same executor
+    finally:
+        ex.close()
+
+
+def test_stopped_sshd_is_unreachable_and_a_restarted_one_is_used_again(
+    ssh_lab: SshLab,  # noqa: F811
+) -> None:
+    from hpcserve.cluster.ssh import SshExecutor
+    from hpcserve.errors import Unreachable
+
+    server = ssh_lab.add("login")
+    ssh_lab.write_known_hosts("login")
+    ssh_lab.write_config()
+    ex = SshExecutor(login="login", prompter=None)
+    try:
+        assert ex.run(["true"]).ok
+        server.stop()
+        with pytest.raises(Unreachable):
+            ex.run(["true"])
+        with pytest.raises(Unreachable):
+            ex.read_text("/etc/hostname")
+        server.start()
+        assert ex.run(["echo", "again"]).stdout == "again\n"
+        assert ex.read_text(str(server.config)).startswith("Port ")
+    finally:
+        ex.close()
+
+
+def test_write_failure_says_what_the_login_node_says(
+    ssh_lab: SshLab,  # noqa: F811
+) -> None:
+    from hpcserve.cluster.ssh import SshExecutor
+
+    ssh_lab.add("login")
+    ssh_lab.write_known_hosts("login")
+    ssh_lab.write_config()
+    blocker = ssh_lab.dir / "a-file"
+    blocker.write_text("not a directory\n")
+    ex = SshExecutor(login="login", prompter=None)
+    try:
+        with pytest.raises(HpcserveError, match=r"\(sh: .*: Directory nonexistent\)") as e:
+            ex.write_text(str(blocker / "job" / "launcher.sbatch"), "#!/bin/bash\n")
+        assert "\n" not in str(e.value)
+    finally:
+        ex.close()

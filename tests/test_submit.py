@@ -284,3 +284,17 @@ def test_dry_run_json_says_where_and_what_it_would_run(
     data = json.loads(out)
     assert data["submit_to"] == "local"
     assert data["command"] == ["sbatch", "--parsable", data["launcher"]]
+
+
+def test_local_write_into_an_unusable_job_directory_is_one_line(tmp_path):
+    from hpcserve.cluster.executor import LocalExecutor
+    from hpcserve.errors import RemoteError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    ex = LocalExecutor()
+    why = "(Not a directory|File exists)$"
+    with pytest.raises(RemoteError, match=f"cannot write .*launcher.sbatch: {why}"):
+        ex.write_text(str(blocker / "launcher.sbatch"), "#!/bin/bash\n")
+    with pytest.raises(RemoteError, match=f"cannot create .*job: {why}"):
+        ex.makedirs(str(blocker / "job"))

@@ -17,7 +17,8 @@ from typing import Any
 import click
 
 from hpcserve.cluster.slurm import format_duration
-from hpcserve.jobs.handle import Job, Jobs, LogEnd, LogSource, StatusRow
+from hpcserve.jobs.failures import Failure
+from hpcserve.jobs.handle import Job, Jobs, LogEnd, LogPause, LogSource, StatusRow
 from hpcserve.jobs.record import JobRecord
 from hpcserve.jobs.state import JobStatus
 
@@ -58,9 +59,16 @@ def _print_status(st: JobStatus, handle: Job) -> None:
     if st.failure is not None:
         f = st.failure
         where = f" [{f.source}]" if f.source else ""
-        click.echo(f"  cause:     {f.title}" + (f" (node {f.node})" if f.node is not None else ""))
+        click.echo(f"  cause:     {f.title}{_where(f)}")
         click.echo(f"  line{where}: {f.line}")
         click.echo(f"  hint:      {f.suggestion}")
+
+
+def _where(f: Failure) -> str:
+    """`` (node K)``, or `` (HOST)`` when only the node's host name is known."""
+    if f.node is not None:
+        return f" (node {f.node})"
+    return f" ({f.host})" if f.host else ""
 
 
 def _status_json(st: JobStatus, rec: JobRecord, handle: Job | None = None) -> dict[str, Any]:
@@ -175,6 +183,9 @@ def _follow(handle: Job, sources: list[LogSource], many: bool) -> None:
         if isinstance(ev, LogEnd):
             click.echo(f"(job {handle.job_id} is {ev.state})", err=True)
             return
+        if isinstance(ev, LogPause):
+            click.echo(f"({ev.reason}; still following)", err=True)
+            continue
         if many and not ev.final and current is not ev.source:
             click.echo(f"==> {ev.source.label} <==")
             current = ev.source
@@ -208,7 +219,7 @@ def wait(job: str, timeout: float | None, quiet: bool) -> None:
         sys.exit(EXIT_TIMEOUT)
     if st.failure is not None:
         f = st.failure
-        node = f" on node {f.node}" if f.node is not None else ""
+        node = f" on node {f.node}" if f.node is not None else (f" on {f.host}" if f.host else "")
         click.echo(f"error: job {label} failed: {f.title}{node}", err=True)
         click.echo(f"  {f.line}", err=True)
         click.echo(f"  hint: {f.suggestion}", err=True)

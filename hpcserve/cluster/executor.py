@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from hpcserve.errors import RemoteError
+from hpcserve.errors import RemoteError, Unreachable
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class LocalExecutor:
         except FileNotFoundError as e:
             raise RemoteError(f"`{argv[0]}` is not installed or not on PATH") from e
         except subprocess.TimeoutExpired as e:
-            raise RemoteError(f"`{shlex.join(argv)}` did not finish in {timeout} s") from e
+            raise Unreachable(f"`{shlex.join(argv)}` did not finish in {timeout} s") from e
         return CommandResult(tuple(argv), p.returncode, p.stdout, p.stderr)
 
     def read_text(self, path: str) -> str:
@@ -132,18 +132,27 @@ class LocalExecutor:
         return "local"
 
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
+        """Write ``path`` (its folders made); RemoteError naming the OS's reason (a full or
+        read-only filesystem) when it cannot."""
         p = Path(os.path.expanduser(path))
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(p, mode)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(p, mode)
+        except OSError as e:
+            raise RemoteError(f"cannot write {p}: {e.strerror or e}") from e
 
     def exists(self, path: str) -> bool:
         return Path(os.path.expanduser(path)).exists()
 
     def makedirs(self, path: str, mode: int = 0o700) -> None:
-        Path(os.path.expanduser(path)).mkdir(parents=True, exist_ok=True, mode=mode)
+        p = Path(os.path.expanduser(path))
+        try:
+            p.mkdir(parents=True, exist_ok=True, mode=mode)
+        except OSError as e:
+            raise RemoteError(f"cannot create {p}: {e.strerror or e}") from e
 
     def close(self) -> None:
         return None

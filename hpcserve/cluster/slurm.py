@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hpcserve.cluster.executor import CommandResult, Executor
-from hpcserve.errors import RemoteError
+from hpcserve.errors import RemoteError, Unreachable
 from hpcserve.rules import format_slurm_time, parse_slurm_time
 
 # id | state (long) | reason | nodes | nodelist | time left | time limit | start | used | exit
@@ -44,6 +44,15 @@ TRANSIENT_MARKERS = (
     "Communication connection failure",
 )
 INVALID_JOB = "Invalid job id specified"
+# What SLURM's commands print when munge (auth/munge) cannot sign or check a request: munged
+# stopped, its socket gone, or keys that differ between hosts.
+AUTH_MARKERS = (
+    "Protocol authentication error",
+    "Munge encode failed",
+    "Munge decode failed",
+    "Invalid authentication credential",
+    "auth_g_create",
+)
 
 ACTIVE_STATES = frozenset(
     {
@@ -247,6 +256,12 @@ def is_transient(result: CommandResult) -> bool:
     return any(marker in text for marker in TRANSIENT_MARKERS)
 
 
+def is_auth_failure(result: CommandResult) -> bool:
+    """True when munge refused to sign or check the request (:data:`AUTH_MARKERS`)."""
+    text = f"{result.stderr}\n{result.stdout}"
+    return any(marker in text for marker in AUTH_MARKERS)
+
+
 # -- the adapter -------------------------------------------------------------------------------
 def sbatch_argv(script: str, args: Sequence[str] = ()) -> list[str]:
     """The command :meth:`Slurm.submit` runs: ``sbatch --parsable ARGS SCRIPT``."""
@@ -294,9 +309,15 @@ class Slurm:
             delay *= 2
         assert result is not None
         if is_transient(result):
-            raise RemoteError(
+            raise Unreachable(
                 f"the SLURM controller did not answer after {self.attempts} tries: "
                 f"{result.describe()}"
+            )
+        if is_auth_failure(result):
+            raise RemoteError(
+                f"SLURM's authentication (munge) failed on {self.executor.describe()}: "
+                f"{result.describe()}; munged is not running there or its key differs "
+                "(the site's admins restart it; nothing about the job changed)"
             )
         raise RemoteError(result.describe())
 

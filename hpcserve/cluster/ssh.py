@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +29,7 @@ import paramiko
 
 from hpcserve.cluster.executor import Chunk, CommandResult, home_from_env, tail_from
 from hpcserve.cluster.sshconfig import Hop, Overrides, Route, resolve
-from hpcserve.errors import HpcserveError, RemoteError, UsageError
+from hpcserve.errors import HpcserveError, RemoteError, Unreachable, UsageError
 from hpcserve.sites.schema import Site
 
 # paramiko logs dropped connections as tracebacks; hpcserve reports them as sentences instead.
@@ -38,6 +38,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 DEFAULT_KEEPALIVE_S = 30
 WINDOW = 16 * 1024 * 1024  # large SSH windows: a tunnel streaming tokens never stalls on acks
 MAX_PACKET = 32768  # the SSH spec's guaranteed maximum; OpenSSH uses the same
+SFTP_TIMEOUT_S = 60.0  # one SFTP request on a stalled link fails after this, as a command does
 
 # Key types to prefer when known_hosts already holds a key of that kind for the host.
 _ALGOS = {
@@ -392,7 +393,7 @@ def connect(
                 try:
                     sock = socket.create_connection((hop.hostname, hop.port), timeout=to)
                 except OSError as e:
-                    raise RemoteError(f"cannot reach {hop.hostname}:{hop.port}: {e}") from e
+                    raise Unreachable(f"cannot reach {hop.hostname}:{hop.port}: {e}") from e
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock = ReadAheadSocket(sock)
             else:
@@ -407,10 +408,8 @@ def connect(
                     ) from e
             try:
                 transports.append(_open_transport(hop, sock, extra_known, prompter, to))
-            except paramiko.SSHException as e:
-                raise RemoteError(f"SSH to {hop.describe()} failed: {e}") from e
-            except (OSError, EOFError) as e:
-                raise RemoteError(f"SSH to {hop.describe()} failed: {e or type(e).__name__}") from e
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise Unreachable(f"SSH to {hop.describe()} failed: {e or type(e).__name__}") from e
     except BaseException:
         for t in reversed(transports):
             t.close()
@@ -453,64 +452,135 @@ class SshExecutor:
     def run(
         self, argv: list[str], *, input: str | None = None, timeout: float | None = 60
     ) -> CommandResult:
-        t = self.client().get_transport()
-        assert t is not None
-        chan = t.open_session(timeout=timeout)
-        out, err = bytearray(), bytearray()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Run ``argv`` on the login node; :class:`Unreachable` when the connection cannot be
+        opened, drops while the command runs, or the command does not finish in ``timeout``."""
+        chan = self._session(timeout)
         try:
-            chan.exec_command(shlex.join(argv))
-            if input is not None:
-                chan.sendall(input.encode())
-            chan.shutdown_write()
-            while True:
-                busy = False
-                while chan.recv_ready():
-                    out += chan.recv(65536)
-                    busy = True
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                    busy = True
-                if (
-                    chan.exit_status_ready()
-                    and not chan.recv_ready()
-                    and not (chan.recv_stderr_ready())
-                ):
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise RemoteError(f"`{shlex.join(argv)}` did not finish in {timeout} s")
-                if not busy:
-                    time.sleep(0.005)
-            code = chan.recv_exit_status()
+            code, out, err = self._exchange(chan, argv, input, timeout)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            self.close()
+            raise Unreachable(
+                f"the connection to {self.describe()} dropped while `{shlex.join(argv)}` ran: "
+                f"{e or type(e).__name__}"
+            ) from e
         finally:
-            chan.close()
+            with contextlib.suppress(Exception):
+                chan.close()
+        if code == -1 and self._dropped():
+            self.close()
+            raise Unreachable(
+                f"the connection to {self.describe()} dropped while `{shlex.join(argv)}` ran"
+            )
         return CommandResult(
             tuple(argv), code, out.decode(errors="replace"), err.decode(errors="replace")
         )
 
+    def _session(self, timeout: float | None) -> paramiko.Channel:
+        """A new session channel, reconnecting once when the connection turns out dead (the
+        command has not started then, so trying again is safe)."""
+        for attempt in (1, 2):
+            t = self.client().get_transport()
+            assert t is not None
+            try:
+                return t.open_session(timeout=timeout)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                self.close()
+                if attempt == 2:
+                    raise Unreachable(
+                        f"SSH to {self.describe()} failed: {e or type(e).__name__}"
+                    ) from e
+        raise AssertionError("unreachable")
+
+    def _exchange(
+        self, chan: paramiko.Channel, argv: list[str], input: str | None, timeout: float | None
+    ) -> tuple[int, bytearray, bytearray]:
+        """Start ``argv`` on ``chan``, feed ``input``, collect output until it exits."""
+        out, err = bytearray(), bytearray()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chan.exec_command(shlex.join(argv))
+        if input is not None:
+            chan.sendall(input.encode())
+        chan.shutdown_write()
+        while True:
+            busy = False
+            while chan.recv_ready():
+                out += chan.recv(65536)
+                busy = True
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                busy = True
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                self.close()  # a stalled link: the next command connects afresh
+                raise Unreachable(f"`{shlex.join(argv)}` did not finish in {timeout} s")
+            if not busy:
+                time.sleep(0.005)
+        return chan.recv_exit_status(), out, err
+
+    def _dropped(self, grace_s: float = 1.0) -> bool:
+        """True when the connection is gone. A channel closed without an exit status is
+        either that or a command killed by a signal; paramiko closes the channels just before
+        it marks the transport inactive, so look again for up to ``grace_s``."""
+        deadline = time.monotonic() + grace_s
+        while self._client_alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def sftp(self) -> paramiko.SFTPClient:
+        """The SFTP session (reopened with the connection); each request times out after
+        ``SFTP_TIMEOUT_S`` rather than hang on a stalled link."""
         if self._sftp is None or self._client is None or not self._client_alive():
-            self._sftp = self.client().open_sftp()
+            try:
+                self._sftp = self.client().open_sftp()
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                self.close()
+                raise Unreachable(
+                    f"SFTP to {self.describe()} failed: {e or type(e).__name__}"
+                ) from e
+            chan = self._sftp.get_channel()
+            if chan is not None:
+                chan.settimeout(SFTP_TIMEOUT_S)
         return self._sftp
 
     def _client_alive(self) -> bool:
         t = self._client.get_transport() if self._client else None
         return bool(t and t.is_active())
 
+    @contextlib.contextmanager
+    def _sftp_errors(self, what: str) -> Iterator[None]:
+        """SFTP failures as errors: :class:`Unreachable` when the link failed (a dropped or
+        stalled connection), else RemoteError "cannot WHAT on the login node: ..."."""
+        try:
+            yield
+        except (paramiko.SSHException, EOFError, TimeoutError, ConnectionError) as e:
+            self.close()
+            raise Unreachable(
+                f"the connection to {self.describe()} dropped (cannot {what}): "
+                f"{e or type(e).__name__}"
+            ) from e
+        except OSError as e:
+            if not self._client_alive():
+                self.close()
+                raise Unreachable(
+                    f"the connection to {self.describe()} dropped (cannot {what}): {e}"
+                ) from e
+            raise RemoteError(f"cannot {what} on the login node: {e}") from e
+
     def _path(self, path: str) -> str:
         if path == "~" or path.startswith("~/"):
             if self._home is None:
-                self._home = self.sftp().normalize(".")
+                with self._sftp_errors("find the home directory"):
+                    self._home = self.sftp().normalize(".")
             return self._home + path[1:]
         return path
 
     def read_text(self, path: str) -> str:
         p = self._path(path)
-        try:
-            with self.sftp().open(p, "r") as f:
-                data: bytes = f.read()
-        except OSError as e:
-            raise RemoteError(f"cannot read {p} on the login node: {e}") from e
+        with self._sftp_errors(f"read {p}"), self.sftp().open(p, "r") as f:
+            data: bytes = f.read()
         return data.decode(errors="replace")
 
     def read_from(self, path: str, offset: int) -> Chunk:
@@ -527,48 +597,72 @@ class SshExecutor:
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
         """Write atomically: a temporary file with ``mode`` set before any byte, then rename."""
         p = self._path(path)
-        sftp = self.sftp()
         parent = posixpath.dirname(p)
         if parent:
             self.makedirs(parent)
         tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            with sftp.open(tmp, "wx") as f:
-                f.chmod(mode)
-                f.write(text.encode())
-            sftp.posix_rename(tmp, p)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                sftp.remove(tmp)
-            raise RemoteError(f"cannot write {p} on the login node: {e}") from e
+            with self._sftp_errors(f"write {p}"):
+                sftp = self.sftp()
+                with sftp.open(tmp, "wx") as f:
+                    f.chmod(mode)
+                    f.write(text.encode())
+                sftp.posix_rename(tmp, p)
+        except Unreachable:
+            raise
+        except RemoteError as e:
+            with contextlib.suppress(Exception):
+                self.sftp().remove(tmp)
+            raise RemoteError(f"{e}{self._why_unwritable(parent)}") from e
+
+    def _why_unwritable(self, folder: str) -> str:
+        """What the login node's shell says when it writes into ``folder`` (SFTP answers a full
+        or read-only filesystem with a bare "Failure"): ``" (sh: ...: No space left on
+        device)"``, or "" when the shell can write there."""
+        probe = posixpath.join(folder or ".", f".hpcserve-probe-{uuid.uuid4().hex[:8]}")
+        try:
+            res = self.run(
+                [
+                    "sh",
+                    "-c",
+                    'head -c 4096 /dev/zero > "$1"; rc=$?; rm -f "$1"; exit $rc',
+                    "sh",
+                    probe,
+                ],
+                timeout=30,
+            )
+        except RemoteError:
+            return ""
+        lines = (res.stderr or res.stdout).strip().splitlines()
+        return f" ({lines[-1].strip()})" if not res.ok and lines else ""
 
     def exists(self, path: str) -> bool:
+        p = self._path(path)
         try:
-            self.sftp().stat(self._path(path))
-        except FileNotFoundError:
-            return False
-        except OSError as e:
-            raise RemoteError(f"cannot check {path} on the login node: {e}") from e
+            with self._sftp_errors(f"check {p}"):
+                self.sftp().stat(p)
+        except RemoteError as e:
+            if isinstance(e.__cause__, FileNotFoundError):
+                return False
+            raise
         return True
 
     def makedirs(self, path: str, mode: int = 0o700) -> None:
         p = self._path(path)
-        sftp = self.sftp()
         parts: list[str] = []
         cur = p.rstrip("/")
-        while cur and cur != "/":
-            try:
-                sftp.stat(cur)
-                break
-            except FileNotFoundError:
-                parts.append(cur)
-                cur = posixpath.dirname(cur)
+        while cur and cur != "/" and not self.exists(cur):
+            parts.append(cur)
+            cur = posixpath.dirname(cur)
         for d in reversed(parts):
             try:
-                sftp.mkdir(d, mode)
-            except OSError as e:
+                with self._sftp_errors(f"create {d}"):
+                    self.sftp().mkdir(d, mode)
+            except Unreachable:
+                raise
+            except RemoteError as e:
                 if not self.exists(d):
-                    raise RemoteError(f"cannot create {d} on the login node: {e}") from e
+                    raise RemoteError(f"{e}{self._why_unwritable(posixpath.dirname(d))}") from e
 
     def close(self) -> None:
         if self._sftp is not None:

@@ -192,7 +192,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "node_failure",
         "SLURM lost a node",
-        _r(r"DUE TO NODE FAILURE"),
+        _r(r"srun: error: Node failure on (\S+)|DUE TO NODE FAILURE"),
         "a node failed under the job: resubmit; if it repeats, exclude the node (--exclude)",
     ),
     Rule(
@@ -211,6 +211,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 _BY_CAUSE = {r.cause: r for r in RULES}
+_NAMES_HOST = ("process_died", "node_failure")  # rules whose first group is the node's host
 _ORDER = {r.cause: i for i, r in enumerate(RULES)}
 
 
@@ -242,20 +243,16 @@ def scan(lines: Iterable[str], source: str | None = None) -> list[Failure]:
     node = node_of_source(source)
     found: dict[str, Failure] = {}
     for line in lines:
-        if len(found) == len(RULES):
-            break
         for rule in RULES:
-            if rule.cause in found:
-                continue
+            known = found.get(rule.cause)
+            if known is not None and (known.host or rule.cause != "node_failure"):
+                continue  # a node failure without a host gives way to srun's line naming it
             m = rule.pattern.search(line)
-            if not m:
+            if not m or (known is not None and not m.group(1)):
                 continue
-            f_node, host = node, None
-            if rule.cause == "process_died" and m.group(1):
-                host = m.group(1)
-                task = m.group(2)
-                if task and task.isdigit():  # one task per node: task K is node K
-                    f_node = int(task)
+            f_node, host = node, m.group(1) if rule.cause in _NAMES_HOST else None
+            if rule.cause == "process_died" and m.group(2) and m.group(2).isdigit():
+                f_node = int(m.group(2))  # one task per node: task K is node K
             found[rule.cause] = Failure(
                 rule.cause, rule.title, strip_prefix(line), _suggest(rule, m), source, f_node, host
             )

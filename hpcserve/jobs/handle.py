@@ -16,19 +16,20 @@ import contextlib
 import posixpath
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpcserve.cluster.executor import Executor
 from hpcserve.cluster.slurm import SchedJob, Slurm
-from hpcserve.errors import HpcserveError, RemoteError, UsageError
+from hpcserve.errors import HpcserveError, RemoteError, Unreachable, UsageError
 from hpcserve.jobs.record import JobRecord, node_log_name
 from hpcserve.jobs.registry import Registry
 from hpcserve.jobs.state import JobStatus
 from hpcserve.jobs.watch import (
     JobWatch,
     LogFollower,
+    Outage,
     WaitResult,
     WaitTiming,
     nccl_log_files,
@@ -117,6 +118,22 @@ class LogLine:
     source: LogSource
     text: str
     final: bool = False
+
+
+@dataclass(frozen=True)
+class LogPause:
+    """Following goes on, but the cluster stopped answering (``reason``); no line is lost: the
+    next read starts where the last one ended."""
+
+    reason: str
+
+
+@dataclass
+class _Following:
+    """What :meth:`Job.follow_logs` keeps between rounds."""
+
+    outage: Outage
+    next_sched: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -351,24 +368,53 @@ class Job:
         *,
         poll_s: float = 0.5,
         sched_every_s: float = 5.0,
+        outage_retry_s: float = 5.0,
+        outage_max_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-    ) -> Iterator[LogLine | LogEnd]:
-        """New lines of ``sources`` as they are written, until the job leaves the queue."""
-        next_sched = 0.0
+    ) -> Iterator[LogLine | LogPause | LogEnd]:
+        """New lines of ``sources`` as they are written, until the job leaves the queue.
+
+        When the cluster stops answering (an sshd restart, a lost login node) it says so once
+        (:class:`LogPause`) and tries again every ``outage_retry_s``, for up to
+        ``outage_max_s``; the followers keep their offsets, so nothing is shown twice or lost.
+        """
+        state = _Following(Outage(outage_max_s))
         while True:
-            for src in sources:
-                for text in src.follower.read_new(self.executor):
-                    yield LogLine(src, text)
-            now = clock()
-            if now >= next_sched:
-                sched = self.scheduler_state()
-                if not sched.active:
-                    yield from self._last_lines(sources)
-                    yield LogEnd(sched.state)
-                    return
-                next_sched = now + sched_every_s
+            try:
+                end = yield from self._follow_round(sources, state, sched_every_s, clock)
+            except Unreachable as e:
+                if state.outage.since is None:
+                    yield LogPause(str(e))
+                state.outage.hit(e, clock())
+                sleep(outage_retry_s)
+                continue
+            if end is not None:
+                yield end
+                return
+            state.outage.clear()
             sleep(poll_s)
+
+    def _follow_round(
+        self,
+        sources: list[LogSource],
+        state: _Following,
+        sched_every_s: float,
+        clock: Callable[[], float],
+    ) -> Generator[LogLine, None, LogEnd | None]:
+        """One look at every log, and at the scheduler when due: the end, or None."""
+        for src in sources:
+            for text in src.follower.read_new(self.executor):
+                yield LogLine(src, text)
+        now = clock()
+        if now < state.next_sched:
+            return None
+        sched = self.scheduler_state()
+        if sched.active:
+            state.next_sched = now + sched_every_s
+            return None
+        yield from self._last_lines(sources)
+        return LogEnd(sched.state)
 
     def _last_lines(self, sources: list[LogSource]) -> Iterator[LogLine]:
         """The lines written before the end, and a last line cut without a newline."""

@@ -13,6 +13,10 @@ lock file, so concurrent ``hpcserve`` processes never lose each other's jobs.
 
 A job is referred to by its job id, by ``SITE:JOB_ID`` (when two sites reuse an id), or by the
 short name the user gave at submit (unique in the registry).
+
+A record that cannot be read (truncated, not JSON: a full disk, an editor) is moved aside to
+``JOB_ID.json.damaged-TIME`` next to it, under the lock, with one warning; the other records are
+untouched, and a later reference to that job names the kept copy.
 """
 
 from __future__ import annotations
@@ -26,14 +30,24 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hpcserve.errors import UsageError
+from hpcserve.errors import HpcserveError, UsageError
 from hpcserve.jobs.record import JobRecord
 from hpcserve.rules import check_job_name
 
 _SAFE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+DAMAGED = ".damaged-"  # JOB_ID.json.damaged-YYYYmmddTHHMMSS: a record that could not be read
+
+
+class RegistryWarning(UserWarning):
+    """A registry record that could not be read was set aside (shown as one ``warning:`` line)."""
+
+
+class _Damaged(Exception):
+    """A record file that exists but holds no readable record."""
 
 
 def default_root() -> Path:
@@ -89,6 +103,7 @@ class Registry:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
+        self._held = 0  # how deep this process is inside :meth:`locked`
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -106,24 +121,79 @@ class Registry:
     def locked(self) -> Iterator[None]:
         """Hold the registry's exclusive lock (for read-modify-write sequences)."""
         self._ensure()
+        if self._held:  # flock is per open file: this process holds it already
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
+            return
         fd = os.open(self.root / "registry.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._held = 1
             yield
         finally:
+            self._held = 0
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     # -- reading -----------------------------------------------------------------------------
-    def _read(self, path: Path) -> JobRecord | None:
+    def _load(self, path: Path) -> JobRecord | None:
+        """The record in ``path``; None when it is not there; _Damaged when it is unreadable."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return JobRecord.from_dict(data)
-        except (OSError, ValueError, TypeError):
-            return None  # vanished or unreadable: not a job we can show
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise _Damaged(str(e)) from e
+        try:
+            return JobRecord.from_dict(json.loads(text))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise _Damaged(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
+
+    def _read(self, path: Path) -> JobRecord | None:
+        """The record in ``path``, or None (vanished, or damaged and now set aside)."""
+        try:
+            return self._load(path)
+        except _Damaged:
+            self._set_aside(path)
+            return None
+
+    def _set_aside(self, path: Path) -> None:
+        """Move a damaged record to ``JOB_ID.json.damaged-TIME`` (under the lock, after reading
+        it again: a writer may have replaced it meanwhile) and warn once, in one line."""
+        with self.locked():
+            try:
+                self._load(path)
+                return  # readable now (or gone)
+            except _Damaged as e:
+                why = str(e)
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            kept = path.with_name(f"{path.name}{DAMAGED}{stamp}")
+            try:
+                os.replace(path, kept)
+            except OSError as e:
+                kept_note = f"it could not be moved aside ({e.strerror or e})"
+            else:
+                kept_note = f"kept as {kept}"
+        site, job_id = path.parent.name, path.name.removesuffix(".json")
+        warnings.warn(
+            f"the registry record of job {site}:{job_id} ({path}) is unreadable ({why}): "
+            f"{kept_note}; the other records are intact and the job itself is untouched",
+            RegistryWarning,
+            stacklevel=2,
+        )
+
+    def damaged(self, job_id: str) -> builtins.list[Path]:
+        """Kept copies of unreadable records of ``job_id`` (any site), oldest first."""
+        if not self.jobs_dir.is_dir() or not _SAFE_RE.match(job_id):
+            return []
+        return sorted(self.jobs_dir.glob(f"*/{job_id}.json{DAMAGED}*"))
 
     def list(self) -> list[JobRecord]:
-        """All records, oldest submission first."""
+        """All records, oldest submission first (an unreadable one is set aside, with a
+        :class:`RegistryWarning`)."""
         if not self.jobs_dir.is_dir():
             return []
         out = []
@@ -156,6 +226,13 @@ class Registry:
         """The record ``ref`` names; UsageError when there is none."""
         rec = self.find(ref)
         if rec is None:
+            kept = self.damaged(ref.partition(":")[2] or ref)
+            if kept:
+                raise HpcserveError(
+                    f"the registry record of job {ref} was unreadable and is kept as "
+                    f"{kept[-1]}; the job itself is untouched (its logs are in its job "
+                    "directory on the cluster)"
+                )
             known = self.list()
             hint = (
                 "`hpcserve list` shows the known jobs"

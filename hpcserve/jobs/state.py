@@ -178,6 +178,7 @@ def combine(
     )
     if state in _WAITING_STATES:
         _pending(st, sched)
+        _requeued(st, failure)
     elif state in ("RUNNING", "COMPLETING") or (state == "UNKNOWN" and health):
         _running(st, progress, failure)
     elif state == "CANCELLED":
@@ -204,6 +205,16 @@ def _pending(st: JobStatus, sched: SchedJob) -> None:
             "cancel it and resubmit with options the partition allows "
             "(nodes, --time, constraint, account)",
         )
+
+
+def _requeued(st: JobStatus, failure: Failure | None) -> None:
+    """Back in the queue after a node failure (SLURM requeues a batch job whose node fails,
+    JobRequeue=1 by default): say so and name the node; it runs again when it can."""
+    if failure is None or failure.cause != "node_failure" or st.phase != "pending":
+        return
+    on = f" on {failure.host}" if failure.host else ""
+    st.failure = failure
+    st.detail = f"requeued after a node failure{on}; {st.detail}"
 
 
 def _running(st: JobStatus, progress: PhaseInfo | None, failure: Failure | None) -> None:

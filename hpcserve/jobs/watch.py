@@ -14,13 +14,13 @@ import fnmatch
 import posixpath
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from hpcserve.cluster.connect import expand_home
 from hpcserve.cluster.executor import Executor
 from hpcserve.cluster.slurm import SchedJob, Slurm
-from hpcserve.errors import RemoteError
+from hpcserve.errors import RemoteError, Unreachable
 from hpcserve.jobs.failures import Failure, rank, scan
 from hpcserve.jobs.phases import PhaseInfo, merge, read_phase
 from hpcserve.jobs.record import ENDPOINT, NCCL_DIR, JobRecord, node_log_name
@@ -272,6 +272,38 @@ class WaitTiming:
     sched_running_every: float = 5.0
     sched_pending_first: float = 2.0
     sched_pending_max: float = 30.0
+    outage_retry_every: float = 5.0  # while the cluster does not answer (Unreachable)
+    outage_max: float = 600.0  # then give up, with the last reason
+
+
+class Outage:
+    """The cluster not answering (:class:`hpcserve.errors.Unreachable`): since when, and why.
+
+    ``wait`` and ``logs --follow`` keep polling through an outage: an sshd or slurmctld
+    restart, a login node gone for a while. One that lasts longer than ``max_s`` is reported.
+    """
+
+    def __init__(self, max_s: float) -> None:
+        self.max_s = max_s
+        self.since: float | None = None
+        self.reason = ""
+
+    def hit(self, e: Unreachable, now: float) -> None:
+        """Note a failed look at ``now``; Unreachable once the outage is longer than max_s."""
+        if self.since is None:
+            self.since = now
+        self.reason = str(e)
+        if now - self.since > self.max_s:
+            raise Unreachable(
+                f"the cluster did not answer for {now - self.since:.0f} s: {e}"
+            ) from e
+
+    def clear(self) -> None:
+        self.since = None
+
+    def note(self) -> str:
+        """One line for the user while it lasts."""
+        return f"the cluster is not answering ({self.reason}); still trying"
 
 
 @dataclass
@@ -296,6 +328,19 @@ class _Waiter:
         self.pending_gap = timing.sched_pending_first
         self.sched_calls = 0
         self.health_calls = 0
+        self.outage = Outage(timing.outage_max)
+
+    def look(self, now: float) -> tuple[JobStatus, bool, bool]:
+        """One round: (status, running, answered). Through an outage the status keeps what
+        was known and says the cluster is not answering (``answered`` False)."""
+        try:
+            self.poll_scheduler(now)
+            running = self.poll_job(now)
+        except Unreachable as e:
+            self.outage.hit(e, now)
+            return replace(self.watch.status(), detail=self.outage.note()), False, False
+        self.outage.clear()
+        return self.watch.status(), running, True
 
     def poll_scheduler(self, now: float) -> None:
         """squeue when due: backing off while pending, every ``sched_running_every`` after."""
@@ -325,9 +370,11 @@ class _Waiter:
             self.health_calls += 1
         return running
 
-    def nap(self, now: float, running: bool, deadline: float | None) -> float:
+    def nap(self, now: float, running: bool, deadline: float | None, answered: bool) -> float:
         """How long to sleep before the next look."""
         nap = self.t.health_every if running else min(self.next_sched - now, 1.0)
+        if not answered:
+            nap = self.t.outage_retry_every
         if deadline is not None:
             nap = min(nap, deadline - now)
         return max(nap, 0.0)
@@ -348,23 +395,22 @@ def wait_ready(
     """Poll until the API answers, the job fails/ends, or ``timeout_s`` passes.
 
     ``on_change`` gets the status each time its phase or the first part of its detail changes.
+    While the cluster does not answer (:class:`Outage`) it keeps trying, every
+    ``timing.outage_retry_every`` seconds, for up to ``timing.outage_max``.
     """
     start = clock()
     deadline = None if timeout_s is None else start + timeout_s
     waiter = _Waiter(watch, timing or WaitTiming(), start)
     last_shown: tuple[str, str] | None = None
     while True:
-        now = clock()
-        waiter.poll_scheduler(now)
-        running = waiter.poll_job(now)
-        status = watch.status()
+        status, running, answered = waiter.look(clock())
         shown = (status.phase, status.detail.split(";")[0])
         if on_change is not None and shown != last_shown:
             on_change(status)
         last_shown = shown
-        if status.ready or status.finished:
+        if answered and (status.ready or status.finished):
             return waiter.result(status, False)
         now = clock()
         if deadline is not None and now >= deadline:
             return waiter.result(status, True)
-        sleep(waiter.nap(now, running, deadline))
+        sleep(waiter.nap(now, running, deadline, answered))
