@@ -355,7 +355,7 @@ def launcher_context(
         "head_argv": [*prefix, *head],
         "worker_argv": [*prefix, *worker],
         "secrets_via_env_file": env_file,
-        "cpu_bind_node_rank": site.engine.cpu_bind == "node-rank",
+        "cpu_bind": site.engine.cpu_bind if site.engine.cpu_bind != "none" else "",
         "launcher_path": _in_job(jobrecord.LAUNCHER),
         "secrets_path": _in_job(jobrecord.SECRETS),
         "endpoint_path": _in_job(jobrecord.ENDPOINT),

@@ -196,9 +196,12 @@ class Engine:
     cpu_bind: str = field(
         default="none",
         metadata=meta(
-            "CPU builds only: 'node-rank' binds each node's vLLM to core (node rank mod cores) "
-            "through VLLM_CPU_OMP_THREADS_BIND, for several nodes sharing one host.",
-            choices=["none", "node-rank"],
+            "CPU builds only, for several nodes sharing one host: bind each node's vLLM to one "
+            "of the cores its step may use, through VLLM_CPU_OMP_THREADS_BIND: 'node-rank' "
+            "picks core (node rank in the job mod cores), 'node-name' core (the number that ends "
+            "the node's hostname, minus 1, mod cores), so that jobs of one node each on "
+            "different nodes also use different cores.",
+            choices=["none", "node-rank", "node-name"],
         ),
     )
     extra_args: list[str] = field(
