@@ -3,6 +3,7 @@ checkout (``run_hpcserve``, what the tests on the local lab use)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,22 @@ def run_hpcserve(*args: str, timeout: float) -> subprocess.CompletedProcess[str]
         cwd=REPO,
         check=False,
     )
+
+
+def hpcserve_ok(
+    *args: str, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """:func:`run_hpcserve` that asserts exit 0 (with the output in the message) unless
+    ``check`` is false."""
+    p = run_hpcserve(*args, timeout=timeout)
+    if check:
+        assert p.returncode == 0, f"hpcserve {' '.join(args)}: {p.returncode}\n{p.stdout}{p.stderr}"
+    return p
+
+
+def status_json(job: str) -> dict[str, Any]:
+    """``status JOB --json`` (its exit code is 1 for a failed job: the JSON is what counts)."""
+    p = hpcserve_ok("status", job, "--json", check=False)
+    assert p.stdout.strip(), f"status {job}: {p.returncode} {p.stderr}"
+    data: dict[str, Any] = json.loads(p.stdout)
+    return data

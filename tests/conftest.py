@@ -175,6 +175,20 @@ def _cluster_unavailable(reason: str) -> None:
     pytest.skip(f"local lab not available: {reason}")
 
 
+@pytest.fixture(scope="module")
+def lab_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A registry of the module's own for the lab tests (``HPCSERVE_STATE_DIR``), so that the
+    `hpcserve` they run never sees the user's jobs."""
+    d = tmp_path_factory.mktemp("hpcserve-state")
+    old = os.environ.get("HPCSERVE_STATE_DIR")
+    os.environ["HPCSERVE_STATE_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("HPCSERVE_STATE_DIR", None)
+    else:
+        os.environ["HPCSERVE_STATE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def lab_cluster() -> Iterator[dict[str, Any]]:
     """The local lab with vLLM and the tiny model, up for the whole session.

@@ -17,9 +17,7 @@ from typing import Any
 
 import pytest
 from cliutil import run_hpcserve
-from test_e2e import node_log, state_dir, status, vllm_processes
-
-__all__ = ["state_dir"]  # the module-scoped registry fixture of test_e2e
+from test_e2e import node_log, status, vllm_processes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -34,7 +32,7 @@ def hpcserve(
 
 
 @pytest.fixture(scope="module")
-def dp_job(lab_cluster: dict[str, Any], state_dir: Path) -> Iterator[dict[str, Any]]:
+def dp_job(lab_cluster: dict[str, Any], lab_state_dir: Path) -> Iterator[dict[str, Any]]:
     model = lab_cluster["model"]
     sub = json.loads(
         hpcserve(
@@ -75,7 +73,7 @@ def test_dp2_answers_through_the_tunnel(dp_job: dict[str, Any]) -> None:
 
 
 def test_sweep_runs_tp_pp_and_dp_in_one_allocation(
-    lab_cluster: dict[str, Any], state_dir: Path, tmp_path: Path
+    lab_cluster: dict[str, Any], lab_state_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "sweep.json"
     p = hpcserve(

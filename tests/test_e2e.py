@@ -13,14 +13,13 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cliutil import run_hpcserve
+from cliutil import hpcserve_ok, status_json
 
 from hpcserve.plan.modelinfo import load_model_info
 from hpcserve.plan.sizing import parse_vllm_kv_log, predict_kv_cache_tokens
@@ -28,19 +27,10 @@ from hpcserve.plan.sizing import parse_vllm_kv_log, predict_kv_cache_tokens
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-def hpcserve(
-    *args: str, timeout: float = 120, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    p = run_hpcserve(*args, timeout=timeout)
-    if check:
-        assert p.returncode == 0, f"hpcserve {' '.join(args)}: {p.returncode}\n{p.stdout}{p.stderr}"
-    return p
+hpcserve = hpcserve_ok
 
 
-def status(job: str) -> dict[str, Any]:
-    """`status --json` (its exit code is 1 for a failed job: the JSON is what counts here)."""
-    data: dict[str, Any] = json.loads(hpcserve("status", job, "--json", check=False).stdout)
-    return data
+status = status_json
 
 
 def vllm_processes(job_id: str, node: int | None = None) -> list[int]:
@@ -67,19 +57,7 @@ def node_log(job_dir: str, node: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("hpcserve-state")
-    old = os.environ.get("HPCSERVE_STATE_DIR")
-    os.environ["HPCSERVE_STATE_DIR"] = str(d)
-    yield d
-    if old is None:
-        os.environ.pop("HPCSERVE_STATE_DIR", None)
-    else:
-        os.environ["HPCSERVE_STATE_DIR"] = old
-
-
-@pytest.fixture(scope="module")
-def job(lab_cluster: dict[str, Any], state_dir: Path) -> Iterator[dict[str, Any]]:
+def job(lab_cluster: dict[str, Any], lab_state_dir: Path) -> Iterator[dict[str, Any]]:
     """A job submitted like a user does, waited until ready; cancelled at the end if still up."""
     model = lab_cluster["model"]
     sub = json.loads(

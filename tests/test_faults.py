@@ -37,7 +37,7 @@ from typing import Any
 
 import faults
 import pytest
-from cliutil import REPO, run_hpcserve
+from cliutil import REPO, hpcserve_ok, status_json
 from faults import LAB, log
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -46,21 +46,10 @@ OUTAGE_S = float(os.environ.get("HPCSERVE_FAULT_OUTAGE_S", "35"))
 NOT_ANSWERING = "the cluster is not answering"
 
 
-def hpcserve(
-    *args: str, timeout: float = 180, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    p = run_hpcserve(*args, timeout=timeout)
-    if check:
-        assert p.returncode == 0, f"hpcserve {' '.join(args)}: {p.returncode}\n{p.stdout}{p.stderr}"
-    return p
+hpcserve = hpcserve_ok
 
 
-def status(job: str) -> dict[str, Any]:
-    """`status --json` (exit 1 for a failed job: the JSON is what counts here)."""
-    p = hpcserve("status", job, "--json", check=False)
-    assert p.stdout.strip(), f"status {job}: {p.returncode} {p.stderr}"
-    data: dict[str, Any] = json.loads(p.stdout)
-    return data
+status = status_json
 
 
 def clean(p: subprocess.CompletedProcess[str]) -> None:
@@ -182,20 +171,8 @@ def head_and_worker(job_id: str) -> tuple[int, int]:
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("hpcserve-state")
-    old = os.environ.get("HPCSERVE_STATE_DIR")
-    os.environ["HPCSERVE_STATE_DIR"] = str(d)
-    yield d
-    if old is None:
-        os.environ.pop("HPCSERVE_STATE_DIR", None)
-    else:
-        os.environ["HPCSERVE_STATE_DIR"] = old
-
-
 @pytest.fixture(scope="module", autouse=True)
-def lab_restored(lab_cluster: dict[str, Any], state_dir: Path) -> Iterator[None]:
+def lab_restored(lab_cluster: dict[str, Any], lab_state_dir: Path) -> Iterator[None]:
     """Whatever a test left: the login port open, every daemon running, no job of ours left."""
     yield
     faults.unblock_login()
@@ -219,7 +196,7 @@ class Startup:
 
 
 @pytest.fixture(scope="module")
-def startup(lab_cluster: dict[str, Any], state_dir: Path) -> Iterator[Startup]:
+def startup(lab_cluster: dict[str, Any], lab_state_dir: Path) -> Iterator[Startup]:
     """Submit A; while `wait` polls it (vLLM takes 100+ s to start in the lab), restart
     slurmctld, restart sshd dropping every connection, then block the login port."""
     job = submit(lab_cluster["model"], "faults")
@@ -341,16 +318,16 @@ def models_ok(url: str, headers: dict[str, str], timeout: float = 10) -> bool:
         return False
 
 
-def tunnel_log(state_dir: Path) -> list[str]:
+def tunnel_log(lab_state_dir: Path) -> list[str]:
     return [
         ln
-        for f in sorted((state_dir / "tunnels").glob("*.log"))
+        for f in sorted((lab_state_dir / "tunnels").glob("*.log"))
         for ln in f.read_text().splitlines()
     ]
 
 
 def test_tunnel_reconnects_after_an_sshd_restart(
-    startup: Startup, second_job: dict[str, Any], state_dir: Path
+    startup: Startup, second_job: dict[str, Any], lab_state_dir: Path
 ) -> None:
     """Expected: the tunnel logs "SSH connection lost; reconnecting", "reconnect failed
     (cannot reach ...)" while sshd is down, "SSH connection re-established; still on
@@ -362,7 +339,7 @@ def test_tunnel_reconnects_after_an_sshd_restart(
         faults.restart("sshd", down_s=3, sessions=True)
         until("the tunnel answering again", lambda: models_ok(url, headers), 90, 1)
         log(f"tunnel answered again {time.monotonic() - t0:.1f} s after the sshd restart began")
-        lines = tunnel_log(state_dir)
+        lines = tunnel_log(lab_state_dir)
         log(f"tunnel log: {lines}")
         assert any("re-established" in ln for ln in lines), lines
     q = hpcserve("query", jid, "Hello", "--max-tokens", "4", timeout=300)
@@ -370,7 +347,7 @@ def test_tunnel_reconnects_after_an_sshd_restart(
 
 
 def test_tunnel_rides_out_the_login_node_gone_for_a_while(
-    startup: Startup, state_dir: Path
+    startup: Startup, lab_state_dir: Path
 ) -> None:
     """Expected: a request sent during the outage waits; it answers once the link is back
     (TCP retransmits) for outages under the tunnel's 45 s keepalive, else the tunnel
@@ -400,7 +377,7 @@ def test_tunnel_rides_out_the_login_node_gone_for_a_while(
         th.join(OUTAGE_S + 120)
         log(
             f"request during the outage: {outcome.get('during')}; the tunnel answered "
-            f"{time.monotonic() - t1:.1f} s after the port opened; log: {tunnel_log(state_dir)}"
+            f"{time.monotonic() - t1:.1f} s after the port opened; log: {tunnel_log(lab_state_dir)}"
         )
 
 
@@ -470,7 +447,7 @@ def test_running_job_carries_on_when_its_directory_turns_read_only(startup: Star
 
 # -- 7: the registry -----------------------------------------------------------------------------
 def test_damaged_registry_records_are_set_aside_and_the_rest_survive(
-    startup: Startup, state_dir: Path
+    startup: Startup, lab_state_dir: Path
 ) -> None:
     """Expected: `list` warns in one line ("warning: the registry record of job local:999999
     ... is unreadable (...): kept as ....damaged-TIME; the other records are intact") and
@@ -481,11 +458,11 @@ def test_damaged_registry_records_are_set_aside_and_the_rest_survive(
     from hpcserve.jobs.registry import Registry
 
     jid = startup.job["job_id"]
-    reg = Registry(state_dir)
+    reg = Registry(lab_state_dir)
     decoy = JobRecord("999999", "local", "m", 2, 2, 1, "/nowhere", time.time(), True, name="decoy")
     reg.add(decoy)
     before = records()
-    folder = state_dir / "jobs" / "local"
+    folder = lab_state_dir / "jobs" / "local"
     faults.damage(folder / "999999.json", "garbage")
     p = hpcserve("list")
     clean(p)

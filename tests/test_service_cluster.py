@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cliutil import REPO, run_hpcserve
+from cliutil import REPO, hpcserve_ok, status_json
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -44,18 +44,10 @@ def _bench() -> Any:
 bench = _bench()
 
 
-def hpcserve(
-    *args: str, timeout: float = 300, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    p = run_hpcserve(*args, timeout=timeout)
-    if check:
-        assert p.returncode == 0, f"hpcserve {' '.join(args)}: {p.returncode}\n{p.stdout}{p.stderr}"
-    return p
+hpcserve = hpcserve_ok
 
 
-def status(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(hpcserve("status", name, "--json", check=False).stdout)
-    return data
+status = status_json
 
 
 def chain_of(name: str) -> dict[str, Any]:
@@ -63,20 +55,8 @@ def chain_of(name: str) -> dict[str, Any]:
     return found
 
 
-@pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("hpcserve-state")
-    old = os.environ.get("HPCSERVE_STATE_DIR")
-    os.environ["HPCSERVE_STATE_DIR"] = str(d)
-    yield d
-    if old is None:
-        os.environ.pop("HPCSERVE_STATE_DIR", None)
-    else:
-        os.environ["HPCSERVE_STATE_DIR"] = old
-
-
 @pytest.fixture
-def named(lab_cluster: dict[str, Any], state_dir: Path) -> Iterator[list[str]]:
+def named(lab_cluster: dict[str, Any], lab_state_dir: Path) -> Iterator[list[str]]:
     """Names this test submits; each is cancelled (a service: its whole chain) at the end."""
     names: list[str] = []
     yield names
