@@ -104,10 +104,14 @@ class Prober:
 
 
 def summary(probes: list[Probe]) -> dict[str, Any]:
-    """Requests, failures, coverage, the longest time between two answers, worst latency."""
+    """Requests, failures, coverage, the longest time without an answer, worst latency."""
     ok = [p for p in probes if p.ok]
-    answers = sorted(p.end for p in ok)
-    silence = max((b - a for a, b in zip(answers, answers[1:], strict=False)), default=0.0)
+    # the client's whole window counts: from its first request to its last one's end, so the
+    # time after a job's last answer (nothing answers any more) is silence too
+    marks = sorted(p.end for p in ok)
+    if probes:
+        marks = [min(p.start for p in probes), *marks, max(p.end for p in probes)]
+    silence = max((b - a for a, b in zip(marks, marks[1:], strict=False)), default=0.0)
     return {
         "requests": len(probes),
         "failed": len(probes) - len(ok),

@@ -264,3 +264,31 @@ def damage(path: Path, how: str) -> bytes:
     path.write_bytes(b"" if how == "truncate" else original[: len(original) // 2])
     log(f"registry record {path} damaged ({how})")
     return original
+
+
+def slurm(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """A SLURM command on the lab, from this host (as root: the test's own view)."""
+    env = {**os.environ, "SLURM_CONF": str(LAB.slurm_conf)}
+    return subprocess.run(
+        list(argv), env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@contextlib.contextmanager
+def nodes_held() -> Iterator[str]:
+    """A job holding every GPU of both lab nodes, so that a job submitted meanwhile waits
+    PENDING (Resources) until the block ends; yields the blocker's job id."""
+    p = slurm(
+        "sbatch", "--parsable", "-N2", "--gpus-per-node", str(LAB.gpus_per_node),
+        "-o", "/dev/null", "--job-name", "faults-blocker", "--wrap", "sleep 900",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    job = p.stdout.strip().split(";")[0]
+    try:
+        for _ in range(120):
+            if slurm("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() == "RUNNING":
+                break
+            time.sleep(0.5)
+        yield job
+    finally:
+        slurm("scancel", job)

@@ -197,24 +197,34 @@ class Startup:
 
 @pytest.fixture(scope="module")
 def startup(lab_cluster: dict[str, Any], lab_state_dir: Path) -> Iterator[Startup]:
-    """Submit A; while `wait` polls it (vLLM takes 100+ s to start in the lab), restart
-    slurmctld, restart sshd dropping every connection, then block the login port."""
-    job = submit(lab_cluster["model"], "faults")
-    jid = job["job_id"]
-    wait = Background(("wait", jid, "--timeout", "900"))
-    follow = Background(("logs", jid, "--node", "0", "--follow"))
+    """Submit A while another job holds the nodes, so that `wait` polls a PENDING job (the
+    lab starts vLLM in well under a minute, too soon for every fault): restart slurmctld, then
+    block the login port; release the nodes, and while A's vLLM starts restart sshd, dropping
+    every connection (`wait` and `logs --follow` both ride it out)."""
     windows: dict[str, tuple[float, float]] = {}
+    with faults.nodes_held() as blocker:
+        job = submit(lab_cluster["model"], "faults")
+        jid = job["job_id"]
+        wait = Background(("wait", jid, "--timeout", "900"))
+        follow = Background(("logs", jid, "--node", "0", "--follow"))
+        try:
+            time.sleep(5)  # `wait` polls the pending job
+            windows["slurmctld"] = faults.restart("slurmctld", down_s=5)
+            time.sleep(5)
+            t0 = time.monotonic()
+            with faults.login_blocked():
+                time.sleep(OUTAGE_S)
+            windows["outage"] = (t0, time.monotonic())
+            time.sleep(5)
+        except BaseException:
+            follow.stop()
+            wait.stop()
+            raise
+        log(f"nodes released (blocker {blocker} cancelled)")
     try:
         until("node-0.log", lambda: Path(job["job_dir"], "node-0.log").exists(), 300, 0.5)
-        time.sleep(3)  # `wait` is past submit-time polls, reading the log every second
-        windows["slurmctld"] = faults.restart("slurmctld", down_s=5)
-        time.sleep(5)
+        time.sleep(3)  # `logs --follow` has read the first lines
         windows["sshd"] = faults.restart("sshd", down_s=5, sessions=True)
-        time.sleep(5)
-        t0 = time.monotonic()
-        with faults.login_blocked():
-            time.sleep(OUTAGE_S)
-        windows["outage"] = (t0, time.monotonic())
         rc = wait.finish(900)
         time.sleep(3)  # a last round of `logs --follow`
     finally:
