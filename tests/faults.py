@@ -245,8 +245,8 @@ def full(path: Path, size_kb: int = 64) -> Iterator[None]:
     hidden meanwhile, and whatever is written there goes with the tmpfs)."""
     _mount("-t", "tmpfs", "-o", f"size={size_kb}k,mode=755", "tmpfs", str(path))
     try:
-        with open(path / ".filler", "wb") as f, contextlib.suppress(OSError):
-            while True:
+        with contextlib.suppress(OSError), open(path / ".filler", "wb") as f:
+            while True:  # until ENOSPC (from a write, a flush or the close)
                 f.write(b"\0" * 4096)
                 f.flush()
         log(f"{path} full (tmpfs of {size_kb} KiB)")

@@ -279,11 +279,12 @@ def test_wait_rides_out_an_sshd_restart_that_drops_connections(startup: Startup)
 
 
 def test_wait_rides_out_the_login_node_gone_for_a_while(startup: Startup) -> None:
-    """Expected: for an outage over 30 s one "the cluster is not answering (`tail ...` did not
-    finish in 30 s)" line (shorter ones only stall a poll), then ready."""
+    """Seen on the lab (35 s, the job pending): nothing; the poll under way stalls until the
+    port opens again (packets are dropped, TCP retransmits), then `wait` goes on. A poll that
+    stalls past its 30 s limit says the one "the cluster is not answering ...; still trying"
+    line instead. Either way: no other line, then ready."""
     seen = _during_wait(startup, "outage")
-    if OUTAGE_S > 31:
-        assert any(NOT_ANSWERING in ln for ln in seen), seen
+    assert all(NOT_ANSWERING in ln for ln in seen), seen
     _wait_succeeded(startup)
 
 
