@@ -57,7 +57,8 @@ def test_dp2_runs_one_api_server_and_a_headless_engine(dp_job: dict[str, Any]) -
     # vLLM's own line for headless DP engines (run_headless in vllm/entrypoints/cli/serve.py)
     assert "data parallel engine(s) in headless mode" in worker
     assert vllm_processes(dp_job["job_id"], node=1)
-    assert status(dp_job["job_id"])["record"]["nodes"] == 2
+    rec = status(dp_job["job_id"])["record"]
+    assert (rec["nodes"], rec["dp"], rec["tp"], rec["pp"]) == (2, 2, 1, 1)
 
 
 def test_dp2_answers_through_the_tunnel(dp_job: dict[str, Any]) -> None:

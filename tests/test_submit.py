@@ -48,6 +48,20 @@ def only_job_dir(home: Path) -> Path:
     return dirs[0]
 
 
+def test_a_dp_submit_records_its_data_parallel_ranks(
+    cli: Cli, home: Path, fake_path: Path, site_file: Callable[[Site], str],
+    registry: Callable[[], Any],
+) -> None:  # fmt: skip
+    code, out, err = cli(
+        "submit", "--site", site_file(venv_site()), "--nodes", "2", "--model", "org/m",
+        "--dp", "2", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["dp"] == 2
+    rec = registry().get("4242")
+    assert (rec.nodes, rec.dp, rec.tp, rec.pp) == (2, 2, 1, 1)
+
+
 def test_submit_writes_job_dir_and_records_the_job(
     cli: Cli, home: Path, fake_path: Path, site_file: Callable[[Site], str],
     registry: Callable[[], Any], monkeypatch: pytest.MonkeyPatch,
@@ -75,6 +89,7 @@ def test_submit_writes_job_dir_and_records_the_job(
 
     rec = registry().get("4242")
     assert (rec.site, rec.model, rec.nodes, rec.tp, rec.pp) == ("cpu-venv", "org/m", 2, 1, 2)
+    assert rec.dp == 1
     assert rec.job_dir == str(job) and rec.remote is False and rec.name == "demo"
     key_file = Path(rec.api_key_file)
     assert mode(key_file) == 0o600

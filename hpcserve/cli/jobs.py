@@ -35,7 +35,8 @@ def _jobs() -> Jobs:
 def _print_status(st: JobStatus, handle: Job) -> None:
     rec = handle.record
     click.echo(f"job {handle.label} on {rec.site}: {st.state} - {st.detail}")
-    click.echo(f"  model:     {rec.model} (TP {rec.tp} x PP {rec.pp}, {rec.nodes} node(s))")
+    layout = f"DP {rec.dp} x " if rec.dp > 1 else ""
+    click.echo(f"  model:     {rec.model} ({layout}TP {rec.tp} x PP {rec.pp}, {rec.nodes} node(s))")
     if st.nodelist:
         click.echo(f"  nodes:     {st.nodelist}")
     if st.time_left_s is not None or st.time_limit_s is not None:

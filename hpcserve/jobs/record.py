@@ -43,6 +43,7 @@ class JobRecord:
     submitted_at: float  # unix time
     remote: bool  # True when sbatch ran on the login host through SSH
     name: str | None = None
+    dp: int = 1  # data-parallel ranks (vLLM --data-parallel-size)
     head_addr: str | None = None  # filled from endpoint.json once the job runs
     head_host: str | None = None
     api_port: int | None = None

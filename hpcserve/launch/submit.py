@@ -39,6 +39,7 @@ class Submission:
     nodes: int
     tp: int
     pp: int
+    dp: int = 1
     api_key_file: str | None = None
     warnings: list[str] = field(default_factory=list)
     submit_to: str = "local"  # where sbatch runs: local, or user@host:port of the login host
@@ -54,6 +55,7 @@ class Submission:
             "nodes": self.nodes,
             "tp": self.tp,
             "pp": self.pp,
+            "dp": self.dp,
             "api_key_file": self.api_key_file,
             "dry_run": self.job_id is None,
             "warnings": self.warnings,
@@ -164,6 +166,7 @@ def submit(
         nodes=layout.nodes,
         tp=layout.tp,
         pp=layout.pp,
+        dp=layout.dp,
         warnings=warnings,
         submit_to=executor.describe(),
         command=sbatch_argv(launcher),
@@ -202,6 +205,7 @@ def _record(
         nodes=sub.nodes,
         tp=sub.tp,
         pp=sub.pp,
+        dp=sub.dp,
         job_dir=sub.job_dir,
         submitted_at=time.time(),
         remote=remote,
