@@ -137,28 +137,39 @@ class PhaseInfo:
     def detail(self) -> str:
         """A short human description of the phase and its numbers."""
         label = PHASE_LABELS[self.phase]
-        bits: list[str] = []
         if self.phase == "loading":
-            if self.weights_percent is not None:
-                bits.append(f"{self.weights_percent}%")
-            if self.shards_total:
-                bits.append(f"{self.shards_done}/{self.shards_total} shards")
-            if self.model_memory_gib is not None:
-                bits.append(f"{self.model_memory_gib:g} GiB loaded")
+            bits = self.loading_bits()
         elif self.phase == "compiling":
-            bits += self.compile_bits()
+            bits = self.compile_bits()
         elif self.phase in ("kv_cache", "cuda_graphs", "api", "ready"):
-            if self.kv_cache_tokens is not None:
-                bits.append(f"KV cache {self.kv_cache_tokens:,} tokens")
-            elif self.kv_cache_memory_gib is not None:
-                bits.append(f"KV cache {self.kv_cache_memory_gib:g} GiB")
-            if self.max_concurrency is not None and self.max_model_len is not None:
-                bits.append(
-                    f"max concurrency {self.max_concurrency:g}x at {self.max_model_len:,} tokens"
-                )
-            if self.phase == "cuda_graphs" and self.graphs:
-                bits.append(self.graphs)
+            bits = self.kv_bits()
+        else:
+            bits = []
         return f"{label} ({', '.join(bits)})" if bits else label
+
+    def loading_bits(self) -> list[str]:
+        bits: list[str] = []
+        if self.weights_percent is not None:
+            bits.append(f"{self.weights_percent}%")
+        if self.shards_total:
+            bits.append(f"{self.shards_done}/{self.shards_total} shards")
+        if self.model_memory_gib is not None:
+            bits.append(f"{self.model_memory_gib:g} GiB loaded")
+        return bits
+
+    def kv_bits(self) -> list[str]:
+        bits: list[str] = []
+        if self.kv_cache_tokens is not None:
+            bits.append(f"KV cache {self.kv_cache_tokens:,} tokens")
+        elif self.kv_cache_memory_gib is not None:
+            bits.append(f"KV cache {self.kv_cache_memory_gib:g} GiB")
+        if self.max_concurrency is not None and self.max_model_len is not None:
+            bits.append(
+                f"max concurrency {self.max_concurrency:g}x at {self.max_model_len:,} tokens"
+            )
+        if self.phase == "cuda_graphs" and self.graphs:
+            bits.append(self.graphs)
+        return bits
 
     def compile_bits(self) -> list[str]:
         """The compilation cache in words: ``cache hit``, ``3.2 s`` (empty when unknown)."""

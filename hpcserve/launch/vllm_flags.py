@@ -221,8 +221,8 @@ FLAGS: tuple[VllmFlag, ...] = (
     _f(
         "model_loader_extra_config",
         str,
-        "JSON object for the loader, e.g. '{\"enable_multithread_load\": true, "
-        "\"num_threads\": 8}' (safetensors files read by a thread pool; default_loader.py).",
+        'JSON object for the loader, e.g. \'{"enable_multithread_load": true, '
+        '"num_threads": 8}\' (safetensors files read by a thread pool; default_loader.py).',
         json_object=True,
     ),
     # --- topology: set by the launcher per node, never by the user

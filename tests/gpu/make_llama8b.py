@@ -140,7 +140,9 @@ def make_tokenizer(out: Path, cfg: dict[str, Any]) -> None:
         vocab[f"t{i}"] = i
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>"]
     specials += ["<|end_header_id|>", "<|eot_id|>"]
-    specials += [f"<|reserved_special_token_{k}|>" for k in range(cfg["vocab_size"] - 5 - first_special)]
+    specials += [
+        f"<|reserved_special_token_{k}|>" for k in range(cfg["vocab_size"] - 5 - first_special)
+    ]
     for k, tok in enumerate(specials):
         vocab[tok] = first_special + k
     model = models.BPE(vocab=vocab, merges=[])

@@ -68,13 +68,15 @@ LOADS: dict[str, list[str]] = {  # hpcserve render options (hpcserve/launch/vllm
     "mt8": ["--model-loader-extra-config", '{"enable_multithread_load": true, "num_threads": 8}'],
 }
 LEVELS = ((1, 16), (16, 64), (64, 128))  # (concurrency, prompts)
-GUESS_S = {"bare": 170.0, "cold": 170.0, "warm": 120.0, "bench": 140.0, "load": 130.0}
+GUESS_S = {"bare": 125.0, "cold": 125.0, "warm": 70.0, "bench": 140.0, "load": 85.0}  # run 1
 
 T0 = time.time()
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S', time.gmtime())} +{time.time() - T0:5.0f}s] {msg}", flush=True)
+    print(
+        f"[{time.strftime('%H:%M:%S', time.gmtime())} +{time.time() - T0:5.0f}s] {msg}", flush=True
+    )
 
 
 def clear(paths: tuple[str, ...] | list[str]) -> None:
@@ -253,9 +255,10 @@ class Runner:
             HPCSERVE_MASTER_PORT="29500",
         )  # fmt: skip
         t0 = time.time()
-        p = subprocess.Popen(["bash", str(script), "node"], env=env, start_new_session=True,
-                             stdout=open(job / "node-0.launcher", "wb"), stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)  # fmt: skip
+        with open(job / "node-0.launcher", "wb") as out:
+            p = subprocess.Popen(["bash", str(script), "node"], env=env, start_new_session=True,
+                                 stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)  # fmt: skip
         w = subprocess.run(
             [sys.executable, str(HERE / "wait_ready.py"), "--job-dir", str(job), "--url", URL,
              "--since", str(t0), "--pids", str(p.pid), "--model", MODEL, "--tp", "1",
