@@ -311,3 +311,16 @@ def test_storage_defaults_are_on() -> None:
     s = Storage()
     assert s.compile_cache is True and s.compile_cache_dir is None and s.stage_dir is None
     assert os.path.basename(caches.CACHE_LEAF) == "vllm-cache"
+
+
+def test_a_staging_launcher_passes_bash_n_and_shellcheck(tmp_path: Path) -> None:
+    import subprocess
+
+    from test_render import shellcheck
+
+    site = _storage(apptainer_site(), stage_dir="/local/scratch", compile_cache_dir="~/cache")
+    script = tmp_path / "launcher.sbatch"
+    script.write_text(render(site, request(2, vllm_options={"revision": "v1"})))
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    proc = subprocess.run([shellcheck(), "-s", "bash", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
