@@ -20,12 +20,16 @@ from hpcserve.plan.sizing import (
 from hpcserve.sites.loader import load_site_file
 
 DATA = Path("tests/data")
-GPU = [  # log, GPU, nvidia-smi MiB, PP
-    ("gpu-vllm/p2p/node-0.log", "H200", 143771, 2),
-    ("gpu-vllm-2/p2p/node-0.log", "H200", 143771, 2),
-    ("gpu-vllm-2/socket/node-0.log", "H200", 143771, 2),
-    ("bench-vs-vllm-h100/run1/serve.log", "H100", 81559, 1),
-    ("bench-vs-vllm-h100/run2/serve.log", "H100", 81559, 1),
+TINY = DATA / "gpu-vllm-2" / "tiny-model-config.json"
+LLAMA8B = DATA / "gpu-vllm-3" / "llama8b-config.json"
+GPU = [  # log, GPU, nvidia-smi MiB, PP, model config
+    ("gpu-vllm/p2p/node-0.log", "H200", 143771, 2, TINY),
+    ("gpu-vllm-2/p2p/node-0.log", "H200", 143771, 2, TINY),
+    ("gpu-vllm-2/socket/node-0.log", "H200", 143771, 2, TINY),
+    ("bench-vs-vllm-h100/run1/serve.log", "H100", 81559, 1, TINY),
+    ("bench-vs-vllm-h100/run2/serve.log", "H100", 81559, 1, TINY),
+    ("gpu-vllm-3/r1/02-cold/node-0.log", "H200", 143771, 1, LLAMA8B),
+    ("gpu-vllm-3/r1/03-warm/node-0.log", "H200", 143771, 1, LLAMA8B),
 ]
 CPU = [("vllm-cpu/tp2-head.log", 2, 1), ("vllm-cpu/pp2-head-fails.log", 1, 2)]
 
@@ -35,9 +39,9 @@ def _pct(a: float, b: float) -> str:
 
 
 def gpu_rows() -> None:
-    info = load_model_info("tiny-llama", str(DATA / "gpu-vllm-2" / "tiny-model-config.json"))
     rules = vllm_rules("0.26.0")
-    for log, gpu, mib, pp in GPU:
+    for log, gpu, mib, pp, config in GPU:
+        info = load_model_info(config.stem, str(config))
         seen = parse_vllm_kv_log((DATA / log).read_text())
         budgets = [
             kv_memory_budget(info, mib * 2**20, rules.default_utilization, w, 1, rules)

@@ -149,7 +149,14 @@ def run_node(script: Path, rank: int, env: dict[str, str]) -> subprocess.Complet
 
 
 def write_launcher(site: Site, req: LaunchRequest, job_dir: Path) -> Path:
+    """The launcher in ``job_dir``; the site's compilation cache next to it (the node role makes
+    that directory: never outside the test's tmp_path)."""
     job_dir.mkdir(parents=True, exist_ok=True)
+    if site.storage.compile_cache and not site.storage.compile_cache_dir:
+        cache = str(job_dir.parent / "vllm-cache")
+        site = dataclasses.replace(
+            site, storage=dataclasses.replace(site.storage, compile_cache_dir=cache)
+        )
     req = dataclasses.replace(req, job_dir=str(job_dir))
     path = job_dir / "launcher.sbatch"
     path.write_text(render(site, req))
@@ -219,7 +226,8 @@ def test_apptainer_command_line(fake_path: Path, tmp_path: Path) -> None:
     argv = read_nul(fake_path / "apptainer-argv.1")
     assert argv[:2] == ["exec", "--nvccli"]
     binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
-    assert binds == ["/project", str(job), "/project/hf"]
+    # the shared compilation cache is bound too (storage.compile_cache, per vLLM version)
+    assert binds == ["/project", str(job), "/project/hf", f"{tmp_path}/vllm-cache/vllm-any"]
     assert argv[argv.index("--env-file") + 1] == f"{job}/secrets.env"
     image = argv.index("/project/vllm.sif")
     assert argv[image + 1 : image + 4] == ["vllm", "serve", "Qwen/Qwen3-8B"]

@@ -53,6 +53,9 @@ def _print_status(st: JobStatus, handle: Job) -> None:
         click.echo(f"  KV cache:  {p.kv_cache_tokens:,} tokens{conc}")
     if p is not None and p.vllm_version:
         click.echo(f"  vLLM:      {p.vllm_version}")
+    compiled = p.compile_summary() if p is not None else None
+    if compiled:
+        click.echo(f"  compile:   {compiled.removeprefix('compile ')}")
     if st.url:
         click.echo(f"  endpoint:  {st.url}" + (" (answering)" if st.ready else ""))
     if st.nccl:

@@ -1,7 +1,8 @@
 """Where a vLLM server is in its start-up, read from its log lines (pure).
 
-The phases, in order: ``starting`` -> ``loading`` (weights) -> ``kv_cache`` (memory profiling,
-KV cache sizing) -> ``cuda_graphs`` -> ``api`` (engine up, API server starting) -> ``ready``.
+The phases, in order: ``starting`` -> ``loading`` (weights) -> ``compiling`` (torch.compile, or
+loading its artefacts from vLLM's compilation cache) -> ``kv_cache`` (memory profiling, KV cache
+sizing) -> ``cuda_graphs`` -> ``api`` (engine up, API server starting) -> ``ready``.
 Failure is not decided here: :mod:`hpcserve.jobs.failures` reads the same lines for causes.
 
 The patterns match the format strings of vLLM's v1 engine (checked against vllm-project/vllm
@@ -14,6 +15,16 @@ differ; see ``tests/data/vllm-lines/README.md`` for where each line comes from:
 - ``Loading weights took %.2f seconds``                 model_loader/default_loader.py
 - ``Model loading took %s GiB memory and %.6f seconds`` v1/worker/gpu/model_runner.py
   (``Model loading took %s GiB and %.6f seconds`` in gpu_model_runner.py)
+- ``Using cache directory: %s for vLLM's torch.compile``  compilation/backends.py
+- ``Dynamo bytecode transform time: %.2f s``            compilation/backends.py
+- ``Directly load AOT compilation from path %s``        compilation/decorators.py (cache hit)
+- ``Directly load the compiled graph(s) for compile range %s from the cache, took %.3f s``
+                                                       compilation/backends.py (cache hit)
+- ``Compiling a graph for compile range %s takes %.2f s``  compilation/backends.py (compiled)
+- ``Compiling model again due to a load failure from %s, reason: %s``
+                                                       compilation/decorators.py (stale entry)
+- ``vLLM's torch.compile cache is disabled.``           compilation/backends.py
+- ``torch.compile took %.2f s in total``                compilation/monitor.py
 - ``Available KV cache memory: %s GiB``                 v1/worker/gpu_worker.py
 - ``GPU KV cache size: %s tokens``                      v1/core/kv_cache_utils.py
 - ``Maximum concurrency for %s tokens per request: %.2fx``   v1/core/kv_cache_utils.py
@@ -32,12 +43,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-PHASES: tuple[str, ...] = ("starting", "loading", "kv_cache", "cuda_graphs", "api", "ready")
+PHASES: tuple[str, ...] = (
+    "starting",
+    "loading",
+    "compiling",
+    "kv_cache",
+    "cuda_graphs",
+    "api",
+    "ready",
+)
 
 PHASE_LABELS: dict[str, str] = {
     "pending": "waiting for nodes",
     "starting": "starting",
     "loading": "loading weights",
+    "compiling": "compiling the model (torch.compile)",
     "kv_cache": "profiling memory / sizing KV cache",
     "cuda_graphs": "capturing CUDA graphs",
     "api": "starting the API server",
@@ -67,6 +87,18 @@ _CONCURRENCY = re.compile(
 )
 _GRAPHS = re.compile(r"Capturing CUDA graphs?(?: \(([^)]*)\))?:?\s*(?:(\d+)%)?")
 _GRAPHS_DONE = re.compile(r"Graph capturing finished in " + _FLOAT + r" secs")
+_COMPILE_DIR = re.compile(r"Using cache directory: (\S+) for vLLM's torch\.compile")
+_COMPILE_START = re.compile(r"Dynamo bytecode transform time: " + _FLOAT + r" s")
+_COMPILE_HIT = re.compile(
+    r"Directly load AOT compilation from path (\S+)"
+    r"|Directly load the compiled graph\(s\) for compile range .* from the cache"
+)
+_COMPILE_MISS = re.compile(
+    r"Compiling a graph for compile range .* takes " + _FLOAT + r" s"
+    r"|Compiling model again due to a load failure from (\S+)"
+)
+_COMPILE_OFF = re.compile(r"vLLM's torch\.compile cache is disabled")
+_COMPILE_TOOK = re.compile(r"torch\.compile took " + _FLOAT + r" s in total")
 _ENGINE_UP = re.compile(r"init engine \(profile, create kv cache, warmup model\) took")
 _API_START = re.compile(r"Starting vLLM (?:API )?server(?: \d+)? on (\S+)")
 _READY = re.compile(r"Application startup complete|Uvicorn running on (\S+)")
@@ -87,6 +119,9 @@ class PhaseInfo:
     kv_cache_tokens: int | None = None
     max_model_len: int | None = None
     max_concurrency: float | None = None
+    compile_cache: str | None = None  # hit, miss, partial (some of each), disabled
+    compile_cache_dir: str | None = None  # as vLLM printed it (the backbone's rank directory)
+    compile_seconds: float | None = None  # "torch.compile took X s in total" (load or compile)
     graphs: str | None = None  # e.g. "decode, FULL 45%"
     url: str | None = None  # as the server printed it (0.0.0.0 when bound to all)
     lines_seen: int = 0
@@ -102,26 +137,53 @@ class PhaseInfo:
     def detail(self) -> str:
         """A short human description of the phase and its numbers."""
         label = PHASE_LABELS[self.phase]
-        bits: list[str] = []
         if self.phase == "loading":
-            if self.weights_percent is not None:
-                bits.append(f"{self.weights_percent}%")
-            if self.shards_total:
-                bits.append(f"{self.shards_done}/{self.shards_total} shards")
-            if self.model_memory_gib is not None:
-                bits.append(f"{self.model_memory_gib:g} GiB loaded")
+            bits = self.loading_bits()
+        elif self.phase == "compiling":
+            bits = self.compile_bits()
         elif self.phase in ("kv_cache", "cuda_graphs", "api", "ready"):
-            if self.kv_cache_tokens is not None:
-                bits.append(f"KV cache {self.kv_cache_tokens:,} tokens")
-            elif self.kv_cache_memory_gib is not None:
-                bits.append(f"KV cache {self.kv_cache_memory_gib:g} GiB")
-            if self.max_concurrency is not None and self.max_model_len is not None:
-                bits.append(
-                    f"max concurrency {self.max_concurrency:g}x at {self.max_model_len:,} tokens"
-                )
-            if self.phase == "cuda_graphs" and self.graphs:
-                bits.append(self.graphs)
+            bits = self.kv_bits()
+        else:
+            bits = []
         return f"{label} ({', '.join(bits)})" if bits else label
+
+    def loading_bits(self) -> list[str]:
+        bits: list[str] = []
+        if self.weights_percent is not None:
+            bits.append(f"{self.weights_percent}%")
+        if self.shards_total:
+            bits.append(f"{self.shards_done}/{self.shards_total} shards")
+        if self.model_memory_gib is not None:
+            bits.append(f"{self.model_memory_gib:g} GiB loaded")
+        return bits
+
+    def kv_bits(self) -> list[str]:
+        bits: list[str] = []
+        if self.kv_cache_tokens is not None:
+            bits.append(f"KV cache {self.kv_cache_tokens:,} tokens")
+        elif self.kv_cache_memory_gib is not None:
+            bits.append(f"KV cache {self.kv_cache_memory_gib:g} GiB")
+        if self.max_concurrency is not None and self.max_model_len is not None:
+            bits.append(
+                f"max concurrency {self.max_concurrency:g}x at {self.max_model_len:,} tokens"
+            )
+        if self.phase == "cuda_graphs" and self.graphs:
+            bits.append(self.graphs)
+        return bits
+
+    def compile_bits(self) -> list[str]:
+        """The compilation cache in words: ``cache hit``, ``3.2 s`` (empty when unknown)."""
+        bits = [f"cache {self.compile_cache}"] if self.compile_cache else []
+        if self.compile_seconds is not None:
+            bits.append(f"{self.compile_seconds:g} s")
+        return bits
+
+    def compile_summary(self) -> str | None:
+        """One phrase for ``status``/``wait``: ``compile cache hit (torch.compile 3.2 s)``."""
+        if self.compile_cache is None:
+            return None
+        took = f" (torch.compile {self.compile_seconds:g} s)" if self.compile_seconds else ""
+        return f"compile cache {self.compile_cache}{took}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,6 +258,38 @@ def _fold_kv_cache(info: PhaseInfo, line: str) -> None:
         info.advance("kv_cache")
 
 
+def combine_cache(seen: str | None, new: str) -> str:
+    """The cache outcome after ``seen`` and then ``new``: the same twice is itself, ``disabled``
+    wins, a hit and a miss (two compile ranges, two nodes) are ``partial``."""
+    if seen is None or seen == new:
+        return new
+    if "disabled" in (seen, new):
+        return "disabled"
+    return "partial"
+
+
+def _fold_compile(info: PhaseInfo, line: str) -> None:
+    if "ompil" not in line and "cache" not in line and "Dynamo" not in line:
+        return
+    if m := _COMPILE_DIR.search(line):
+        info.compile_cache_dir = m.group(1)
+        info.advance("compiling")
+    elif _COMPILE_START.search(line):
+        info.advance("compiling")
+    elif _COMPILE_HIT.search(line):
+        info.compile_cache = combine_cache(info.compile_cache, "hit")
+        info.advance("compiling")
+    elif _COMPILE_MISS.search(line):
+        info.compile_cache = combine_cache(info.compile_cache, "miss")
+        info.advance("compiling")
+    elif _COMPILE_OFF.search(line):
+        info.compile_cache = combine_cache(info.compile_cache, "disabled")
+        info.advance("compiling")
+    elif m := _COMPILE_TOOK.search(line):
+        info.compile_seconds = float(m.group(1))
+        info.advance("compiling")
+
+
 def _fold_graphs(info: PhaseInfo, line: str) -> None:
     if "raph" not in line:
         return
@@ -226,6 +320,7 @@ def _fold_api(info: PhaseInfo, line: str) -> None:
 _PHASE_RULES: tuple[Callable[[PhaseInfo, str], None], ...] = (
     _fold_version,
     _fold_loading,
+    _fold_compile,
     _fold_kv_cache,
     _fold_graphs,
     _fold_api,
@@ -264,4 +359,15 @@ def merge(infos: Iterable[PhaseInfo]) -> PhaseInfo:
                 if getattr(w, field_name) is not None:
                     setattr(out, field_name, getattr(w, field_name))
                     break
+    _merge_compile(out, workers)
     return out
+
+
+def _merge_compile(out: PhaseInfo, workers: list[PhaseInfo]) -> None:
+    """Every node compiles its own ranks: the job hit the cache only if every node did, and
+    took as long as the slowest node."""
+    for w in workers:
+        if w.compile_cache is not None:
+            out.compile_cache = combine_cache(out.compile_cache, w.compile_cache)
+        if w.compile_seconds is not None:
+            out.compile_seconds = max(out.compile_seconds or 0.0, w.compile_seconds)

@@ -55,7 +55,8 @@ class JobStatus:
     name: str | None
     model: str
     state: str  # the scheduler's (PENDING, RUNNING, ..., UNKNOWN)
-    phase: str  # pending, starting, loading, kv_cache, cuda_graphs, api, ready, failed, ended
+    phase: str  # pending, starting, loading, compiling, kv_cache, cuda_graphs, api, ready, failed,
+    # ended
     detail: str  # one line in words
     ready: bool = False
     url: str | None = None
@@ -222,6 +223,9 @@ def _running(st: JobStatus, progress: PhaseInfo | None, failure: Failure | None)
     if st.health:
         st.phase, st.ready = "ready", True
         st.detail = f"ready at {st.url}" if st.url else "ready"
+        compiled = progress.compile_summary() if progress is not None else None
+        if compiled:
+            st.detail += f"; {compiled}"
         return
     if failure is not None:
         st.phase, st.failure = "failed", failure

@@ -16,7 +16,7 @@ from typing import Any
 from hpcserve.cluster.sbatch import merged, sbatch_directives
 from hpcserve.errors import UsageError
 from hpcserve.jobs import record as jobrecord
-from hpcserve.launch import vllm_flags
+from hpcserve.launch import caches, vllm_flags
 from hpcserve.launch.request import (
     DEFAULT_JOB_NAME,
     LaunchRequest,
@@ -130,6 +130,8 @@ def _env(site: Site) -> list[tuple[str, Word]]:
         env.append(("HF_HOME", path_word(site.storage.hf_cache)))
     if site.storage.offline:
         env.append(("HF_HUB_OFFLINE", "1"))
+    # before engine.env, which may still point one of them elsewhere
+    env += [(k, path_word(v)) for k, v in caches.cache_env(site)]
     env += [(k, str(v)) for k, v in site.engine.env.items()]
     bad = [k for k, _ in env if not is_env_name(k)]
     if bad:
@@ -144,8 +146,9 @@ def _binds(site: Site) -> list[Word]:
         word = path_word(src)
         binds.append((*(word if isinstance(word, tuple) else (word,)), sep + rest) if sep else word)
     binds.append(Var("JOBDIR"))
-    if site.storage.hf_cache:
-        binds.append(path_word(site.storage.hf_cache))
+    for path in (site.storage.hf_cache, caches.compile_cache_root(site), site.storage.stage_dir):
+        if path:
+            binds.append(path_word(path))
     return binds
 
 
@@ -252,7 +255,12 @@ def node_argv(site: Site, req: LaunchRequest, layout: Layout) -> tuple[list[Word
     if values.get("dtype") is not None:
         values["dtype"] = resolve_dtype(str(values["dtype"]))
     values.update(_layout_values(layout))
-    common: list[Word] = ["serve", path_word(req.model), *vllm_flags.flag_argv(values)]
+    model: Word = path_word(req.model)
+    if _staged(site, req) is not None:
+        model = Var(MODEL_VAR)  # the node's copy, or the model itself when it could not copy
+        if values.get("served_model_name") is None and not _names_served_model(req.vllm_args):
+            values["served_model_name"] = req.model  # the API name stays the model's
+    common: list[Word] = ["serve", model, *vllm_flags.flag_argv(values)]
     common += [*site.engine.extra_args, *req.vllm_args]
     f = vllm_flags.flag
     topo, worker_only = _node_topology(layout)
@@ -260,6 +268,40 @@ def node_argv(site: Site, req: LaunchRequest, layout: Layout) -> tuple[list[Word
     head = [*common, *topo, *api]
     worker = [*common, *topo, *worker_only, *api, f("headless")]
     return head, worker
+
+
+#: The shell variable holding the model path ``vllm serve`` gets when the site stages models.
+MODEL_VAR = "HPCSERVE_MODEL"
+
+
+def _staged(site: Site, req: LaunchRequest) -> str | None:
+    """The node-local copy of the model (:func:`hpcserve.launch.caches.staged_model_dir`)."""
+    revision = req.vllm_options.get("revision")
+    return caches.staged_model_dir(site, req.model, None if revision is None else str(revision))
+
+
+def _names_served_model(args: Sequence[str]) -> bool:
+    return any(vllm_flags.table_name(a) == "served_model_name" for a in args)
+
+
+def _stage_context(site: Site, req: LaunchRequest) -> dict[str, Any] | None:
+    """What the node role needs to stage the model, or None when the site does not."""
+    dest = _staged(site, req)
+    if dest is None:
+        return None
+    revision = req.vllm_options.get("revision")
+    return {
+        "model": path_word(req.model),
+        "dest": path_word(dest),
+        "revision": "" if revision is None else str(revision),
+        "mark": caches.STAGED_MARK,
+    }
+
+
+def _cache_dirs(site: Site) -> list[Word]:
+    """Directories the node role makes before vLLM starts (a container binds only what exists)."""
+    root = caches.compile_cache_root(site)
+    return [] if root is None else [path_word(root)]
 
 
 _RANK_MARK = 987654321
@@ -356,6 +398,9 @@ def launcher_context(
         "worker_argv": [*prefix, *worker],
         "secrets_via_env_file": env_file,
         "cpu_bind": site.engine.cpu_bind if site.engine.cpu_bind != "none" else "",
+        "cache_dirs": _cache_dirs(site),
+        "stage": _stage_context(site, req) if program is None else None,
+        "model_var": MODEL_VAR,
         "launcher_path": _in_job(jobrecord.LAUNCHER),
         "secrets_path": _in_job(jobrecord.SECRETS),
         "endpoint_path": _in_job(jobrecord.ENDPOINT),

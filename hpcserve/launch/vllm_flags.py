@@ -39,6 +39,7 @@ Spellings and semantics were read from vLLM's source (``source`` column):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ from typing import Any
 from hpcserve.rules import DTYPES, KV_CACHE_DTYPES
 
 ARG_UTILS = "vllm/engine/arg_utils.py"
+#: ``LoadFormats`` of vLLM 0.26.0 (``vllm/model_executor/model_loader/__init__.py``).
+LOAD_FORMATS: tuple[str, ...] = (
+    "auto", "hf", "bitsandbytes", "dummy", "fastsafetensors", "instanttensor", "mistral",
+    "modelexpress", "npcache", "pt", "runai_streamer", "runai_streamer_sharded",
+    "safetensors", "sharded_state", "tensorizer",
+)  # fmt: skip
 CLI_ARGS = "vllm/entrypoints/openai/cli_args.py"
 
 
@@ -66,6 +73,7 @@ class VllmFlag:
     low_open: bool = False  # the value must be greater than ``low``
     high: float | None = None  # numbers: largest value allowed
     choices: tuple[str, ...] = ()  # text: the values allowed (empty: any one-line text)
+    json_object: bool = False  # text: a JSON object (vLLM parses it with json.loads)
 
     @property
     def negative(self) -> str:
@@ -81,6 +89,8 @@ class VllmFlag:
         """The allowed values in words (empty when any value of the type is)."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.json_object:
+            return "a JSON object"
         if self.low is not None and self.high is not None:
             return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
         if self.low is not None:
@@ -93,6 +103,8 @@ class VllmFlag:
             return None
         if self.choices:
             ok = value in self.choices
+        elif self.json_object:
+            ok = _is_json_object(value)
         else:
             number = float(value)
             ok = not math.isnan(number)
@@ -101,6 +113,13 @@ class VllmFlag:
             if self.high is not None:
                 ok = ok and number <= self.high
         return None if ok else f"{self.spelling} {value!r}: expected {self.allowed()}"
+
+
+def _is_json_object(value: Any) -> bool:
+    try:
+        return isinstance(json.loads(str(value)), dict)
+    except ValueError:
+        return False
 
 
 def _f(name: str, typ: type, help: str, **kw: Any) -> VllmFlag:
@@ -173,6 +192,39 @@ FLAGS: tuple[VllmFlag, ...] = (
     _f("revision", str, "Model revision (branch, tag or commit)."),
     _f("tokenizer", str, "Tokenizer name or path (default: the model)."),
     _f("seed", int, "Random seed."),
+    # --- weight loading (vllm/config/load.py LoadConfig; choices as in vLLM 0.26.0)
+    _f(
+        "load_format",
+        str,
+        "How weights are read: auto (safetensors, else .bin), safetensors, fastsafetensors "
+        "(GPU-direct, needs the fastsafetensors package), instanttensor (needs instanttensor), "
+        "runai_streamer (concurrent streaming, needs runai-model-streamer), and vLLM's other "
+        "formats (model_executor/model_loader/__init__.py LoadFormats); a plugin's format "
+        "through --vllm-arg.",
+        choices=LOAD_FORMATS,
+    ),
+    _f(
+        "safetensors_load_strategy",
+        str,
+        "safetensors reads: lazy (mmap, vLLM's default off NFS/Lustre), eager (each file read "
+        "whole into RAM first), prefetch (files read into the page cache by threads before "
+        "loading; vLLM 0.26 turns it on by itself on NFS/Lustre when the checkpoint fits in "
+        "90% of RAM, not on GPFS or others), torchao.",
+        choices=("lazy", "eager", "prefetch", "torchao"),
+    ),
+    _f(
+        "safetensors_prefetch_num_threads",
+        int,
+        "Threads reading checkpoint files into the page cache with prefetch (vLLM: 8).",
+        low=1,
+    ),
+    _f(
+        "model_loader_extra_config",
+        str,
+        'JSON object for the loader, e.g. \'{"enable_multithread_load": true, '
+        '"num_threads": 8}\' (safetensors files read by a thread pool; default_loader.py).',
+        json_object=True,
+    ),
     # --- topology: set by the launcher per node, never by the user
     _f(
         "distributed_executor_backend",

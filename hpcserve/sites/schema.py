@@ -174,6 +174,33 @@ class Storage:
         default="~/hpcserve-jobs",
         metadata=meta("Directory on the shared filesystem for per-job directories and logs."),
     )
+    compile_cache: bool = field(
+        default=True,
+        metadata=meta(
+            "Reuse vLLM's compilation cache (torch.compile artefacts, Triton kernels) across "
+            "this site's jobs: every node exports VLLM_CACHE_ROOT and TRITON_CACHE_DIR under "
+            "compile_cache_dir/vllm-<engine.vllm_version>, so a later job of the same model, "
+            "layout and vLLM loads what an earlier one compiled. false: vLLM's own defaults."
+        ),
+    )
+    compile_cache_dir: str | None = field(
+        default=None,
+        metadata=meta(
+            "Shared directory for that cache, visible from every compute node (unset: "
+            "<workdir>/vllm-cache).",
+            example="/project/p200000/vllm-cache",
+        ),
+    )
+    stage_dir: str | None = field(
+        default=None,
+        metadata=meta(
+            "Node-local directory (local SSD, /tmp): each node copies the model there before "
+            "vLLM starts and serves the copy, reused by later jobs on that node. Give a path "
+            "that is the same for every job (not a per-job $TMPDIR): vLLM keys its "
+            "compilation cache on the model path. Unset: weights are read where they are.",
+            example="/local/scratch",
+        ),
+    )
 
 
 @dataclass
