@@ -269,3 +269,86 @@ def test_prepare_sizes_prompts_with_the_servers_tokenizer() -> None:
         http.close()
     assert plan.tokenized is True
     assert [(len(p.text.split()), p.input_len) for p in plan.prompts] == [(5, 10), (5, 10)]
+
+
+class RecordingSend:
+    """A stand-in for ``_send``: records which thread sent each prompt, and how many of the
+    driver's senders were already parked when the first request went out."""
+
+    def __init__(self, hold: int = 0) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.threads: dict[int, threading.Thread] = {}  # held, so no id is reused
+        self.first_wave = threading.Barrier(hold) if hold else None
+
+    def __call__(self, session: object, url: str, headers: object, model: str, p: object,
+                 ignore_eos: bool, timeout: float) -> RequestOutput:  # fmt: skip
+        import threading
+
+        with self.lock:
+            i = len(self.threads)
+            self.threads[i] = threading.current_thread()
+        if self.first_wave is not None and i < self.first_wave.parties:
+            self.first_wave.wait(timeout=10)  # the whole first wave is in flight at once
+        return out(0.0, 0.01, [0.01], 2)
+
+
+def test_driver_reuses_its_senders_instead_of_a_thread_per_request() -> None:
+    # vLLM's client keeps ``concurrency`` requests in flight from one event loop: when one ends
+    # the next is sent at once. Starting a new thread per request after a slot frees puts thread
+    # start-up between the two, spreading each wave of a burst (and lowering its TTFT).
+    rec = RecordingSend()
+    outs, _ = run_load("http://h", random_prompts(12, 3, 2), model="m", concurrency=3,
+                       progress=False, send=rec)  # fmt: skip
+    assert len(outs) == 12 and all(o.success for o in outs)
+    assert len({id(t) for t in rec.threads.values()}) <= 3
+
+
+def test_driver_sends_the_first_wave_as_one_burst() -> None:
+    # all senders are started before the clock, so the first ``concurrency`` requests leave
+    # together, as ``vllm bench serve --request-rate inf`` sends them
+    import threading
+
+    before = {t.ident for t in threading.enumerate()}
+    seen: list[int] = []
+
+    class Count(RecordingSend):
+        def __call__(self, *a: object, **kw: object) -> RequestOutput:
+            if not seen:
+                alive = [t for t in threading.enumerate() if t.ident not in before]
+                seen.append(len(alive))
+            return super().__call__(*a, **kw)  # type: ignore[arg-type]
+
+    rec = Count(hold=4)
+    outs, _ = run_load("http://h", random_prompts(8, 3, 2), model="m", concurrency=4,
+                       progress=False, send=rec)  # fmt: skip
+    assert all(o.success for o in outs)
+    assert seen == [4]  # every sender existed when the first request was sent
+
+
+def test_driver_without_a_cap_sends_every_prompt_at_once() -> None:
+    rec = RecordingSend(hold=5)  # would time out unless all 5 are in flight together
+    outs, _ = run_load("http://h", random_prompts(5, 3, 2), model="m", progress=False, send=rec)
+    assert all(o.success for o in outs) and len({id(t) for t in rec.threads.values()}) == 5
+
+
+def test_driver_counts_a_sender_crash_as_a_failed_request() -> None:
+    calls: list[int] = []
+
+    def boom(*a: object, **kw: object) -> RequestOutput:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("broken sender")
+        return out(0.0, 0.01, [0.01], 2)
+
+    outs, _ = run_load("http://h", random_prompts(4, 3, 2), model="m", concurrency=1,
+                       progress=False, send=boom)  # fmt: skip
+    assert [o.success for o in outs].count(False) == 1 and len(calls) == 4
+    assert "broken sender" in next(o.error for o in outs if not o.success)
+
+
+def test_driver_with_no_prompts_returns() -> None:
+    outs, dur = run_load("http://h", [], model="m", concurrency=4, progress=False,
+                         send=RecordingSend())  # fmt: skip
+    assert outs == [] and dur >= 0

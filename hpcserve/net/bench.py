@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import random
 import statistics
 import sys
@@ -420,6 +421,39 @@ def _send(
     return out
 
 
+def _senders(
+    n: int,
+    send_one: Callable[[int], RequestOutput],
+    outputs: list[RequestOutput | None],
+    bar: Progress,
+    workers: int,
+) -> tuple[list[threading.Thread], queue.SimpleQueue[int | None], threading.Barrier]:
+    """``workers`` sender threads, started now and parked on the returned barrier; each takes
+    the next due prompt index from the queue as soon as its previous request ends (``None``
+    ends it), as vLLM's tasks wait on one semaphore. A crash in ``send_one`` is a failed
+    request, not a lost sender."""
+    due: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    count = min(workers, n)
+    ready = threading.Barrier(count + 1)
+
+    def work() -> None:
+        ready.wait()
+        while (i := due.get()) is not None:
+            try:
+                outputs[i] = send_one(i)
+            except Exception as e:  # noqa: BLE001 - any failure is a failed request
+                outputs[i] = RequestOutput(error=f"{type(e).__name__}: {e}")
+            finally:
+                bar.update()
+
+    threads = [
+        threading.Thread(target=work, name=f"hpcserve-bench-{k}", daemon=True) for k in range(count)
+    ]
+    for th in threads:
+        th.start()
+    return threads, due, ready
+
+
 def run_load(
     base_url: str,
     prompts: Sequence[Prompt],
@@ -435,39 +469,45 @@ def run_load(
     send: Callable[..., RequestOutput] = _send,
 ) -> tuple[list[RequestOutput], float]:
     """Send ``prompts`` (Poisson arrivals at ``request_rate``, at most ``concurrency`` in
-    flight); returns the outputs and the benchmark duration in seconds."""
+    flight); returns the outputs and the benchmark duration in seconds.
+
+    As ``vllm bench serve`` (``benchmark`` in ``vllm/benchmarks/serve.py``: every request a
+    task waiting on one ``asyncio.Semaphore(max_concurrency)``), the senders exist before the
+    clock starts: at an infinite rate the first ``concurrency`` requests leave together and
+    each later one the moment a slot frees. Each request's own clock (TTFT, latency) starts
+    in :func:`_send`, after its slot, as vLLM's request function starts it."""
     import requests
     from requests.adapters import HTTPAdapter
 
     url = base_url.rstrip("/").removesuffix("/v1") + "/v1/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    pool = max(concurrency or 0, 16) if concurrency else len(prompts)
+    n = len(prompts)
+    workers = min(concurrency, n) if concurrency else n
+    pool = max(concurrency or 0, 16) if concurrency else n
     session = requests.Session()
     session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=pool))
     session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=pool))
-    bar = Progress(len(prompts), f"c={concurrency or 'inf'} ", enabled=progress)
-    outputs: list[RequestOutput | None] = [None] * len(prompts)
-    gate = threading.Semaphore(concurrency) if concurrency else None
+    bar = Progress(n, f"c={concurrency or 'inf'} ", enabled=progress)
+    outputs: list[RequestOutput | None] = [None] * n
     rng = random.Random(seed)
-    threads: list[threading.Thread] = []
 
-    def one(i: int) -> None:
-        try:
-            outputs[i] = send(session, url, headers, model, prompts[i], ignore_eos, timeout)
-        finally:
-            if gate is not None:
-                gate.release()
-            bar.update()
+    def send_one(i: int) -> RequestOutput:
+        return send(session, url, headers, model, prompts[i], ignore_eos, timeout)
 
+    threads, due, ready = _senders(n, send_one, outputs, bar, workers)
+    burst = math.isinf(request_rate)
+    if burst:  # all due at once: queued before the senders are let go
+        for i in range(n):
+            due.put(i)
+    ready.wait()
     t0 = time.perf_counter()
-    for i in range(len(prompts)):
-        if gate is not None:
-            gate.acquire()
-        th = threading.Thread(target=one, args=(i,), daemon=True)
-        th.start()
-        threads.append(th)
-        if not math.isinf(request_rate) and i + 1 < len(prompts):
-            time.sleep(rng.expovariate(request_rate))
+    if not burst:
+        for i in range(n):
+            due.put(i)
+            if i + 1 < n:
+                time.sleep(rng.expovariate(request_rate))
+    for _ in threads:
+        due.put(None)
     for th in threads:
         th.join()
     duration = time.perf_counter() - t0
