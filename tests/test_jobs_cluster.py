@@ -140,7 +140,8 @@ class Lab:
 def cluster(lab, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", lab["slurm_conf"])
     monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path / "state"))
-    base = Path("/tmp/hpcserve-jobs-tests") / uuid.uuid4().hex[:8]
+    # on the lab's shared filesystem: every node has its own /tmp, as on a real cluster
+    base = Path(lab["jobs_dir"]) / "tests" / uuid.uuid4().hex[:8]
     base.mkdir(parents=True)
     os.chmod(base, 0o755)
     lab_jobs = Lab(lab, base)
