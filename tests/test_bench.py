@@ -352,3 +352,41 @@ def test_driver_with_no_prompts_returns() -> None:
     outs, dur = run_load("http://h", [], model="m", concurrency=4, progress=False,
                          send=RecordingSend())  # fmt: skip
     assert outs == [] and dur >= 0
+
+
+def test_each_concurrency_level_sends_its_own_prompts(
+    stand_in_http: StandInHTTP,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the same prompts at every level would be answered from vLLM's prefix cache at the later
+    # ones (the H200 run of BENCHMARKS 9: hit rate 0.3% -> 35% across c=1/16/64)
+    from hpcserve.net import bench
+    from hpcserve.net.api import Client
+
+    sent: list[list[str]] = []
+
+    def recording_load(base_url: str, prompts: list[bench.Prompt], **kw: object) -> tuple:
+        sent.append([p.text for p in prompts])
+        return [out(0.0, 0.01, [0.01], 2) for _ in prompts], 1.0
+
+    c = Client(stand_in_http.url)
+    spec = bench.BenchSpec(concurrencies=(1, 4, 8), num_prompts=4, input_len=6, output_len=2)
+    plan = bench.prepare(c, spec)
+    monkeypatch.setattr(bench, "run_load", recording_load)
+    list(bench.runs(c, plan, spec))
+    again = bench.prepare(c, spec)
+    assert len(sent) == 3 and sent[0] == [p.text for p in plan.prompts]
+    assert not set(sent[0]) & set(sent[1]) and not set(sent[1]) & set(sent[2])
+    assert [p.text for p in again.at_level(spec, 2)] == sent[2]  # same seed, same workload
+    other = bench.BenchSpec(concurrencies=(1, 4), num_prompts=4, input_len=6, output_len=2, seed=7)
+    assert [p.text for p in bench.prepare(c, other).prompts] != sent[0]
+
+
+def test_a_prompts_file_is_sent_whole_at_every_level(tmp_path: Path) -> None:
+    from hpcserve.net.bench import BenchPlan, BenchSpec, file_prompts
+
+    f = tmp_path / "p.txt"
+    f.write_text("one two\nthree four\n")
+    spec = BenchSpec(concurrencies=(1, 2), num_prompts=2, prompts_file=str(f))
+    plan = BenchPlan("m", file_prompts(str(f), 2, 4))
+    assert plan.at_level(spec, 1) == plan.at_level(spec, 0) == plan.prompts

@@ -219,7 +219,13 @@ def chat(
     help="Generate exactly --output-len tokens (vLLM's ignore_eos).",
 )
 @click.option("--model", help="Model name (default: the server's first model).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the random prompts; the K-th --concurrency (from 0) draws its own with seed+K.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (vLLM's keys).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG (needs matplotlib).")
 @URL

@@ -566,11 +566,25 @@ class BenchSpec:
 @dataclass
 class BenchPlan:
     """The model and prompts a benchmark sends; ``tokenized`` is False when ``--input-len`` had
-    to count words (the server has no ``/tokenize``), None for a prompts file."""
+    to count words (the server has no ``/tokenize``), None for a prompts file; ``tpw`` is the
+    server's tokens per random word."""
 
     model: str
-    prompts: list[Prompt]
+    prompts: list[Prompt]  # the first concurrency level's
     tokenized: bool | None = None
+    tpw: float | None = None
+
+    def at_level(self, spec: BenchSpec, level: int) -> list[Prompt]:
+        """The prompts of the ``level``-th concurrency (0-based). Random prompts are drawn
+        anew for each level with seed ``spec.seed + level``: repeated prompts would be
+        answered from vLLM's prefix cache at the later levels (its hit rate rose from 0.3% to
+        35% over the levels of the H200 run in BENCHMARKS.md 9, whose levels all sent the
+        same seeded prompts). A prompts file is the user's workload: the same at every level."""
+        if level == 0 or spec.prompts_file:
+            return self.prompts
+        return random_prompts_tokens(
+            spec.num_prompts, spec.input_len, spec.output_len, self.tpw, spec.seed + level
+        )
 
 
 @dataclass
@@ -592,20 +606,21 @@ def prepare(client: Client, spec: BenchSpec) -> BenchPlan:
     prompts = random_prompts_tokens(
         spec.num_prompts, spec.input_len, spec.output_len, tpw, spec.seed
     )
-    return BenchPlan(name, prompts, tpw is not None)
+    return BenchPlan(name, prompts, tpw is not None, tpw)
 
 
 def runs(client: Client, plan: BenchPlan, spec: BenchSpec) -> Iterator[BenchRun]:
-    """Run the prompts once per concurrency (1 when none is given), yielding each run."""
-    for conc in spec.concurrencies or (1,):
+    """Run once per concurrency (1 when none is given), each with its own prompts
+    (:meth:`BenchPlan.at_level`), yielding each run."""
+    for level, conc in enumerate(spec.concurrencies or (1,)):
         outs, dur = run_load(
             client.base_url,
-            plan.prompts,
+            plan.at_level(spec, level),
             model=plan.model,
             api_key=client.api_key,
             concurrency=conc,
             request_rate=spec.request_rate,
-            seed=spec.seed,
+            seed=spec.seed + level,
             ignore_eos=spec.ignore_eos,
         )
         m = compute_metrics(outs, dur, max_concurrency=conc, request_rate=spec.request_rate)

@@ -82,10 +82,10 @@ def bench_api(
     client = Client(base_url, api_key)
     plan = prepare(client, spec)
     results, errors = [], []
-    for conc in spec.concurrencies or (1,):
+    for level, conc in enumerate(spec.concurrencies or (1,)):
         outs, dur = run_load(
-            client.base_url, plan.prompts, model=plan.model, api_key=api_key,
-            concurrency=conc, request_rate=spec.request_rate, seed=spec.seed,
+            client.base_url, plan.at_level(spec, level), model=plan.model, api_key=api_key,
+            concurrency=conc, request_rate=spec.request_rate, seed=spec.seed + level,
             ignore_eos=spec.ignore_eos,
         )  # fmt: skip
         results.append(
