@@ -13,8 +13,10 @@ One GPU, one "node". Steps, in the order given (``--steps a,b,...``):
   ``wait_ready.py`` (hpcserve's own wait loop).
 * ``warm``: the same with the cache the previous ``cold`` left (node-local caches emptied:
   another node of the same site).
-* ``warm+bench``: ``warm``, then on that server ``vllm bench serve`` (``vllm_bench_many.py``)
-  and ``hpcserve bench`` at concurrency 1, 16 and 64.
+* ``warm+bench`` / ``cold+bench``: that start, then on that server ``--bench-rounds`` rounds of
+  ``vllm bench serve`` (``vllm_bench_many.py``) and ``hpcserve bench`` at concurrency 1, 16
+  and 64, the tool going first alternating, every (round, tool, level) with prompts of its
+  own seed.
 * ``load=NAME``: ``warm`` with a weight-loading option (:data:`LOADS`) after dropping the page
   cache, so the weights come from disk.
 
@@ -66,9 +68,12 @@ LOADS: dict[str, list[str]] = {  # hpcserve render options (hpcserve/launch/vllm
     "eager": ["--safetensors-load-strategy", "eager"],
     "prefetch": ["--safetensors-load-strategy", "prefetch"],
     "mt8": ["--model-loader-extra-config", '{"enable_multithread_load": true, "num_threads": 8}'],
+    "fastsafetensors": ["--load-format", "fastsafetensors"],
+    "runai": ["--load-format", "runai_streamer"],
+    "instanttensor": ["--load-format", "instanttensor"],
 }
 LEVELS = ((1, 16), (16, 64), (64, 128))  # (concurrency, prompts)
-GUESS_S = {"bare": 125.0, "cold": 125.0, "warm": 70.0, "bench": 140.0, "load": 85.0}  # run 1
+GUESS_S = {"bare": 125.0, "cold": 125.0, "warm": 70.0, "bench": 65.0, "load": 90.0}  # run 3
 
 T0 = time.time()
 
@@ -180,8 +185,9 @@ def render(job: Path, extra: list[str]) -> Path:
 
 
 class Runner:
-    def __init__(self, tag: str, out: Path, deadline: float) -> None:
+    def __init__(self, tag: str, out: Path, deadline: float, bench_rounds: int = 1) -> None:
         self.tag, self.out, self.deadline = tag, out, deadline
+        self.bench_rounds = bench_rounds
         self.work = Path(f"/tmp/ready-{tag}")
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
@@ -191,7 +197,9 @@ class Runner:
 
     def fits(self, step: str) -> bool:
         """Whether ``step`` ends before the deadline, judged by the last step of its kind."""
-        kinds = {"warm+bench": ["warm", "bench"]}.get(step, [step.split("=")[0]])
+        kinds = [step.split("=")[0]]
+        if step.endswith("+bench"):
+            kinds = [step.removesuffix("+bench"), "bench"]
         guess = sum(self.took.get(k, GUESS_S[k]) for k in kinds)
         left = self.deadline - (time.time() - T0)
         return guess <= left
@@ -287,44 +295,63 @@ class Runner:
         self.record(res)
 
     def bench(self, job: Path) -> dict[str, Any]:
+        """One discarded warm-up (c=64, 64 prompts), then ``--bench-rounds`` rounds of both
+        tools at every level, the first tool alternating (vLLM first in odd rounds). Each
+        (round, tool, level) sends prompts of its own seed: none is a repeat that vLLM's prefix
+        cache could answer."""
         d = job / "bench"
         d.mkdir()
         t = time.time()
         env = self.env()
         common = ["--input-len", "128", "--output-len", "128", "--json"]
         hp = [sys.executable, "-m", "hpcserve", "bench", "--url", URL]
-        r = subprocess.run([*hp, "--concurrency", "16", "--num-prompts", "32", *common],
-                           cwd=PKG, env=env, capture_output=True, text=True, timeout=200,
-                           check=False)  # fmt: skip
+        r = subprocess.run([*hp, "--concurrency", "64", "--num-prompts", "64", "--seed", "9",
+                            *common], cwd=PKG, env=env, capture_output=True, text=True,
+                           timeout=200, check=False)  # fmt: skip
         (d / "warmup.json").write_text(r.stdout)
         (d / "warmup.err").write_text(r.stderr)
         log(f"bench warm-up rc={r.returncode} in {time.time() - t:.0f} s")
         venv = {**env, "PYTHONPATH": f"{ROOT / 'site'}:{ROOT / 'deps'}"}
-        levels = ",".join(f"{c}:{n}" for c, n in LEVELS)
         vargs = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
                  "--base-url", URL, "--model", MODEL, "--tokenizer", MODEL,
                  "--dataset-name", "random", "--random-input-len", "128",
                  "--random-output-len", "128", "--ignore-eos",
                  "--percentile-metrics", "ttft,tpot,itl,e2el"]  # fmt: skip
-        with open(d / "vllm-bench.txt", "w") as fh:
-            r = subprocess.run(
-                [sys.executable, str(HERE / "vllm_bench_many.py"), "--levels", levels,
-                 "--result-dir", str(d), "--", *vargs],
-                env=venv, stdout=fh, stderr=subprocess.STDOUT, timeout=300, check=False,
-            )  # fmt: skip
-        log(f"vllm bench rc={r.returncode} at {time.time() - t:.0f} s")
-        for c, n in LEVELS:
-            r = subprocess.run([*hp, "--concurrency", str(c), "--num-prompts", str(n), *common],
-                               cwd=PKG, env=env, capture_output=True, text=True, timeout=200,
-                               check=False)  # fmt: skip
-            (d / f"hpcserve-c{c}.json").write_text(r.stdout)
-            (d / f"hpcserve-c{c}.err").write_text(r.stderr)
-            log(f"hpcserve bench c={c} rc={r.returncode} at {time.time() - t:.0f} s")
-        summary = summarize_bench(d)
-        for row in summary:
-            log(f"bench: {row}")
+
+        def vllm_round(rnd: int) -> None:
+            levels = ",".join(f"{c}:{n}:{seed(rnd, 'vllm', i)}" for i, (c, n) in enumerate(LEVELS))
+            with open(d / f"vllm-r{rnd}-bench.txt", "w") as fh:
+                r = subprocess.run(
+                    [sys.executable, str(HERE / "vllm_bench_many.py"), "--levels", levels,
+                     "--result-dir", str(d), "--prefix", f"vllm-r{rnd}-", "--", *vargs],
+                    env=venv, stdout=fh, stderr=subprocess.STDOUT, timeout=300, check=False,
+                )  # fmt: skip
+            log(f"round {rnd} vllm bench rc={r.returncode} at {time.time() - t:.0f} s")
+
+        def hpcserve_round(rnd: int) -> None:
+            for i, (c, n) in enumerate(LEVELS):
+                r = subprocess.run([*hp, "--concurrency", str(c), "--num-prompts", str(n),
+                                    "--seed", str(seed(rnd, "hpcserve", i)), *common],
+                                   cwd=PKG, env=env, capture_output=True, text=True,
+                                   timeout=200, check=False)  # fmt: skip
+                (d / f"hpcserve-r{rnd}-c{c}.json").write_text(r.stdout)
+                (d / f"hpcserve-r{rnd}-c{c}.err").write_text(r.stderr)
+                log(
+                    f"round {rnd} hpcserve bench c={c} rc={r.returncode} at {time.time() - t:.0f} s"
+                )
+
+        rounds = []
+        for rnd in range(1, self.bench_rounds + 1):
+            order = (vllm_round, hpcserve_round) if rnd % 2 else (hpcserve_round, vllm_round)
+            for f in order:
+                f(rnd)
+            summary = summarize_bench(d, rnd)
+            for row in summary:
+                log(f"bench round {rnd}: {row}")
+            rounds.append({"round": rnd, "first": "vllm" if rnd % 2 else "hpcserve",
+                           "levels": summary})  # fmt: skip
         self.took["bench"] = time.time() - t
-        return {"levels": summary, "took_s": round(time.time() - t, 1)}
+        return {"rounds": rounds, "took_s": round(time.time() - t, 1)}
 
     def run(self, steps: list[str]) -> None:
         for step in steps:
@@ -338,8 +365,8 @@ class Runner:
                     self.bare()
                 elif step in ("cold", "warm"):
                     self.launcher(step)
-                elif step == "warm+bench":
-                    self.launcher("warm", bench=True)
+                elif step in ("cold+bench", "warm+bench"):
+                    self.launcher(step.removesuffix("+bench"), bench=True)
                 elif step.startswith("load="):
                     self.launcher("warm", load=step.split("=", 1)[1])
             except Exception as e:  # keep going: the other steps still count
@@ -352,12 +379,19 @@ class Runner:
         log(f"packed {self.out / f'ready-{self.tag}.tar.gz'}")
 
 
-def summarize_bench(d: Path) -> list[dict[str, Any]]:
-    keys = ("completed", "output_throughput", "median_ttft_ms", "median_tpot_ms", "mean_tpot_ms")
+def seed(rnd: int, tool: str, level: int) -> int:
+    """The prompts' seed of one (round, tool, level): all different."""
+    return 100 * rnd + (50 if tool == "hpcserve" else 0) + level
+
+
+def summarize_bench(d: Path, rnd: int) -> list[dict[str, Any]]:
+    keys = ("completed", "output_throughput", "median_ttft_ms", "median_tpot_ms", "mean_tpot_ms",
+            "mean_itl_ms")  # fmt: skip
     rows = []
     for c, _ in LEVELS:
         row: dict[str, Any] = {"c": c}
-        for tool, f in (("vllm", d / f"vllm-c{c}.json"), ("hpcserve", d / f"hpcserve-c{c}.json")):
+        for tool in ("vllm", "hpcserve"):
+            f = d / f"{tool}-r{rnd}-c{c}.json"
             try:
                 data = json.loads(f.read_text())
                 data = data[0] if isinstance(data, list) else data
@@ -406,10 +440,11 @@ def main() -> None:
     ap.add_argument("--tag", required=True)
     ap.add_argument("--deadline", type=float, default=560, help="seconds from now")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    ap.add_argument("--bench-rounds", type=int, default=1)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    r = Runner(args.tag, out, args.deadline)
+    r = Runner(args.tag, out, args.deadline, args.bench_rounds)
     try:
         r.run([s for s in args.steps.split(",") if s])
     finally:

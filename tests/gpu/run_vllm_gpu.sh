@@ -46,6 +46,12 @@ setup() {
     python3 -m zipfile -e /tmp/vb/vllm-stripped.zip "$ROOT/site" || return 1
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --target "$ROOT/deps" /tmp/vb/wheels/*.whl || return 1
+    # optional loaders carried beside the scripts (fastsafetensors, runai-model-streamer, ...)
+    if compgen -G "$HERE/extra/*.whl" >/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+            --target "$ROOT/deps" "$HERE"/extra/*.whl || return 1
+        log "extra wheels: $(cd "$HERE/extra" && echo *.whl)"
+    fi
     local py
     py=$(command -v python3)
     cat >"$ROOT/bin/vllm" <<WRAP
