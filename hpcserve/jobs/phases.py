@@ -10,7 +10,13 @@ main, 2025/2026, and log excerpts of 0.10-0.11 runs), with older spellings kept 
 differ; see ``tests/data/vllm-lines/README.md`` for where each line comes from:
 
 - ``Starting to load model %s...``                      v1/worker/gpu_model_runner.py
-- ``Loading safetensors checkpoint shards:  50% Completed | 1/2 [...]``
+- ``Loading model from scratch...``                     v1/worker/gpu/model_runner.py (V2 runner)
+- ``Filesystem type for checkpoints: %s. Checkpoint size: %.2f GiB. Available RAM: ...``
+                                                       model_loader/weight_utils.py
+- ``Loading safetensors checkpoint shards:  50% Completed | 1/2 [...]``, with `` (eager)`` for
+  ``--safetensors-load-strategy eager``, ``Loading fastsafetensors checkpoint shards: ...``,
+  ``Loading safetensors using Runai Model Streamer:  22% Completed | 63/291`` (tensors) and
+  ``Loading safetensors using InstantTensor loader:   7% Completed | 0.98G/15.0G`` (bytes)
                                                        model_loader/weight_utils.py (tqdm)
 - ``Loading weights took %.2f seconds``                 model_loader/default_loader.py
 - ``Model loading took %s GiB memory and %.6f seconds`` v1/worker/gpu/model_runner.py
@@ -73,8 +79,10 @@ _VERSION = re.compile(
     r"vLLM API server version (\S+)|Initializing a V1 LLM engine \(v([^)\s]+)\)"
     r"|Launching vLLM \(v([^)\s]+)\)|\u2588\s+version (\d+\.\d+\S*)"
 )
-_LOAD_START = re.compile(r"Starting to load model (\S+?)(?:\.\.\.)?\s*$")
-_SHARDS = re.compile(r"Loading \w+ checkpoint shards:\s*(\d+)%.*?(\d+)/(\d+)")
+_LOAD_START = re.compile(r"Starting to load model (\S+?)(?:\.\.\.)?\s*$|Loading model from scratch")
+_SHARDS = re.compile(r"Loading \w+ checkpoint shards(?: \(\w+\))?:\s*(\d+)%.*?(\d+)/(\d+)")
+_STREAMED = re.compile(r"Loading safetensors using [\w ]+?:\s*(\d+)% Completed")
+_CHECKPOINT = re.compile(r"Filesystem type for checkpoints: (\S+?)\. Checkpoint size: " + _FLOAT)
 _WEIGHTS_TOOK = re.compile(r"Loading weights took " + _FLOAT + r" seconds")
 _MODEL_TOOK = re.compile(r"Model loading took " + _FLOAT + r" GiB")
 _KV_MEM = re.compile(
@@ -115,6 +123,8 @@ class PhaseInfo:
     shards_done: int | None = None
     shards_total: int | None = None
     model_memory_gib: float | None = None
+    checkpoint_fs: str | None = None  # the filesystem vLLM found the checkpoint on, e.g. LUSTRE
+    checkpoint_gib: float | None = None
     kv_cache_memory_gib: float | None = None
     kv_cache_tokens: int | None = None
     max_model_len: int | None = None
@@ -155,6 +165,8 @@ class PhaseInfo:
             bits.append(f"{self.shards_done}/{self.shards_total} shards")
         if self.model_memory_gib is not None:
             bits.append(f"{self.model_memory_gib:g} GiB loaded")
+        elif self.checkpoint_gib is not None:
+            bits.append(f"{self.checkpoint_gib:g} GiB on {self.checkpoint_fs}")
         return bits
 
     def kv_bits(self) -> list[str]:
@@ -225,14 +237,20 @@ def _fold_version(info: PhaseInfo, line: str) -> None:
 
 
 def _fold_loading(info: PhaseInfo, line: str) -> None:
-    if "load" not in line and "Load" not in line:
+    if "load" not in line and "Load" not in line and "checkpoints" not in line:
         return
     if m := _LOAD_START.search(line):
-        info.model = m.group(1)
+        info.model = m.group(1) or info.model
+        info.advance("loading")
+    elif m := _CHECKPOINT.search(line):
+        info.checkpoint_fs, info.checkpoint_gib = m.group(1), float(m.group(2))
         info.advance("loading")
     elif m := _SHARDS.search(line):
         info.weights_percent = int(m.group(1))
         info.shards_done, info.shards_total = int(m.group(2)), int(m.group(3))
+        info.advance("loading")
+    elif m := _STREAMED.search(line):
+        info.weights_percent = int(m.group(1))
         info.advance("loading")
     elif _WEIGHTS_TOOK.search(line):
         info.weights_percent = 100
