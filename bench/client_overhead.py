@@ -15,6 +15,10 @@ chunk then the first token, one chunk per token, the last with ``finish_reason``
 chunk (``stream_options.include_usage``) and ``data: [DONE]``, over HTTP/1.1 chunked encoding.
 It is plain asyncio (no aiohttp in hpcserve's venv) and runs in its own process.
 
+Each tool runs from its own CLI (``python -m hpcserve bench``, ``vllm bench serve``) through a
+short wrapper that only records, after the run, each request's start time and TTFT and the CPU
+time of the load phase, so that each client TTFT splits into send + server TTFT + receive.
+
 Server truth per request: TTFT = the request fully read -> the first content chunk written to
 the socket; TPOT = the mean gap between the token chunks it wrote. All clocks are
 ``time.perf_counter`` (CLOCK_MONOTONIC on Linux, shared by the processes).
@@ -360,15 +364,20 @@ def server_truth(log: list[dict[str, Any]], tool: str) -> dict[str, float]:
 KEYS = ("median_ttft_ms", "mean_ttft_ms", "median_tpot_ms", "mean_tpot_ms")
 
 
-def split(log: list[dict[str, Any]], reqs: list[dict[str, Any]], tool: str) -> dict[str, float]:
+def split(
+    log: list[dict[str, Any]], reqs: list[dict[str, Any]], tool: str, conc: int
+) -> dict[str, float]:
     """Each client TTFT = send (client clock start -> request read by the server) + server
-    TTFT + receive (first chunk written -> the client's first-chunk timestamp); medians, ms."""
+    TTFT + receive (first chunk written -> the client's first-chunk timestamp); medians, ms,
+    also of the send for the first ``conc`` requests (by clock start: new connections) and the
+    rest (kept-alive connections)."""
     if tool == "vllm":
         by = {int(r["request_id"].rsplit("-", 1)[1]): r for r in log if r["request_id"]}
         pairs = [(q, by[q["index"]]) for q in reqs if q["index"] in by]
     else:
         byk = {r["key"]: r for r in log}
         pairs = [(q, byk[q["key"]]) for q in reqs if q["key"] in byk]
+    pairs.sort(key=lambda p: float(p[0]["start"]))
     send = [(s["arrival"] - q["start"]) * 1000 for q, s in pairs]
     recv = [(q["start"] + q["ttft"] - s["first"]) * 1000 for q, s in pairs]
     return {
@@ -377,6 +386,8 @@ def split(log: list[dict[str, Any]], reqs: list[dict[str, Any]], tool: str) -> d
         "recv_ms": statistics.median(recv),
         "max_send_ms": max(send),
         "max_recv_ms": max(recv),
+        "send_first_wave_ms": statistics.median(send[:conc]),
+        "send_later_ms": statistics.median(send[conc:]) if send[conc:] else float("nan"),
     }
 
 
@@ -388,7 +399,7 @@ def one_run(url: str, tool: str, conc: int, seed: int, out: Path) -> dict[str, A
     row: dict[str, Any] = {"tool": tool, "conc": conc, "seed": seed, "server": truth}
     keys = (*KEYS, "median_itl_ms", "mean_itl_ms", "output_throughput", "completed", "cpu_s")
     row["client"] = {k: client[k] for k in keys}
-    row["split"] = split(log, client["requests"], tool)
+    row["split"] = split(log, client["requests"], tool, conc)
     return row
 
 
@@ -453,8 +464,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 def per_round(rows: list[dict[str, Any]]) -> str:
     out = [
         "| round | tool | c | seed | median TTFT client-server | median TPOT client-server "
-        "| send (median / max) | receive (median / max) | client CPU s | load |",
-        "|---" * 10 + "|",
+        "| send (median / max) | send: first wave / later | receive (median / max) "
+        "| client CPU s | load |",
+        "|---" * 11 + "|",
     ]
     for r in rows:
         dt = r["client"]["median_ttft_ms"] - r["server"]["median_ttft_ms"]
@@ -463,6 +475,7 @@ def per_round(rows: list[dict[str, Any]]) -> str:
         out.append(
             f"| {r['round']} | {r['tool']} | {r['conc']} | {r['seed']} | {dt:+.2f} | {dp:+.3f} "
             f"| {sp['send_ms']:.2f} / {sp['max_send_ms']:.2f} "
+            f"| {sp['send_first_wave_ms']:.2f} / {sp['send_later_ms']:.2f} "
             f"| {sp['recv_ms']:.2f} / {sp['max_recv_ms']:.2f} | {r['client']['cpu_s']:.2f} "
             f"| {r['load']} |"
         )
