@@ -14,18 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_gpu_ready_runs import CONFIG, H200_MIB, _desired_gib, _within
+from test_gpu_ready_runs import _within, check_memory_chain
 
 from hpcserve.jobs.phases import PHASES, PhaseInfo, read_phase, split_lines
-from hpcserve.plan.modelinfo import load_model_info
-from hpcserve.plan.sizing import (
-    GIB,
-    kv_memory_budget,
-    parse_vllm_kv_log,
-    predict_kv_cache_tokens,
-    stage_weight_bytes,
-    vllm_rules,
-)
 
 DATA = Path(__file__).parent / "data" / "gpu-vllm-4"
 #: what each loader step passed to ``hpcserve render`` (tests/gpu/ready_runs.py LOADS) and a
@@ -117,20 +108,7 @@ def test_wait_shows_the_loaders_progress(start: str) -> None:
 
 @pytest.mark.parametrize("start", sorted(STARTS))
 def test_the_whole_memory_chain_predicts_every_starts_kv_cache(start: str) -> None:
-    text = _log(start)
-    seen = parse_vllm_kv_log(text)
-    info = load_model_info("llama-8b", str(CONFIG))
-    rules = vllm_rules("0.26.0")
-    (weights,) = stage_weight_bytes(info, 1)
-    b = kv_memory_budget(
-        info, H200_MIB * 2**20, rules.default_utilization, weights, tp=1, rules=rules
-    )
-    assert _within(b.requested, _desired_gib(text) * GIB)
-    assert _within(b.available, seen["available_bytes"])
-    pred = predict_kv_cache_tokens(
-        info, b.available, tp=1, pp=1, max_model_len=8192, report=rules.kv_report
-    )
-    assert _within(pred.tokens, seen["tokens"]), (pred.tokens, seen)
+    check_memory_chain(_log(start))
 
 
 # -- both benchmarks, three rounds on the cold start's server -------------------------------

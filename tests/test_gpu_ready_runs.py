@@ -156,9 +156,12 @@ def _within(pred: float, seen: float) -> bool:
 
 @pytest.mark.parametrize("start", COLD + WARM)
 def test_the_whole_memory_chain_predicts_vllms_kv_cache(start: str) -> None:
+    check_memory_chain(_log(start))
+
+
+def check_memory_chain(text: str) -> None:
     """nvidia-smi's total × 0.92 − weights − activation peak − non-torch -> Available KV cache
-    memory, then tokens; vLLM 0.26.0's rules, the 8 B layout's config."""
-    text = _log(start)
+    memory, then tokens; vLLM 0.26.0's rules, the 8 B layout's config (one start's log)."""
     seen = parse_vllm_kv_log(text)
     info = load_model_info("llama-8b", str(CONFIG))
     rules = vllm_rules("0.26.0")
