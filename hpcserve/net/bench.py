@@ -609,9 +609,14 @@ def prepare(client: Client, spec: BenchSpec) -> BenchPlan:
     return BenchPlan(name, prompts, tpw is not None, tpw)
 
 
-def runs(client: Client, plan: BenchPlan, spec: BenchSpec) -> Iterator[BenchRun]:
+def runs(
+    client: Client,
+    plan: BenchPlan,
+    spec: BenchSpec,
+    percentiles: Sequence[float] = PERCENTILES,
+) -> Iterator[BenchRun]:
     """Run once per concurrency (1 when none is given), each with its own prompts
-    (:meth:`BenchPlan.at_level`), yielding each run."""
+    (:meth:`BenchPlan.at_level`), yielding each run with ``percentiles`` of its latencies."""
     for level, conc in enumerate(spec.concurrencies or (1,)):
         outs, dur = run_load(
             client.base_url,
@@ -623,7 +628,9 @@ def runs(client: Client, plan: BenchPlan, spec: BenchSpec) -> Iterator[BenchRun]
             seed=spec.seed + level,
             ignore_eos=spec.ignore_eos,
         )
-        m = compute_metrics(outs, dur, max_concurrency=conc, request_rate=spec.request_rate)
+        m = compute_metrics(
+            outs, dur, percentiles, max_concurrency=conc, request_rate=spec.request_rate
+        )
         yield BenchRun(m, [o.error for o in outs if not o.success])
 
 

@@ -23,7 +23,7 @@ from hpcserve.errors import HpcserveError, RemoteError
 from hpcserve.jobs.failures import Failure
 from hpcserve.jobs.record import JobRecord
 from hpcserve.jobs.watch import JobWatch
-from hpcserve.net.bench import BenchSpec, Metrics, compute_metrics, prepare, run_load
+from hpcserve.net.bench import BenchSpec, Metrics, prepare, runs
 from hpcserve.sweep.job import EXIT, STOP, LayoutJob, SweepJob
 from hpcserve.sweep.slo import PERCENTILES
 
@@ -75,27 +75,17 @@ class Bench(Protocol):
 def bench_api(
     base_url: str, api_key: str | None, spec: BenchSpec
 ) -> tuple[list[Metrics], list[str]]:
-    """``hpcserve bench``'s load (:func:`hpcserve.net.bench.run_load`) at each concurrency, with
+    """``hpcserve bench``'s runs (:func:`hpcserve.net.bench.runs`) at each concurrency, with
     the percentiles the SLO can name; (metrics per concurrency, first error of each run)."""
     from hpcserve.net.api import Client
 
     client = Client(base_url, api_key)
-    plan = prepare(client, spec)
     results, errors = [], []
-    for level, conc in enumerate(spec.concurrencies or (1,)):
-        outs, dur = run_load(
-            client.base_url, plan.at_level(spec, level), model=plan.model, api_key=api_key,
-            concurrency=conc, request_rate=spec.request_rate, seed=spec.seed + level,
-            ignore_eos=spec.ignore_eos,
-        )  # fmt: skip
-        results.append(
-            compute_metrics(
-                outs, dur, PERCENTILES, max_concurrency=conc, request_rate=spec.request_rate
-            )
-        )
-        failed = [o.error for o in outs if not o.success]
-        if failed:
-            errors.append(f"concurrency {conc}: {len(failed)} failed; first: {failed[0]}")
+    for run in runs(client, prepare(client, spec), spec, PERCENTILES):
+        results.append(run.metrics)
+        if run.errors:
+            conc = run.metrics.max_concurrency
+            errors.append(f"concurrency {conc}: {len(run.errors)} failed; first: {run.errors[0]}")
     return results, errors
 
 
