@@ -8,7 +8,7 @@ import time
 
 import pytest
 from cliutil import run_main
-from test_cli_jobs import FakeCluster, add_job
+from test_cli_jobs import STARTUP, FakeCluster, add_job, endpoint, health_server  # noqa: F401
 
 from hpcserve.jobs.registry import Registry
 from hpcserve.service import chain
@@ -122,6 +122,46 @@ def test_a_service_ended_by_idle_stop_says_so(svc, capsys) -> None:
     assert code == 0, err
     assert "COMPLETED - stopped: idle for 1m (nothing running or waiting since 12:00:01)" in out
     assert "  stopped:   idle (by job 102 at " in out
+
+
+def test_wait_of_a_service_follows_its_chain_onto_the_next_job(
+    tmp_path,
+    monkeypatch,
+    capsys,
+    health_server,  # noqa: F811
+) -> None:
+    # the first job ran out of time before it was ready (a start slower than the lead time);
+    # its successor, submitted by it meanwhile, is the one that serves: wait ends with its URL
+    monkeypatch.setenv("HPCSERVE_STATE_DIR", str(tmp_path / "state"))
+    c = ServiceCluster()
+    Registry().update(mark_service(add_job("101", name="qwen", nodes=1), SVC))
+    c.ex.files[LOG] = "1000 service 101 name=qwen\n1000 submitted 101 by=user\n"
+    c.add("101", "RUNNING", nodes=1)
+    c.ex.files["/jobs/101/node-0.log"] = "INFO Starting to load model x...\n"
+    c.script["101"] = ["RUNNING", "TIMEOUT"]
+    c.ex.files["/jobs/101/slurm-101.out"] = (
+        "slurmstepd: error: *** JOB 101 ON lab-n1 CANCELLED AT 2026-12-01T19:30:01 DUE TO TIME "
+        "LIMIT ***\n"
+    )
+    real = c.respond
+
+    def respond(argv: list[str]):  # type: ignore[no-untyped-def]
+        answer = real(argv)
+        if c.jobs["101"]["state"] == "TIMEOUT" and "102" not in c.jobs:
+            c.ex.files[LOG] += "1200 submitted 102 by=101\n"
+            c.add("102", "RUNNING", nodes=1)
+            c.ex.files[f"{SVC}/jobs/102/node-0.log"] = STARTUP
+            c.ex.files[f"{SVC}/jobs/102/endpoint.json"] = endpoint("102", health_server)
+            c.ex.files[f"{SVC}/{chain.CURRENT}"] = f"102 127.0.0.1 {health_server} 0\n"
+        return answer
+
+    c.ex.responders = [respond]
+    # the head of a service is read from its `current` file through an executor of its own
+    monkeypatch.setattr("hpcserve.cluster.connect.executor_for", lambda site: c.ex)
+    code, out, err = c.run(capsys, "wait", "qwen", "--timeout", "30")
+    assert code == 0, err
+    assert out.strip() == f"http://127.0.0.1:{health_server}"
+    assert "ready at" in err
 
 
 # -- the options -------------------------------------------------------------------------------

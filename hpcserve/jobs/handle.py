@@ -321,13 +321,26 @@ class Job:
     ) -> WaitResult:
         """Until the API answers, the job fails or ends, or ``timeout_s`` passes.
 
-        ``on_change`` gets each status whose phase (or detail) changed: progress lines.
+        ``on_change`` gets each status whose phase (or detail) changed: progress lines. A
+        service's wait follows its chain: when the job it watched ended unready and the chain
+        went on to another job, it waits for that one, in what is left of ``timeout_s``.
         """
         if timeout_s is not None and timeout_s <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
-        return wait_ready(
-            self.watch, timeout_s, timing=self.timing, on_change=on_change, clock=clock, sleep=sleep
-        )
+        deadline = None if timeout_s is None else clock() + timeout_s
+        while True:
+            left = None if deadline is None else max(deadline - clock(), 0.001)
+            res = wait_ready(
+                self.watch, left, timing=self.timing, on_change=on_change, clock=clock, sleep=sleep
+            )
+            if res.status.ready or res.timed_out or not self._moved_on():
+                return res
+
+    def _moved_on(self) -> bool:
+        """Whether a service's chain went on to another job than the one watched."""
+        watched = self.record.job_id
+        self._refocus()
+        return self.record.job_id != watched
 
     # -- logs --------------------------------------------------------------------------------
     def log_sources(self, node: int | None = None, batch: bool = False) -> list[LogSource]:
