@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-HPCSERVE_PY = "/work/venv-dev/bin/python"
-VLLM_PY = "/var/cache/hpcserve-lab/vllm-venv/bin/python"  # its bin/vllm calls cli.main.main
-TOKENIZER = "/var/cache/hpcserve-lab/models/tiny-llama"
+LAB_CACHE = Path(os.environ.get("HPCSERVE_LAB_CACHE", "/var/cache/hpcserve-lab"))  # `lab up`'s
+HPCSERVE_PY = sys.executable  # the interpreter hpcserve is installed in (this one)
+VLLM_PY = str(LAB_CACHE / "vllm-venv" / "bin" / "python")  # its bin/vllm calls cli.main.main
+TOKENIZER = str(LAB_CACHE / "models" / "tiny-llama")
 MODEL = "standin"
 KEY = 60
 # `hpcserve bench` as its CLI runs it, with run_load wrapped to keep each request's timings
