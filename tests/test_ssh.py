@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from net_fixtures import SshLab, keygen, ssh_lab  # noqa: F401
 
 from hpcserve.cluster.sshconfig import Overrides, parse_hop_spec, resolve
 from hpcserve.errors import HpcserveError, UsageError
+
+if TYPE_CHECKING:
+    from net_fixtures import Sshd
+
+    from hpcserve.cluster.ssh import SshExecutor
 
 CONFIG = """
 Host login
@@ -245,66 +252,60 @@ def test_keyboard_interactive_without_terminal_is_a_sentence(tmp_path: Path) -> 
 # -- faults: the login node's sshd restarted, sessions dropped (docs/reliability.md) -----------
 
 
+@pytest.fixture
+def login(ssh_lab: SshLab) -> Iterator[tuple[Sshd, SshExecutor]]:  # noqa: F811
+    """A real sshd as the login node (its host key known) and an executor through it."""
+    from hpcserve.cluster.ssh import SshExecutor
+
+    server = ssh_lab.add("login")
+    ssh_lab.write_known_hosts("login")
+    ssh_lab.write_config()
+    ex = SshExecutor(login="login", prompter=None)
+    try:
+        yield server, ex
+    finally:
+        ex.close()
+
+
 def test_dropped_connection_mid_command_is_unreachable_then_reconnects(
-    ssh_lab: SshLab,  # noqa: F811
+    login: tuple[Sshd, SshExecutor],
 ) -> None:
     import threading
 
-    from hpcserve.cluster.ssh import SshExecutor
     from hpcserve.errors import Unreachable
 
-    server = ssh_lab.add("login")
-    ssh_lab.write_known_hosts("login")
-    ssh_lab.write_config()
-    ex = SshExecutor(login="login", prompter=None)
-    try:
-        assert ex.run(["true"]).ok
-        threading.Timer(0.5, server.kill_sessions).start()
-        with pytest.raises(Unreachable, match="dropped while `sleep 30` ran"):
-            ex.run(["sleep", "30"])
-        assert ex.run(["echo", "back"]).stdout == "back\n"  # a new connection, same executor
-    finally:
-        ex.close()
+    server, ex = login
+    assert ex.run(["true"]).ok
+    threading.Timer(0.5, server.kill_sessions).start()
+    with pytest.raises(Unreachable, match="dropped while `sleep 30` ran"):
+        ex.run(["sleep", "30"])
+    assert ex.run(["echo", "back"]).stdout == "back\n"  # a new connection, same executor
 
 
 def test_stopped_sshd_is_unreachable_and_a_restarted_one_is_used_again(
-    ssh_lab: SshLab,  # noqa: F811
+    login: tuple[Sshd, SshExecutor],
 ) -> None:
-    from hpcserve.cluster.ssh import SshExecutor
     from hpcserve.errors import Unreachable
 
-    server = ssh_lab.add("login")
-    ssh_lab.write_known_hosts("login")
-    ssh_lab.write_config()
-    ex = SshExecutor(login="login", prompter=None)
-    try:
-        assert ex.run(["true"]).ok
-        server.stop()
-        with pytest.raises(Unreachable):
-            ex.run(["true"])
-        with pytest.raises(Unreachable):
-            ex.read_text("/etc/hostname")
-        server.start()
-        assert ex.run(["echo", "again"]).stdout == "again\n"
-        assert ex.read_text(str(server.config)).startswith("Port ")
-    finally:
-        ex.close()
+    server, ex = login
+    assert ex.run(["true"]).ok
+    server.stop()
+    with pytest.raises(Unreachable):
+        ex.run(["true"])
+    with pytest.raises(Unreachable):
+        ex.read_text("/etc/hostname")
+    server.start()
+    assert ex.run(["echo", "again"]).stdout == "again\n"
+    assert ex.read_text(str(server.config)).startswith("Port ")
 
 
 def test_write_failure_says_what_the_login_node_says(
     ssh_lab: SshLab,  # noqa: F811
+    login: tuple[Sshd, SshExecutor],
 ) -> None:
-    from hpcserve.cluster.ssh import SshExecutor
-
-    ssh_lab.add("login")
-    ssh_lab.write_known_hosts("login")
-    ssh_lab.write_config()
+    _server, ex = login
     blocker = ssh_lab.dir / "a-file"
     blocker.write_text("not a directory\n")
-    ex = SshExecutor(login="login", prompter=None)
-    try:
-        with pytest.raises(HpcserveError, match=r"\(sh: .*: Directory nonexistent\)") as e:
-            ex.write_text(str(blocker / "job" / "launcher.sbatch"), "#!/bin/bash\n")
-        assert "\n" not in str(e.value)
-    finally:
-        ex.close()
+    with pytest.raises(HpcserveError, match=r"\(sh: .*: Directory nonexistent\)") as e:
+        ex.write_text(str(blocker / "job" / "launcher.sbatch"), "#!/bin/bash\n")
+    assert "\n" not in str(e.value)
