@@ -77,6 +77,7 @@ def plan(
     config_json: str | None = None,
     dp: int | None = None,
     ep: bool | None = None,
+    revision: str | None = None,
 ) -> Plan:
     """Size ``model`` for ``site`` as ``hpcserve plan`` does; ``nodes=None`` finds the fewest.
 
@@ -88,7 +89,7 @@ def plan(
     s = load_site(site)
     return plan_for_site(
         s,
-        load_model_info(model, config_json),
+        load_model_info(model, config_json, revision=revision),
         nodes=nodes,
         tp=tp,
         pp=pp,
@@ -208,7 +209,12 @@ def sweep(
 
     bounds = parse_slo(slo)
     s = _launch_site(site, options, submitting=True)
-    info = load_model_info(model, config_json) if config_json else local_model_info(model)
+    revision = (options.get("vllm_options") or {}).get("revision")
+    info = (
+        load_model_info(model, config_json)
+        if config_json
+        else local_model_info(model, revision=revision)
+    )
     executor = executor_for(s)
     try:
         return start(

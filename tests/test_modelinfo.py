@@ -85,6 +85,9 @@ def test_cache_lookup_by_revision(tmp_path: Path) -> None:
     assert locate_model("org/m", env=env, revision="abc123", network=False).source == "cache"
     with pytest.raises(UsageError):
         locate_model("org/m", env=env, revision="v2", network=False)
+    # render/submit check a layout against the config of the revision they will serve
+    assert local_model_info("org/m", env=env, revision="abc123") is not None
+    assert local_model_info("org/m", env=env, revision="v2") is None
 
 
 def test_multimodal_wrapper_reads_text_config() -> None:

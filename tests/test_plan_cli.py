@@ -164,3 +164,31 @@ def test_dp_that_does_not_divide_is_one_line(capsys: pytest.CaptureFixture[str])
     )  # fmt: skip
     assert code == 2
     assert "--dp 3 does not divide the 8 GPUs of 2 node(s)" in err and "Traceback" not in err
+
+
+def test_revision_picks_that_snapshots_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # the HF cache holds two revisions of one model; `plan --revision` sizes the named one, as
+    # `submit --revision` will serve it
+    repo = tmp_path / "hf" / "hub" / "models--org--m"
+    for snap, layers in (("aaa", 80), ("bbb", 40)):
+        (repo / "snapshots" / snap).mkdir(parents=True)
+        cfg = json.loads((DATA / "llama-3.1-70b.json").read_text())
+        cfg["num_hidden_layers"] = layers
+        (repo / "snapshots" / snap / "config.json").write_text(json.dumps(cfg))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("aaa")
+    (repo / "refs" / "v2").write_text("bbb")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    paths = {}
+    for rev in (None, "v2"):
+        args = ["--model", "org/m", "--site", "meluxina", "--json"]
+        code, out, err = run(capsys, *args, *(["--revision", rev] if rev else []))
+        assert code in (0, 1), err
+        paths[rev] = json.loads(out)["config_path"]
+    assert paths[None].endswith("/snapshots/aaa/config.json")
+    assert paths["v2"].endswith("/snapshots/bbb/config.json")
+    code, _out, err = run(capsys, "--model", "org/m", "--site", "meluxina", "--revision", "v9")
+    assert code == 2 and err.count("\n") == 1 and "v9" in err  # one line, not a traceback

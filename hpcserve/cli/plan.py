@@ -27,6 +27,7 @@ _HELP = {
     "gpu_memory_utilization": "Fraction of each GPU's memory vLLM may use (default: 0.9).",
     "kv_cache_dtype": "KV-cache dtype (default: auto, the model dtype).",
     "dtype": "Weight/activation dtype vLLM will use (as `vllm serve --dtype`; default: auto).",
+    "revision": "Model revision (branch, tag or commit) whose config is read (default: main).",
 }
 
 
@@ -79,6 +80,7 @@ def plan(
         kv_cache_dtype=engine["kv_cache_dtype"],
         dtype=engine["dtype"],
         config_json=config_json,
+        revision=engine["revision"],
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

@@ -254,7 +254,11 @@ def build_request(
         vllm_options=options,
         vllm_args=list(vllm_args),
         sbatch={k: v for k, v in extra.items() if v is not None},
-        model_info=model_info if model_info is not None else local_model_info(model),
+        model_info=(
+            model_info
+            if model_info is not None
+            else local_model_info(model, revision=options.get("revision"))
+        ),
         keep_alive=keep_alive,
         until=when,
         idle_stop_s=idle_s,

@@ -291,6 +291,7 @@ PLAN_OPTIONS: tuple[VllmFlag, ...] = tuple(
         "gpu_memory_utilization",
         "kv_cache_dtype",
         "dtype",
+        "revision",
     )
 )
 

@@ -464,15 +464,17 @@ def parse_config(data: Mapping[str, Any], name: str = "model") -> ModelInfo:
     return info
 
 
-def local_model_info(model: str, env: Mapping[str, str] | None = None) -> ModelInfo | None:
-    """The model's config when it is here (a local directory or this machine's HF cache); never
-    the network.
+def local_model_info(
+    model: str, env: Mapping[str, str] | None = None, *, revision: str | None = None
+) -> ModelInfo | None:
+    """The model's config (of ``revision`` when given) when it is here (a local directory or
+    this machine's HF cache); never the network.
 
     None when it is not, or when it cannot be parsed: ``render``/``submit`` then check the
     layout's shape only (``hpcserve plan`` reports such problems with their cause).
     """
     try:
-        return load_model_info(model, env=env, network=False)
+        return load_model_info(model, env=env, revision=revision, network=False)
     except UsageError:
         return None
 
